@@ -1,0 +1,314 @@
+"""Images for training: IDX files (raw or gzip), .npy / .npz arrays, and the named datasets.
+
+A named dataset is looked up, in order, in: the `data_dir` argument, the VAE_DATA_DIR environment
+variable, the cache folder (XDG_CACHE_HOME or ~/.cache, then vae-infer/datasets/<name>), and, for
+Fashion-MNIST, /usr/share/datasets/fashion-mnist (Debian's package dataset-fashion-mnist). Failing
+those it is downloaded from its official mirrors into the cache, each file checked against its MD5.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vae_infer.errors import DataError
+
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+GZIP_MAGIC = b"\x1f\x8b"
+
+SPLIT_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    mirrors: tuple[str, ...]  # base URLs tried in order; each holds the four .gz files
+    md5: dict[str, str]  # of each published .gz file, as the dataset's authors list them
+    system_dirs: tuple[str, ...] = ()  # where an operating-system package puts the files
+
+
+NAMED_DATASETS = {
+    "fashion-mnist": NamedDataset(
+        mirrors=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
+        md5={
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+    ),
+    "mnist": NamedDataset(
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+        md5={
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+}
+
+CLASS_NAMES = {
+    "fashion-mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+    "mnist": tuple(str(i) for i in range(10)),
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images as uint8 (n, height, width); labels as int64 (n,) or None when the source has none."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray | None
+    test_images: np.ndarray
+    test_labels: np.ndarray | None
+    source: str  # where the files were found, for the run record
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return tuple(self.train_images.shape[1:])
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (gzip-compressed or raw; detected by its first bytes, not its name)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == GZIP_MAGIC:
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path} is not an IDX file: expected two zero bytes then a type code, got {raw[:4]!r}")
+    type_code, ndim = raw[2], raw[3]
+    if type_code not in IDX_DTYPES:
+        raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}; expected one of {sorted(IDX_DTYPES)}")
+    header_end = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header_end:
+        raise DataError(f"{path}: IDX header is truncated ({len(raw)} bytes for {ndim} dimensions)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(IDX_DTYPES[type_code])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header_end != expected:
+        raise DataError(
+            f"{path}: header says shape {shape} ({expected} bytes of data) but the file holds "
+            f"{len(raw) - header_end}; the file is truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def as_uint8_images(images: np.ndarray, origin: str) -> np.ndarray:
+    """Images as uint8 (n, h, w): accepts uint8, or floats in [0, 1]; (n, h, w), or (n, 784) for square 28x28."""
+    images = np.asarray(images)
+    if images.ndim == 2 and images.shape[1] == 28 * 28:
+        images = images.reshape(-1, 28, 28)
+    if images.ndim != 3 or images.shape[0] == 0:
+        raise DataError(f"{origin}: expected images shaped (n, height, width) with n >= 1, got {images.shape}")
+    if images.dtype == np.uint8:
+        return images
+    if np.issubdtype(images.dtype, np.floating):
+        if not np.all(np.isfinite(images)):
+            raise DataError(f"{origin}: images contain NaN or inf")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0 or hi > 1:
+            raise DataError(f"{origin}: float images must lie in [0, 1], found values in [{lo}, {hi}]")
+        return np.round(images * 255).astype(np.uint8)
+    raise DataError(f"{origin}: expected uint8 or float images, got dtype {images.dtype}")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vae-infer" / "datasets"
+
+
+def _find_split_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx_folder(folder: Path, name: str) -> Dataset | None:
+    found = {key: _find_split_file(folder, stem) for key, stem in SPLIT_FILES.items()}
+    if found["train_images"] is None or found["test_images"] is None:
+        return None
+    arrays = {key: (read_idx(p) if p is not None else None) for key, p in found.items()}
+    return _checked_dataset(name, arrays, str(folder))
+
+
+def _checked_dataset(name: str, arrays: dict, source: str) -> Dataset:
+    images = {k: as_uint8_images(arrays[k], f"{source} ({k})") for k in ("train_images", "test_images")}
+    if images["train_images"].shape[1:] != images["test_images"].shape[1:]:
+        raise DataError(
+            f"{source}: train images are {images['train_images'].shape[1:]} but test images are "
+            f"{images['test_images'].shape[1:]}"
+        )
+    labels = {}
+    for split in ("train", "test"):
+        lab = arrays.get(f"{split}_labels")
+        if lab is not None:
+            lab = np.asarray(lab).astype(np.int64).reshape(-1)
+            if len(lab) != len(images[f"{split}_images"]):
+                raise DataError(
+                    f"{source}: {len(images[f'{split}_images'])} {split} images but {len(lab)} {split} labels"
+                )
+        labels[split] = lab
+    return Dataset(
+        name, images["train_images"], labels["train"], images["test_images"], labels["test"], source
+    )
+
+
+def load_array_file(path: Path, test_fraction: float = 0.1) -> Dataset:
+    """A .npz with x_train/x_test (y_train/y_test optional), or a .npy of images of which the last
+    `test_fraction` becomes the test set."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = set(z.files)
+                if not {"x_train", "x_test"} <= keys:
+                    raise DataError(
+                        f"{path}: expected arrays named x_train and x_test (and optionally y_train, y_test), "
+                        f"found {sorted(keys)}"
+                    )
+                arrays = {
+                    "train_images": z["x_train"], "test_images": z["x_test"],
+                    "train_labels": z["y_train"] if "y_train" in keys else None,
+                    "test_labels": z["y_test"] if "y_test" in keys else None,
+                }
+        else:
+            images = np.load(path, allow_pickle=False)
+            n_test = max(1, int(round(len(images) * test_fraction)))
+            if len(images) < 2:
+                raise DataError(f"{path}: need at least 2 images to hold one out for testing, got {len(images)}")
+            arrays = {"train_images": images[:-n_test], "test_images": images[-n_test:]}
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    return _checked_dataset(path.stem, arrays, str(path))
+
+
+def download_named(name: str, dest: Path, timeout: float = 30.0) -> Path:
+    """Download a named dataset's four files into `dest`, verifying each MD5; returns `dest`.
+
+    Each file is written to a temporary name and renamed only once verified, so an interrupted
+    download never leaves a file that looks complete."""
+    spec = NAMED_DATASETS[name]
+    dest.mkdir(parents=True, exist_ok=True)
+    for filename, md5 in spec.md5.items():
+        target = dest / filename
+        if target.is_file() and _md5(target) == md5:
+            continue
+        failures = []
+        for base in spec.mirrors:
+            url = base + filename
+            fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{filename}.")
+            try:
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                    shutil.copyfileobj(response, out)
+                got = _md5(Path(tmp))
+                if got != md5:
+                    failures.append(f"{url}: MD5 {got}, expected {md5}")
+                    continue
+                os.replace(tmp, target)
+                break
+            except (urllib.error.URLError, OSError) as e:
+                failures.append(f"{url}: {e}")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            raise DataError(f"could not download {filename} for {name}: " + "; ".join(failures))
+    return dest
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
+    """Where a named dataset is looked for, in order."""
+    dirs = []
+    if data_dir is not None:
+        dirs += [Path(data_dir) / name, Path(data_dir)]
+    if os.environ.get("VAE_DATA_DIR"):
+        dirs += [Path(os.environ["VAE_DATA_DIR"]) / name, Path(os.environ["VAE_DATA_DIR"])]
+    dirs.append(cache_dir() / name)
+    dirs += [Path(d) for d in NAMED_DATASETS[name].system_dirs]
+    return dirs
+
+
+def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
+    """Load a named dataset ("fashion-mnist", "mnist"), a folder of IDX files, or a .npy / .npz file."""
+    key = str(name_or_path)
+    if key in NAMED_DATASETS:
+        looked = candidate_dirs(key, data_dir)
+        for folder in looked:
+            if folder.is_dir():
+                ds = _read_idx_folder(folder, key)
+                if ds is not None:
+                    return ds
+        failure = "downloading was switched off"
+        if download:
+            try:
+                folder = download_named(key, cache_dir() / key)
+                ds = _read_idx_folder(folder, key)
+                if ds is not None:
+                    return ds
+            except DataError as e:
+                failure = str(e)
+        places = ", ".join(str(p) for p in looked)
+        raise DataError(
+            f"dataset {key!r} not found; looked in {places}; download failed: {failure}. "
+            f"Put the four IDX files (train-images-idx3-ubyte.gz, ...) in one of those folders, "
+            f"set VAE_DATA_DIR, or on Debian run: apt-get install dataset-fashion-mnist"
+        )
+    path = Path(key)
+    if path.is_dir():
+        ds = _read_idx_folder(path, path.name)
+        if ds is None:
+            raise DataError(
+                f"{path}: expected IDX files named {SPLIT_FILES['train_images']}[.gz] and "
+                f"{SPLIT_FILES['test_images']}[.gz] (labels optional)"
+            )
+        return ds
+    if path.suffix in (".npy", ".npz") and path.is_file():
+        return load_array_file(path)
+    raise DataError(
+        f"unknown dataset {key!r}: expected one of {sorted(NAMED_DATASETS)}, a folder of IDX files, "
+        f"or an existing .npy / .npz file"
+    )
+
+
+def split_validation(n: int, validation_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation) of a seeded random split of n training examples."""
+    if validation_size >= n:
+        raise DataError(f"validation_size {validation_size} leaves no training data out of {n} examples")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[validation_size:]), np.sort(order[:validation_size])

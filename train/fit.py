@@ -1,0 +1,231 @@
+"""The training loop: Adam on the negative ELBO, seeded, checkpointed every epoch, resumable."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from vae_infer.errors import VaeInferError
+
+from .config import ModelConfig, TrainConfig
+from .data import Dataset, load_dataset, split_validation
+from .loss import importance_weighted_nll, negative_elbo
+from .model import VAE
+
+CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_JSON = "history.json"
+HISTORY_CSV = "history.csv"
+EVAL_BATCH = 2000  # rows per evaluation forward pass: large enough to be fast, small enough for little memory
+EVAL_SEED_OFFSET = 7919  # evaluation noise comes from its own stream, so it never shifts the training noise
+
+
+class TrainingDivergedError(VaeInferError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class FitResult:
+    model: VAE
+    model_config: ModelConfig
+    train_config: TrainConfig
+    dataset: Dataset
+    history: list[dict] = field(default_factory=list)
+    test: dict = field(default_factory=dict)  # final figures on the test set, nats per example
+    best_epoch: int = 0
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, h, w) -> float32 (n, h*w) in [0, 1]: the scaling the manifest records."""
+    return torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+
+
+@torch.no_grad()
+def evaluate(model: VAE, x: torch.Tensor, seed: int) -> dict[str, float]:
+    """Mean negative ELBO, reconstruction and KL over x, one seeded sample of z per example."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
+    sums = np.zeros(3)
+    for start in range(0, len(x), EVAL_BATCH):
+        xb = x[start : start + EVAL_BATCH]
+        logits, mu, logvar = model(xb, g)
+        parts = negative_elbo(logits, xb, mu, logvar)
+        sums += [float(p.sum()) for p in parts]
+    model.train()
+    nelbo, recon, kl = (float(v) for v in sums / len(x))
+    return {"nelbo": nelbo, "recon": recon, "kl": kl}
+
+
+@torch.no_grad()
+def evaluate_importance_weighted(model: VAE, x: torch.Tensor, k: int, seed: int) -> float:
+    model.eval()
+    g = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
+    total = sum(float(importance_weighted_nll(model, x[s : s + EVAL_BATCH], k, g).sum())
+                for s in range(0, len(x), EVAL_BATCH))
+    model.train()
+    return total / len(x)
+
+
+def _save_atomically(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    (run_dir / HISTORY_JSON).write_text(json.dumps(history, indent=1))
+    if history:
+        with open(run_dir / HISTORY_CSV, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(history[0]))
+            w.writeheader()
+            w.writerows(history)
+
+
+def fit(
+    config: TrainConfig,
+    model_config: ModelConfig | None = None,
+    run_dir: str | Path = "runs/fit",
+    resume: bool = False,
+    data_dir: str | Path | None = None,
+    dataset: Dataset | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train a VAE; every epoch writes the checkpoint and the history under run_dir.
+
+    With resume=True the run continues from run_dir's checkpoint and ends with the same weights as an
+    uninterrupted run: each epoch's batch order and noise come from a generator seeded by (seed, epoch)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+    dataset = dataset or load_dataset(config.dataset, data_dir=data_dir)
+    if model_config is None:
+        model_config = ModelConfig(image_shape=dataset.image_shape)
+    if tuple(dataset.image_shape) != model_config.image_shape:
+        raise VaeInferError(
+            f"the model expects {model_config.image_shape} images but {dataset.source} holds {dataset.image_shape}"
+        )
+
+    images = dataset.train_images[: config.train_limit or None]
+    train_idx, val_idx = split_validation(len(images), config.validation_size, config.seed)
+    x_train, x_val = to_tensor(images[train_idx]), to_tensor(images[val_idx])
+    x_test = to_tensor(dataset.test_images)
+
+    torch.manual_seed(config.seed)
+    model = VAE(model_config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    scheduler = None
+    if config.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
+        )
+
+    history: list[dict] = []
+    best = {"epoch": 0, "val_nelbo": math.inf, "model": None}
+    start_epoch = 0
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    if resume:
+        if not ckpt_path.is_file():
+            raise VaeInferError(f"--resume: no checkpoint at {ckpt_path}; run without --resume to start afresh")
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        if ckpt["train_config"] != config.to_dict() or ckpt["model_config"] != model_config.to_dict():
+            raise VaeInferError(
+                f"--resume: {ckpt_path} was made with a different configuration "
+                f"({ckpt['train_config']}); resume with the same options or start a new run folder"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"]
+
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        g = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(x_train), generator=g)
+        sums = np.zeros(3)
+        t0 = time.perf_counter()
+        batches = range(steps_per_epoch)
+        bar = click.progressbar(batches, label=f"epoch {epoch + 1}/{config.epochs}", file=None) if progress else None
+        iterator = bar.__enter__() if bar else batches
+        try:
+            for step in iterator:
+                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+                xb = x_train[idx]
+                global_step = epoch * steps_per_epoch + step
+                beta = config.beta
+                if config.kl_warmup_epochs:
+                    beta *= min(1.0, (global_step + 1) / (config.kl_warmup_epochs * steps_per_epoch))
+                logits, mu, logvar = model(xb, g)
+                loss_vec, recon, kl = negative_elbo(logits, xb, mu, logvar, beta)
+                loss = loss_vec.mean()
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1} (global step "
+                        f"{global_step + 1}); the last good checkpoint is kept at {ckpt_path}. "
+                        f"Try a lower --lr or --kl-warmup-epochs"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                sums += [float(loss_vec.detach().sum()), float(recon.detach().sum()), float(kl.detach().sum())]
+        finally:
+            if bar:
+                bar.__exit__(None, None, None)
+        val = evaluate(model, x_val, config.seed) if len(x_val) else {"nelbo": math.nan, "recon": math.nan,
+                                                                       "kl": math.nan}
+        row = {
+            "epoch": epoch + 1,
+            "train_nelbo": float(sums[0] / len(x_train)),  # with the epoch's beta, averaged over the epoch
+            "train_recon": float(sums[1] / len(x_train)),
+            "train_kl": float(sums[2] / len(x_train)),
+            "val_nelbo": val["nelbo"],
+            "val_recon": val["recon"],
+            "val_kl": val["kl"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        if not len(x_val) or val["nelbo"] < best["val_nelbo"]:
+            best = {"epoch": epoch + 1, "val_nelbo": val["nelbo"],
+                    "model": {k: v.clone() for k, v in model.state_dict().items()}}
+        _save_atomically(
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "history": history,
+                "best": best,
+                "train_config": config.to_dict(),
+                "model_config": model_config.to_dict(),
+            },
+            ckpt_path,
+        )
+        _write_history(run_dir, history)
+        if progress:
+            click.echo(
+                f"epoch {epoch + 1}: train {row['train_nelbo']:.2f}  val {row['val_nelbo']:.2f} "
+                f"(recon {row['val_recon']:.2f}, kl {row['val_kl']:.2f}) nats/example, {row['seconds']:.1f} s",
+                err=True,
+            )
+
+    # Early stopping: the model that scored best on validation is the one kept and exported.
+    model.load_state_dict(best["model"])
+    model.eval()
+    test = evaluate(model, x_test, config.seed)
+    test["iw_nll"] = evaluate_importance_weighted(model, x_test, config.iw_samples, config.seed)
+    test["iw_samples"] = config.iw_samples
+    test["examples"] = len(x_test)
+    (run_dir / "test.json").write_text(json.dumps({"best_epoch": best["epoch"], **test}, indent=1))
+    return FitResult(model, model_config, config, dataset, history, test, best["epoch"])

@@ -1,0 +1,158 @@
+"""A loaded model package: encode, decode, reconstruct, sample and score with onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import likelihood
+from .errors import InputError, ModelPackageError
+from .inputs import as_count, as_images, as_latents, as_seed
+from .manifest import BATCH_AXIS, GraphSpec, Manifest
+from .package import read_manifest, read_verified
+from .sessions import create_session
+
+Array = NDArray[np.float32]
+DEFAULT_CHUNK = 4096  # rows per onnxruntime call: ~13 MB of decoder output, so memory stays bounded
+
+
+class VAEModel:
+    """A model package loaded for inference. Stateless between calls, so one instance can serve
+    several threads at once (onnxruntime's run is thread-safe)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        spinning: bool = False,
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> None:
+        self.path = Path(path)
+        self.manifest: Manifest = read_manifest(self.path)
+        self.chunk_size = as_count(chunk_size, "chunk_size")
+        devices = set()
+        self._sessions = {}
+        for role in ("encoder", "decoder"):
+            spec: GraphSpec = getattr(self.manifest, role)
+            data = read_verified(self.path, self.manifest, spec.file)
+            try:
+                session, got = create_session(data, device, threads, spinning)
+            except Exception as e:
+                if type(e).__module__.startswith("vae_infer"):
+                    raise
+                raise ModelPackageError(f"onnxruntime cannot load {self.path / spec.file}: {e}") from e
+            _check_session_matches(session, spec, self.path / spec.file)
+            self._sessions[role] = session
+            devices.add(got)
+        self.device = "cuda" if devices == {"cuda"} else "cpu"
+        self._enc_in = self.manifest.encoder.inputs[0].name
+        self._enc_out = [t.name for t in self.manifest.encoder.outputs]  # mu, logvar
+        self._dec_in = self.manifest.decoder.inputs[0].name
+        self._x_hat, self._logits = (t.name for t in self.manifest.decoder.outputs)
+
+    def __repr__(self) -> str:
+        return f"VAEModel({str(self.path)!r}, device={self.device!r}, latent_size={self.latent_size})"
+
+    @property
+    def latent_size(self) -> int:
+        return self.manifest.latent_size
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self.manifest.image_shape
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        return {role: s.get_providers() for role, s in self._sessions.items()}
+
+    # -- validation at the edge ------------------------------------------------------------------
+    def as_images(self, images: object) -> Array:
+        return as_images(images, self.manifest.image_shape, self.manifest.input_scale)
+
+    # -- the graphs, in chunks -------------------------------------------------------------------
+    def _run(self, role: str, outputs: list[str], feed: str, x: Array) -> list[Array]:
+        session = self._sessions[role]
+        parts = [session.run(outputs, {feed: x[s : s + self.chunk_size]}) for s in range(0, len(x), self.chunk_size)]
+        return [np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in range(len(outputs))]
+
+    def _encode(self, x: Array) -> tuple[Array, Array]:
+        mu, logvar = self._run("encoder", self._enc_out, self._enc_in, x)
+        return mu, logvar
+
+    def _decode_logits(self, z: Array) -> Array:
+        return self._run("decoder", [self._logits], self._dec_in, z)[0]
+
+    # -- public API ------------------------------------------------------------------------------
+    def encode(self, images: object) -> tuple[Array, Array]:
+        """(mu, logvar) of q(z|x), each (n, latent_size) float32."""
+        return self._encode(self.as_images(images))
+
+    def decode(self, z: object) -> Array:
+        """Decoded images (n, features) float32 in [0, 1]: the Bernoulli means sigmoid(logits)."""
+        z = as_latents(z, self.latent_size)
+        return self._run("decoder", [self._x_hat], self._dec_in, z)[0]
+
+    def reconstruct(self, images: object) -> Array:
+        """decode(mu): the deterministic reconstruction, (n, features)."""
+        mu, _ = self.encode(images)
+        return self._run("decoder", [self._x_hat], self._dec_in, mu)[0]
+
+    def sample(self, n: int, seed: int | None = None) -> Array:
+        """n images decoded from z ~ N(0, I), (n, features). The same seed gives the same images."""
+        n = as_count(n, "n")
+        z = np.random.default_rng(as_seed(seed)).standard_normal((n, self.latent_size)).astype(np.float32)
+        return self.decode(z)
+
+    def score(self, images: object, samples: int = 1, seed: int | None = 0) -> NDArray[np.float64]:
+        """Per-example negative ELBO in nats, (n,): -E_q[log p(x|z)] + KL(q(z|x) || p(z)), estimated
+        with `samples` reparameterized draws of z per example (seeded; the same figure training reports)."""
+        x = self.as_images(images)
+        k = as_count(samples, "samples")
+        rng = np.random.default_rng(as_seed(seed))
+        out = np.empty(len(x))
+        for s in range(0, len(x), self.chunk_size):
+            out[s : s + self.chunk_size] = self._nelbo_chunk(x[s : s + self.chunk_size], k, rng)
+        return out
+
+    def _nelbo_chunk(self, x: Array, k: int, rng: np.random.Generator) -> NDArray[np.float64]:
+        mu, logvar = self._encode(x)
+        std = np.exp(0.5 * logvar)
+        recon = np.zeros(len(x))
+        for _ in range(k):
+            z = (mu + std * rng.standard_normal(mu.shape, dtype=np.float32)).astype(np.float32)
+            recon += likelihood.bernoulli_nll(self._decode_logits(z), x)
+        return recon / k + likelihood.kl_to_standard_normal(mu, logvar)
+
+
+def _check_session_matches(session, spec: GraphSpec, path: Path) -> None:
+    """The graph's real input/output names and shapes must be the ones the manifest declares."""
+    for kind, real, declared in (
+        ("input", session.get_inputs(), spec.inputs),
+        ("output", session.get_outputs(), spec.outputs),
+    ):
+        got = [(t.name, tuple(BATCH_AXIS if isinstance(d, str) or d is None else d for d in t.shape)) for t in real]
+        want = [(t.name, tuple(t.shape)) for t in declared]
+        if got != want:
+            raise ModelPackageError(
+                f"{path}: the graph's {kind}s are {got} but model.json declares {want}; the package is mismatched"
+            )
+
+
+def load(
+    path: str | Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    spinning: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> VAEModel:
+    """Load a model package folder (model.json + encoder.onnx + decoder.onnx), verifying every file.
+
+    device: "cpu", "cuda" (raises if CUDA is not really used) or "auto" (CUDA when available; see .device).
+    threads: onnxruntime intra-op threads; default the cores this process may use."""
+    return VAEModel(path, device=device, threads=threads, spinning=spinning, chunk_size=chunk_size)
+
+
+__all__ = ["VAEModel", "load", "InputError"]

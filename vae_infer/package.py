@@ -1,0 +1,102 @@
+"""Model packages on disk: read and verify (sha256 of every file), and write atomically."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ModelPackageError
+from .manifest import MANIFEST_NAME, Manifest
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(package_dir: str | Path) -> Manifest:
+    package_dir = Path(package_dir)
+    path = package_dir / MANIFEST_NAME
+    if not package_dir.is_dir():
+        raise ModelPackageError(f"no model package at {package_dir}: expected a folder holding {MANIFEST_NAME}")
+    if not path.is_file():
+        raise ModelPackageError(f"{package_dir} is not a model package: {MANIFEST_NAME} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelPackageError(f"{path} is not valid JSON ({e}); the file is corrupt or truncated") from e
+    return Manifest.from_dict(data)
+
+
+def read_verified(package_dir: str | Path, manifest: Manifest, file_name: str) -> bytes:
+    """The bytes of one package file, after checking them against the manifest's sha256.
+    The checked bytes are what gets used, so the file cannot change between check and use."""
+    path = Path(package_dir) / file_name
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelPackageError(f"cannot read {path}: {e}; the model package is incomplete") from e
+    digest = sha256_bytes(data)
+    if digest != manifest.files[file_name]:
+        raise ModelPackageError(
+            f"{path} does not match model.json: sha256 {digest[:16]}..., expected "
+            f"{manifest.files[file_name][:16]}...; the file is corrupt, truncated or was changed. Re-export the model"
+        )
+    return data
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE) where the kernel offers it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def write_package(dest: str | Path, files: dict[str, bytes], manifest: Manifest) -> Path:
+    """Write a complete model package to dest, atomically.
+
+    Everything goes into a temporary sibling folder first (fsynced), which then takes dest's place in
+    one rename (or an atomic exchange with the old package). A crash at any moment leaves either the
+    old package or the complete new one at dest, never a mixture."""
+    dest = Path(dest)
+    for name, data in files.items():
+        if manifest.files.get(name) != sha256_bytes(data):
+            raise ModelPackageError(f"write_package: manifest sha256 for {name!r} does not match its bytes")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=dest.parent))
+    try:
+        payload = {**files, MANIFEST_NAME: (json.dumps(manifest.to_dict(), indent=2) + "\n").encode()}
+        for name, data in payload.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
+        if not dest.exists():
+            os.rename(tmp, dest)
+        elif _exchange(tmp, dest):
+            shutil.rmtree(tmp)  # tmp now holds the old package
+        else:
+            # No atomic exchange here: move the old package aside, then the new one in.
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.rmdir(old)
+            os.rename(dest, old)
+            os.rename(tmp, dest)
+            shutil.rmtree(old)
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dest

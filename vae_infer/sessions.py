@@ -1,0 +1,70 @@
+"""The one place that builds onnxruntime sessions: options, threads, providers, device checks."""
+
+from __future__ import annotations
+
+import os
+
+import onnxruntime as ort
+
+from .errors import DeviceError
+
+DEVICES = ("cpu", "cuda", "auto")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
+    """Explicit threads: onnxruntime's default thread count can oversubscribe small machines and run
+    several times slower. One inter-op thread: our graphs are a chain with nothing to run in parallel.
+    Spinning off by default: spinning threads burn a core between calls, which hurts the application
+    embedding us; turn it on for back-to-back batch work."""
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise DeviceError(f"threads must be a positive integer, got {threads!r}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or available_cores()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    spin = "1" if spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    opts.log_severity_level = 3  # errors only: warnings about provider assignment are noise for users
+    return opts
+
+
+def create_session(
+    model_bytes: bytes, device: str = "cpu", threads: int | None = None, spinning: bool = False
+) -> tuple[ort.InferenceSession, str]:
+    """A session on the requested device, and the device it really got ("cpu" or "cuda").
+
+    device="cuda" never falls back silently: if CUDA is not the provider in use afterwards, it raises.
+    device="auto" tries CUDA when onnxruntime offers it and otherwise uses the CPU."""
+    if device not in DEVICES:
+        raise DeviceError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
+    opts = session_options(threads, spinning)
+    available = ort.get_available_providers()
+    if device == "cuda" and CUDA not in available:
+        raise DeviceError(
+            f"device='cuda' but this onnxruntime offers only {available}; install the gpu extra "
+            f"(pip install 'vae-infer[gpu]') on a machine with an NVIDIA GPU, or use device='cpu'"
+        )
+    if device in ("cuda", "auto") and CUDA in available:
+        try:
+            session = ort.InferenceSession(model_bytes, sess_options=opts, providers=[CUDA, CPU])
+            if session.get_providers()[0] == CUDA:
+                return session, "cuda"
+            problem = f"onnxruntime made the session with {session.get_providers()} instead"
+        except Exception as e:  # onnxruntime raises its own untyped errors when CUDA libraries are missing
+            problem = str(e)
+        if device == "cuda":
+            raise DeviceError(f"device='cuda' requested but CUDAExecutionProvider is not active: {problem}")
+    session = ort.InferenceSession(model_bytes, sess_options=opts, providers=[CPU])
+    return session, "cpu"
