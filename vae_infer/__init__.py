@@ -5,12 +5,12 @@
     mu, logvar = model.encode(images)
 """
 
-from .errors import DataError, DeviceError, InputError, ModelPackageError, VaeInferError
+from .errors import DataError, DeviceError, InputError, MissingExtraError, ModelPackageError, VaeInferError
 from .manifest import FORMAT_VERSION, Manifest
 from .model import VAEModel, load
 
 __version__ = "0.1.0"
 __all__ = [
     "load", "VAEModel", "Manifest", "FORMAT_VERSION",
-    "VaeInferError", "InputError", "ModelPackageError", "DeviceError", "DataError",
+    "VaeInferError", "InputError", "ModelPackageError", "DeviceError", "DataError", "MissingExtraError",
 ]

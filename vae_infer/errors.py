@@ -19,3 +19,7 @@ class DeviceError(VaeInferError):
 
 class DataError(VaeInferError):
     """A data file cannot be found, read or verified."""
+
+
+class MissingExtraError(VaeInferError, ImportError):
+    """An optional dependency (an extra such as `viz` or `gpu`) is needed for this and is not installed."""
