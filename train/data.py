@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
-import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ class NamedDataset:
     mirrors: tuple[str, ...]  # base URLs tried in order; each holds the four .gz files
     md5: dict[str, str]  # of each published .gz file, as the dataset's authors list them
     system_dirs: tuple[str, ...] = ()  # where an operating-system package puts the files
+    system_package: str = ""  # the Debian package that installs them there, if any
 
 
 NAMED_DATASETS = {
@@ -53,6 +56,7 @@ NAMED_DATASETS = {
             "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
         },
         system_dirs=("/usr/share/datasets/fashion-mnist",),
+        system_package="dataset-fashion-mnist",
     ),
     "mnist": NamedDataset(
         mirrors=(
@@ -100,7 +104,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == GZIP_MAGIC:
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"cannot read IDX file {path}: {e}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path} is not an IDX file: expected two zero bytes then a type code, got {raw[:4]!r}")
@@ -185,9 +189,13 @@ def _checked_dataset(name: str, arrays: dict, source: str) -> Dataset:
 def load_array_file(path: Path, test_fraction: float = 0.1) -> Dataset:
     """A .npz with x_train/x_test (y_train/y_test optional), or a .npy of images of which the last
     `test_fraction` becomes the test set."""
+    path = Path(path)
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: expected a .npz archive of named arrays, found a single .npy array")
+            with z:
                 keys = set(z.files)
                 if not {"x_train", "x_test"} <= keys:
                     raise DataError(
@@ -201,11 +209,14 @@ def load_array_file(path: Path, test_fraction: float = 0.1) -> Dataset:
                 }
         else:
             images = np.load(path, allow_pickle=False)
-            n_test = max(1, int(round(len(images) * test_fraction)))
-            if len(images) < 2:
-                raise DataError(f"{path}: need at least 2 images to hold one out for testing, got {len(images)}")
+            if not isinstance(images, np.ndarray):
+                images.close()
+                raise DataError(f"{path}: expected a single .npy array, found a .npz archive (name it .npz)")
+            if images.ndim == 0 or len(images) < 2:
+                raise DataError(f"{path}: need at least 2 images to hold one out for testing, got shape {images.shape}")
+            n_test = min(len(images) - 1, max(1, int(round(len(images) * test_fraction))))
             arrays = {"train_images": images[:-n_test], "test_images": images[-n_test:]}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"cannot read {path}: {e}") from e
     return _checked_dataset(path.stem, arrays, str(path))
 
@@ -216,7 +227,10 @@ def download_named(name: str, dest: Path, timeout: float = 30.0) -> Path:
     Each file is written to a temporary name and renamed only once verified, so an interrupted
     download never leaves a file that looks complete."""
     spec = NAMED_DATASETS[name]
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the download folder {dest} for {name}: {e}") from e
     for filename, md5 in spec.md5.items():
         target = dest / filename
         if target.is_file() and _md5(target) == md5:
@@ -224,18 +238,22 @@ def download_named(name: str, dest: Path, timeout: float = 30.0) -> Path:
         failures = []
         for base in spec.mirrors:
             url = base + filename
-            fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{filename}.")
+            try:
+                fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{filename}.")
+            except OSError as e:
+                raise DataError(f"cannot write into the download folder {dest} for {name}: {e}") from e
             try:
                 with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
                     shutil.copyfileobj(response, out)
                 got = _md5(Path(tmp))
                 if got != md5:
-                    failures.append(f"{url}: MD5 {got}, expected {md5}")
+                    failures.append(f"{url}: MD5 mismatch, got {got}, expected {md5}")
                     continue
                 os.replace(tmp, target)
                 break
-            except (urllib.error.URLError, OSError) as e:
-                failures.append(f"{url}: {e}")
+            # URLError and timeouts are OSErrors; a malformed or cut-off HTTP response is an HTTPException
+            except (OSError, http.client.HTTPException) as e:
+                failures.append(f"{url}: {type(e).__name__}: {e}")
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
@@ -284,10 +302,12 @@ def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None, d
             except DataError as e:
                 failure = str(e)
         places = ", ".join(str(p) for p in looked)
+        package = NAMED_DATASETS[key].system_package
+        debian = f", or on Debian run: apt-get install {package}" if package else ""
         raise DataError(
             f"dataset {key!r} not found; looked in {places}; download failed: {failure}. "
             f"Put the four IDX files (train-images-idx3-ubyte.gz, ...) in one of those folders, "
-            f"set VAE_DATA_DIR, or on Debian run: apt-get install dataset-fashion-mnist"
+            f"pass data_dir, or set VAE_DATA_DIR{debian}"
         )
     path = Path(key)
     if path.is_dir():
@@ -308,6 +328,8 @@ def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None, d
 
 def split_validation(n: int, validation_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, validation) of a seeded random split of n training examples."""
+    if validation_size < 0:
+        raise DataError(f"validation_size must be >= 0, got {validation_size}")
     if validation_size >= n:
         raise DataError(f"validation_size {validation_size} leaves no training data out of {n} examples")
     order = np.random.default_rng(seed).permutation(n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -39,8 +40,31 @@ class FitResult:
     train_config: TrainConfig
     dataset: Dataset
     history: list[dict] = field(default_factory=list)
+    train_examples: int = 0
+    validation_examples: int = 0
     test: dict = field(default_factory=dict)  # final figures on the test set, nats per example
     best_epoch: int = 0
+
+    def record(self, command: str | None = None) -> dict:
+        """The training figures a model package carries in model.json (nats per example)."""
+        best = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+        return {
+            "dataset": self.dataset.name,
+            "data_source": self.dataset.source,
+            "train_examples": self.train_examples,
+            "validation_examples": self.validation_examples,
+            "test_examples": self.test.get("examples"),
+            "epochs_run": len(self.history),
+            "best_epoch": self.best_epoch,
+            "validation_nelbo": best.get("val_nelbo"),
+            "test_nelbo": self.test.get("nelbo"),
+            "test_recon": self.test.get("recon"),
+            "test_kl": self.test.get("kl"),
+            "test_iw_nll": self.test.get("iw_nll"),
+            "iw_samples": self.test.get("iw_samples"),
+            "config": self.train_config.to_dict(),
+            "command": command,
+        }
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -106,12 +130,8 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     dataset = dataset or load_dataset(config.dataset, data_dir=data_dir)
-    if model_config is None:
-        model_config = ModelConfig(image_shape=dataset.image_shape)
-    if tuple(dataset.image_shape) != model_config.image_shape:
-        raise VaeInferError(
-            f"the model expects {model_config.image_shape} images but {dataset.source} holds {dataset.image_shape}"
-        )
+    # The image size is the data's, not a choice: the model is built for whatever the dataset holds.
+    model_config = dataclasses.replace(model_config or ModelConfig(), image_shape=dataset.image_shape)
 
     images = dataset.train_images[: config.train_limit or None]
     train_idx, val_idx = split_validation(len(images), config.validation_size, config.seed)
@@ -228,4 +248,28 @@ def fit(
     test["iw_samples"] = config.iw_samples
     test["examples"] = len(x_test)
     (run_dir / "test.json").write_text(json.dumps({"best_epoch": best["epoch"], **test}, indent=1))
-    return FitResult(model, model_config, config, dataset, history, test, best["epoch"])
+    return FitResult(model, model_config, config, dataset, history, len(x_train), len(x_val), test, best["epoch"])
+
+
+def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> FitResult:
+    """A finished run folder as a FitResult: the best-validation weights, the history and the test figures."""
+    run_dir = Path(run_dir)
+    ckpt_path, test_path = run_dir / CHECKPOINT_NAME, run_dir / "test.json"
+    if not ckpt_path.is_file():
+        raise VaeInferError(f"{run_dir} is not a training run: {CHECKPOINT_NAME} is missing")
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    config = TrainConfig.from_dict(ckpt["train_config"])
+    if not test_path.is_file():
+        raise VaeInferError(
+            f"{run_dir} has not finished (epoch {ckpt['epoch']} of {config.epochs}, no test.json); "
+            f"continue it with: python -m train fit --resume --run-dir {run_dir} and the same options"
+        )
+    model_config = ModelConfig.from_dict(ckpt["model_config"])
+    model = VAE(model_config)
+    model.load_state_dict(ckpt["best"]["model"])
+    model.eval()
+    dataset = load_dataset(config.dataset, data_dir=data_dir)
+    test = json.loads(test_path.read_text())
+    n = len(dataset.train_images[: config.train_limit or None])
+    return FitResult(model, model_config, config, dataset, ckpt["history"], n - config.validation_size,
+                     config.validation_size, test, ckpt["best"]["epoch"])

@@ -1,0 +1,110 @@
+"""Every bad input gets a named exception whose message says what was expected and what was found."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import vae_infer
+from vae_infer import DeviceError, InputError
+
+GOOD = np.zeros((3, 784), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((3, 783), np.float32), r"expected images shaped \(n, 784\) or \(n, 28, 28\), got \(3, 783\)"),
+        (np.zeros((784,), np.float32), r"for a single image pass images\[None\]"),
+        (np.zeros((28, 28), np.float32), r"for a single image pass images\[None\]"),
+        (np.zeros((2, 28, 28, 3), np.float32), r"28x28x3 per row.*pass grayscale 28x28 images"),
+        (np.zeros((2, 27, 27), np.float32), r"got \(2, 27, 27\)"),
+        (np.zeros((0, 784), np.float32), r"empty batch"),
+        (np.full((3, 784), 0.5, np.float32) * np.array([np.nan, 1, 1])[:, None], r"NaN or inf in 1 row\(s\), first at row 0"),
+        (np.where(np.eye(3, 784) > 0, np.inf, 0).astype(np.float32), r"NaN or inf in 3 row\(s\)"),
+        (np.full((3, 784), 255.0, np.float32), r"must lie in \[0, 1\], found values in \[255, 255\].*divide"),
+        (np.full((3, 784), -0.1, np.float32), r"found values in \[-0.1, -0.1\]"),
+        (np.zeros((3, 784), np.int32), r"integer images must be uint8"),
+        (np.zeros((3, 784), bool), r"expected uint8 or float images, got dtype bool"),
+        (np.array([["a"] * 784]), r"got dtype <U1"),
+        ([[None] * 784], r"got dtype object"),
+    ],
+)
+def test_bad_images_are_refused_with_a_clear_message(tiny_model, images, message):
+    with pytest.raises(InputError, match=message):
+        tiny_model.encode(images)
+    with pytest.raises(InputError, match=message):
+        tiny_model.score(images)
+
+
+@pytest.mark.parametrize(
+    ("z", "message"),
+    [
+        (np.zeros((4, 3), np.float32), r"expected latent codes shaped \(n, 2\), got \(4, 3\)"),
+        (np.zeros((2,), np.float32), r"for a single code pass z\[None\]"),
+        (np.zeros((0, 2), np.float32), r"empty batch"),
+        (np.array([[0.0, np.nan]]), r"latent codes contain NaN or inf"),
+        (np.array([["a", "b"]]), r"numeric latent codes"),
+    ],
+)
+def test_bad_latents_are_refused(tiny_model, z, message):
+    with pytest.raises(InputError, match=message):
+        tiny_model.decode(z)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True, "3", None])
+def test_bad_sample_count(tiny_model, n):
+    with pytest.raises(InputError, match=r"n must be a positive integer"):
+        tiny_model.sample(n)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_bad_seed(tiny_model, seed):
+    with pytest.raises(InputError, match=r"seed must be a non-negative integer or None"):
+        tiny_model.sample(2, seed=seed)
+    with pytest.raises(InputError, match=r"seed must be"):
+        tiny_model.score(GOOD, seed=seed)
+
+
+def test_bad_samples_for_score(tiny_model):
+    with pytest.raises(InputError, match=r"samples must be a positive integer, got 0"):
+        tiny_model.score(GOOD, samples=0)
+
+
+def test_unknown_device(tiny_package):
+    with pytest.raises(DeviceError, match=r"unknown device 'tpu': expected one of cpu, cuda, auto"):
+        vae_infer.load(tiny_package, device="tpu")
+
+
+def test_cuda_never_falls_back_silently(tiny_package):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; the refusal path cannot be exercised here")
+    with pytest.raises(DeviceError, match=r"device='cuda' but this onnxruntime offers only .*gpu extra"):
+        vae_infer.load(tiny_package, device="cuda")
+
+
+def test_auto_reports_what_it_got(tiny_package):
+    import onnxruntime as ort
+
+    m = vae_infer.load(tiny_package, device="auto")
+    expected = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    assert m.device == expected
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5])
+def test_bad_threads(tiny_package, threads):
+    with pytest.raises(DeviceError, match=r"threads must be a positive integer"):
+        vae_infer.load(tiny_package, threads=threads)
+
+
+def test_bad_chunk_size(tiny_package):
+    with pytest.raises(InputError, match=r"chunk_size must be a positive integer"):
+        vae_infer.load(tiny_package, chunk_size=0)
+
+
+def test_all_errors_share_one_base():
+    for cls in (vae_infer.InputError, vae_infer.ModelPackageError, vae_infer.DeviceError, vae_infer.DataError,
+                vae_infer.MissingExtraError):
+        assert issubclass(cls, vae_infer.VaeInferError)

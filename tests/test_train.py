@@ -1,0 +1,159 @@
+"""End to end on real Fashion-MNIST: train briefly, export, load with vae_infer, compare with torch;
+resume equals an uninterrupted run; a diverging loss stops with the step named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+import train.fit as fit_mod  # noqa: E402
+import vae_infer  # noqa: E402
+from tests.conftest import needs_real_data  # noqa: E402
+from train.cli import main as train_cli  # noqa: E402
+from train.config import ModelConfig, TrainConfig  # noqa: E402
+from train.export import PARITY_TOLERANCE, export_package  # noqa: E402
+from train.fit import CHECKPOINT_NAME, TrainingDivergedError, fit, to_tensor  # noqa: E402
+
+pytestmark = needs_real_data
+SMALL = dict(train_limit=3000, validation_size=500, iw_samples=5, threads=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short epoch of the course's architecture on a slice of real data, exported."""
+    root = tmp_path_factory.mktemp("trained")
+    result = fit(TrainConfig(epochs=1, **SMALL), run_dir=root / "run", progress=False)
+    out = export_package(result.model, root / "model", to_tensor(result.dataset.test_images),
+                         training=result.record("test"))
+    return result, out
+
+
+def test_training_writes_history_and_figures(trained):
+    result, _ = trained
+    assert result.model_config == ModelConfig()  # the course's architecture
+    assert len(result.history) == 1
+    row = result.history[0]
+    assert set(row) >= {"train_nelbo", "val_nelbo", "val_recon", "val_kl", "lr", "seconds"}
+    assert row["val_nelbo"] == pytest.approx(row["val_recon"] + row["val_kl"], rel=1e-6)  # float32 sums
+    # one epoch on 2500 images: far from converged, but well below the 543 nats of an untrained model
+    assert 250 < result.test["nelbo"] < 450
+    assert result.test["iw_nll"] < result.test["nelbo"]
+    assert result.train_examples == 2500 and result.validation_examples == 500
+
+
+def test_exported_graphs_match_torch(trained):
+    result, out = trained
+    model = vae_infer.load(out, threads=1)
+    images = result.dataset.test_images[:256]
+    x = to_tensor(images)
+    with torch.no_grad():
+        mu_t, logvar_t = result.model.encoder(x)
+        x_hat_t = torch.sigmoid(result.model.decoder(mu_t))
+    mu, logvar = model.encode(images)
+    assert np.abs(mu - mu_t.numpy()).max() <= PARITY_TOLERANCE
+    assert np.abs(logvar - logvar_t.numpy()).max() <= PARITY_TOLERANCE
+    assert np.abs(model.reconstruct(images) - x_hat_t.numpy()).max() <= PARITY_TOLERANCE
+
+
+def test_runtime_score_agrees_with_the_training_figure(trained):
+    result, out = trained
+    model = vae_infer.load(out, threads=1)
+    manifest_figure = model.manifest.training["test_nelbo"]
+    assert manifest_figure == pytest.approx(result.test["nelbo"])
+    assert model.score(result.dataset.test_images).mean() == pytest.approx(manifest_figure, rel=0.002)
+
+
+def test_manifest_records_training(trained):
+    _, out = trained
+    record = json.loads((out / "model.json").read_text())["training"]
+    assert record["dataset"] == "fashion-mnist"
+    assert record["config"]["train_limit"] == 3000
+    assert record["epochs_run"] == 1 and record["best_epoch"] == 1
+    parity = record["export_parity_max_abs_diff"]
+    assert set(parity) == {"mu", "logvar", "x_hat", "logits_relative"}
+    assert max(parity.values()) <= PARITY_TOLERANCE
+
+
+def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
+    config = TrainConfig(epochs=2, schedule="onecycle", **SMALL)
+    whole = fit(config, run_dir=tmp_path / "whole", progress=False)
+
+    real_evaluate = fit_mod.evaluate
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(fit_mod, "evaluate", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, run_dir=tmp_path / "split", progress=False)
+    monkeypatch.setattr(fit_mod, "evaluate", real_evaluate)
+    assert torch.load(tmp_path / "split" / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+    resumed = fit(config, run_dir=tmp_path / "split", resume=True, progress=False)
+    for (name, a), (_, b) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert resumed.history == [{**r, "seconds": resumed.history[i]["seconds"]} for i, r in enumerate(whole.history)]
+
+
+def test_resume_refuses_other_options_and_missing_checkpoint(tmp_path):
+    with pytest.raises(vae_infer.VaeInferError, match=r"no checkpoint at .*run without --resume"):
+        fit(TrainConfig(epochs=1, **SMALL), run_dir=tmp_path, resume=True, progress=False)
+    fit(TrainConfig(epochs=1, **SMALL), run_dir=tmp_path, progress=False)
+    with pytest.raises(vae_infer.VaeInferError, match=r"made with a different configuration"):
+        fit(TrainConfig(epochs=1, lr=0.5, **SMALL), run_dir=tmp_path, resume=True, progress=False)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    real = fit_mod.negative_elbo
+    steps = {"n": 0}
+    steps_per_epoch = -(-2500 // 128)
+
+    def nan_at_third_step_of_epoch_two(*args, **kwargs):
+        steps["n"] += torch.is_grad_enabled()  # training steps only, not evaluation
+        total, recon, kl = real(*args, **kwargs)
+        if steps["n"] == steps_per_epoch + 3 and torch.is_grad_enabled():
+            total = total * float("nan")
+        return total, recon, kl
+
+    monkeypatch.setattr(fit_mod, "negative_elbo", nan_at_third_step_of_epoch_two)
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 2, step 3 .*last good checkpoint"):
+        fit(TrainConfig(epochs=3, **SMALL), run_dir=tmp_path, progress=False)
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+
+
+def test_train_cli_fit_export_and_errors(tmp_path):
+    runner = CliRunner()
+    out, run = tmp_path / "model", tmp_path / "run"
+    args = ["fit", "--train-limit", "2000", "--validation-size", "200", "--epochs", "1", "--iw-samples", "3",
+            "--threads", "1", "--quiet", "--no-pictures", "--run-dir", str(run), "--out", str(out)]
+    r = runner.invoke(train_cli, args)
+    assert r.exit_code == 0, r.output
+    assert "test -ELBO" in r.output and f"model package: {out}" in r.output
+    first = vae_infer.load(out).manifest
+    r = runner.invoke(train_cli, ["export", str(run), "--out", str(tmp_path / "again")])
+    assert r.exit_code == 0, r.output
+    again = vae_infer.load(tmp_path / "again").manifest
+    assert again.files == first.files  # the same best weights export to the same bytes
+    assert again.training["test_nelbo"] == first.training["test_nelbo"]
+
+    r = runner.invoke(train_cli, ["fit", "--dataset", str(tmp_path / "missing.npy"), "--out", str(out)])
+    assert r.exit_code == 1
+    assert r.output.startswith("Error: unknown dataset") and "Traceback" not in r.output
+    r = runner.invoke(train_cli, ["fit", "--epochs", "0", "--out", str(out)])
+    assert r.exit_code == 1 and "epochs must be at least 1, got 0" in r.output
+
+
+@pytest.mark.parametrize("command", [[], ["fit"], ["export"]])
+def test_train_cli_help(command):
+    r = CliRunner().invoke(train_cli, [*command, "--help"])
+    assert r.exit_code == 0
+    assert {(): "Train the course's VAE", ("fit",): "--resume", ("export",): "RUN_DIR"}[tuple(command)] in r.output

@@ -1,0 +1,126 @@
+"""python -m train: fit a VAE and export it as a model package; export a finished run again."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from vae_infer.errors import VaeInferError
+
+from .config import SCHEDULES, ModelConfig, TrainConfig
+
+DEFAULTS = TrainConfig()
+MODEL_DEFAULTS = ModelConfig()
+
+
+def _errors_as_one_line(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (VaeInferError, ValueError, OSError) as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+@click.group()
+def main() -> None:
+    """Train the course's VAE and export it as an ONNX model package for vae_infer."""
+
+
+@main.command()
+@click.option("--dataset", default=DEFAULTS.dataset, show_default=True,
+              help="fashion-mnist, mnist, a folder of IDX files, or a .npy / .npz file.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding named datasets (else VAE_DATA_DIR).")
+@click.option("--epochs", type=int, default=DEFAULTS.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True)
+@click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True, help="Adam's rate (the peak for onecycle).")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS.schedule, show_default=True)
+@click.option("--kl-warmup-epochs", type=int, default=DEFAULTS.kl_warmup_epochs, show_default=True)
+@click.option("--beta", type=float, default=DEFAULTS.beta, show_default=True, help="Weight on the KL term.")
+@click.option("--validation-size", type=int, default=DEFAULTS.validation_size, show_default=True)
+@click.option("--train-limit", type=int, default=DEFAULTS.train_limit, show_default=True,
+              help="Use only the first N training images (0: all).")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--iw-samples", type=int, default=DEFAULTS.iw_samples, show_default=True,
+              help="k for the final importance-weighted bound on the test set.")
+@click.option("--threads", type=int, default=DEFAULTS.threads, show_default=True, help="0: the cores available.")
+@click.option("--hidden-size", type=int, default=MODEL_DEFAULTS.hidden_size, show_default=True)
+@click.option("--latent-size", type=int, default=MODEL_DEFAULTS.latent_size, show_default=True)
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+              help="Checkpoints, history and pictures. [default: runs/<name of --out>]")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The model package folder to write.")
+@click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint.")
+@click.option("--pictures/--no-pictures", default=True, show_default=True, help="Write pictures (matplotlib).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_errors_as_one_line
+def fit(data_dir, hidden_size, latent_size, run_dir, out, resume, pictures, quiet, **options) -> None:
+    """Train a VAE, export it to --out, and report its test figures (nats per example)."""
+    from .export import export_package
+    from .fit import fit as run_fit
+    from .fit import to_tensor
+
+    config = TrainConfig(**options)
+    run_dir = run_dir or Path("runs") / out.name
+    model_config = ModelConfig(hidden_size=hidden_size, latent_size=latent_size)
+    result = run_fit(config, model_config, run_dir=run_dir, resume=resume, data_dir=data_dir, progress=not quiet)
+    command = "python -m train " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["fit"] else None
+    record = result.record(command)
+    export_package(result.model, out, to_tensor(result.dataset.test_images), training=record)
+    _finish(result, out, run_dir, pictures)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The model package folder to write.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding named datasets (else VAE_DATA_DIR).")
+@click.option("--pictures/--no-pictures", default=False, show_default=True, help="Write the pictures again.")
+@_errors_as_one_line
+def export(run_dir, out, data_dir, pictures) -> None:
+    """Export the best checkpoint of a finished run folder RUN_DIR as a model package."""
+    from .export import export_package
+    from .fit import load_run, to_tensor
+
+    result = load_run(run_dir, data_dir)
+    old = _old_record(out)
+    export_package(result.model, out, to_tensor(result.dataset.test_images),
+                   training=result.record(old.get("command")))
+    _finish(result, out, run_dir, pictures)
+
+
+def _old_record(out: Path) -> dict:
+    try:
+        return json.loads((out / "model.json").read_text()).get("training", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _finish(result, out: Path, run_dir: Path, pictures: bool) -> None:
+    import vae_infer
+
+    t = result.test
+    click.echo(f"test -ELBO {t['nelbo']:.2f} nats/example (recon {t['recon']:.2f}, KL {t['kl']:.2f}); "
+               f"importance-weighted (k={t['iw_samples']}) {t['iw_nll']:.2f}; best epoch {result.best_epoch}")
+    click.echo(f"model package: {out}")
+    if pictures:
+        try:
+            from .plots import make_all
+        except ImportError as e:
+            click.echo(f"pictures skipped: {e} (pip install matplotlib)", err=True)
+            return
+        paths = make_all(vae_infer.load(out), result.dataset, result.history, run_dir,
+                         class_names=_class_names(result.dataset.name))
+        click.echo(f"pictures: {', '.join(str(p) for p in paths)}")
+    click.echo(f"run folder (checkpoint, history, pictures): {run_dir}")
+
+
+def _class_names(name: str):
+    from .data import CLASS_NAMES
+
+    return CLASS_NAMES.get(name)

@@ -1,0 +1,169 @@
+"""Arrays on disk for the command line: read images and latent codes, write results atomically.
+
+Reading never unpickles (allow_pickle=False). Writing goes to a temporary file in the destination's folder
+which then replaces the destination in one rename, so an existing file is never left half-written."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".npy", ".npz", ".png")
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def split_key(path: str | Path) -> tuple[Path, str | None]:
+    """`file.npz:key` -> (Path("file.npz"), "key"); anything else -> (path, None)."""
+    text = str(path)
+    if not Path(text).exists():
+        head, sep, key = text.rpartition(":")
+        if sep and key and head.lower().endswith(".npz"):
+            return Path(head), key
+    return Path(text), None
+
+
+def read_images(path: str | Path, image_shape: tuple[int, int]) -> np.ndarray:
+    """Images from a .npy or .npz file (`file.npz:key` picks one of several arrays), or one .png image.
+
+    Returns the stored array unchanged (the model checks dtype, shape and values), except that a single
+    image shaped `image_shape` becomes a batch of one."""
+    file, key = split_key(path)
+    suffix = file.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(f"{file}: expected images in a {', '.join(IMAGE_SUFFIXES)} file, found suffix {suffix!r}")
+    if suffix == ".png":
+        if key is not None:
+            raise InputError(f"{path}: a key (:{key}) only applies to .npz files")
+        from .viz import read_png
+
+        return read_png(file, image_shape)[None]
+    arr = _read_array(file, key, "images")
+    if arr.shape == tuple(image_shape):
+        arr = arr[None]
+    return arr
+
+
+def read_latents(path: str | Path) -> np.ndarray:
+    """Latent codes (n, latent_size) from a .npy or .npz file (`file.npz:key` picks one of several arrays)."""
+    file, key = split_key(path)
+    if file.suffix.lower() not in ARRAY_SUFFIXES:
+        raise InputError(
+            f"{file}: expected latent codes in a .npy or .npz file, found suffix {file.suffix.lower()!r}"
+        )
+    return _read_array(file, key, "latent codes")
+
+
+def _read_array(file: Path, key: str | None, what: str) -> np.ndarray:
+    if file.suffix.lower() == ".npy" and key is not None:
+        raise InputError(f"{file}:{key}: a key only applies to .npz files; a .npy file holds one array")
+    if not file.is_file():
+        raise InputError(f"{file}: no such file (expected a .npy or .npz file of {what})")
+    try:
+        if file.suffix.lower() == ".npy":
+            return _plain(np.load(file, allow_pickle=False), file, what)
+        with np.load(file, allow_pickle=False) as npz:
+            keys = list(npz.files)
+            if key is None:
+                if len(keys) != 1:
+                    found = f"{len(keys)} arrays: {', '.join(keys)}" if keys else "no arrays"
+                    raise InputError(
+                        f"{file}: expected a single array of {what} or a key (as {file}:KEY), found {found}"
+                    )
+                key = keys[0]
+            elif key not in keys:
+                raise InputError(f"{file}: no array named {key!r}; the file holds {', '.join(keys) or 'no arrays'}")
+            return _plain(npz[key], file, what)
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        # numpy reports pickled object arrays, bad headers and truncated data as ValueError/OSError/EOFError
+        raise InputError(f"{file}: expected a numpy {file.suffix.lower()} file of {what}, cannot read it: {e}") from e
+
+
+def _plain(arr: object, file: Path, what: str) -> np.ndarray:
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{file}: expected an array of {what}, found {type(arr).__name__}")
+    if arr.dtype.names is not None:
+        raise InputError(f"{file}: expected a plain numeric array of {what}, found a structured dtype {arr.dtype}")
+    return arr
+
+
+def check_output(path: str | Path, suffixes: tuple[str, ...] = ARRAY_SUFFIXES) -> Path:
+    """Fail early (before any work) when `path` cannot be written: wrong suffix or no such folder."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        raise InputError(f"{path}: expected an output file ending in {' or '.join(suffixes)}, found {suffix!r}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{path}: the folder {parent} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; expected a file name")
+    return path
+
+
+def write_array(path: str | Path, data: np.ndarray | Mapping[str, np.ndarray]) -> Path:
+    """Write one array (.npy, or .npz under the key arr_0) or a dict of named arrays (.npz, or a one-entry
+    dict to .npy), atomically: the file at `path` is either the old one or the complete new one."""
+    path = check_output(path)
+    npz = path.suffix.lower() == ".npz"
+    if isinstance(data, Mapping):
+        arrays = {str(k): np.asarray(v) for k, v in data.items()}
+        if not arrays:
+            raise InputError(f"{path}: nothing to write (an empty dict of arrays)")
+        if not npz:
+            if len(arrays) != 1:
+                raise InputError(f"{path}: a .npy file holds one array, got {len(arrays)}: {', '.join(arrays)}; "
+                                 f"write a .npz file instead")
+            arrays = next(iter(arrays.values()))
+    else:
+        arrays = np.asarray(data)
+        if npz:
+            arrays = {"arr_0": arrays}
+    bad = [k for k, v in (arrays.items() if npz else [("array", arrays)]) if v.dtype == object]
+    if bad:
+        raise InputError(f"{path}: expected numeric arrays, found object arrays: {', '.join(bad)}")
+    _atomic_write(path, arrays)
+    return path
+
+
+def _dump(f, arrays: np.ndarray | dict[str, np.ndarray]) -> None:
+    if isinstance(arrays, dict):
+        np.savez(f, **arrays)
+    else:
+        np.save(f, arrays, allow_pickle=False)
+
+
+def _atomic_write(path: Path, arrays: np.ndarray | dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 applies the umask, so the new file gets the permissions a plain open() would give it.
+    f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
+    try:
+        with f:
+            if path.exists():  # replacing a file keeps its permissions, as overwriting it in place would
+                os.chmod(f.fileno(), stat.S_IMODE(path.stat().st_mode))
+            _dump(f, arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
