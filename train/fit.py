@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +175,8 @@ def fit(
         sums = np.zeros(3)
         t0 = time.perf_counter()
         batches = range(steps_per_epoch)
-        bar = click.progressbar(batches, label=f"epoch {epoch + 1}/{config.epochs}", file=None) if progress else None
+        bar = (click.progressbar(batches, label=f"epoch {epoch + 1}/{config.epochs}", file=sys.stderr)
+               if progress and sys.stderr.isatty() else None)
         iterator = bar.__enter__() if bar else batches
         try:
             for step in iterator:
