@@ -151,8 +151,11 @@ def _fmt(v: Any) -> str:
 @_model_options
 @_json_option
 def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
-    """Show a model package MODEL: name, image shape, latent size, likelihood, opset, training figures,
-    file sha256s (all verified while loading) and the device and onnxruntime providers in use."""
+    """Describe a model package and verify its files.
+
+    Prints the name, image shape, latent size, likelihood, ONNX opset, the training figures recorded in
+    model.json, the sha256 of every file (all verified while loading) and the device and onnxruntime
+    providers in use."""
     m = _open(model, device, threads)
     man = m.manifest
     if as_json:
@@ -189,7 +192,9 @@ def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
               help="Where to write: .npz gets arrays mu and logvar; .npy gets mu only.")
 @_json_option
 def encode(model: Path, input: Path, out: Path, device: str, threads: int | None, as_json: bool) -> None:
-    """Encode the images in INPUT to the parameters of q(z|x): mu and logvar, each (n, latent size) float32."""
+    """Encode images to latent codes: mu and logvar of q(z|x).
+
+    Reads the images in INPUT and writes mu and logvar, each (n, latent size) float32, to --out."""
     m = _open(model, device, threads)
     x = m.as_images(io.read_images(input, m.image_shape))
     mu, logvar = _in_chunks(m, m.encode, x, "encoding", quiet=as_json)
@@ -209,7 +214,10 @@ def encode(model: Path, input: Path, out: Path, device: str, threads: int | None
               help="Where to write the images, (n, height*width) float32 in [0, 1] (.npy, or .npz key images).")
 @_png_option
 def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str, threads: int | None) -> None:
-    """Decode the latent codes in LATENTS ((n, latent size), .npy or .npz) to images: the Bernoulli means."""
+    """Decode latent codes to images.
+
+    Reads the codes in LATENTS ((n, latent size), .npy or .npz; FILE.npz:KEY picks one array) and writes
+    the decoded images (the Bernoulli means) to --out."""
     m = _open(model, device, threads)
     z = as_latents(io.read_latents(latents), m.latent_size)
     images = _in_chunks(m, m.decode, z, "decoding")
@@ -230,7 +238,9 @@ def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str,
               help=f"Also save a picture: the first {PNG_PAIRS} originals above their reconstructions "
                    f"(needs the viz extra: matplotlib).")
 def reconstruct(model: Path, input: Path, out: Path, png: Path | None, device: str, threads: int | None) -> None:
-    """Reconstruct the images in INPUT: decode(mu), the deterministic reconstruction."""
+    """Reconstruct images: encode, then decode mu.
+
+    Reads the images in INPUT and writes decode(mu), the deterministic reconstruction, to --out."""
     m = _open(model, device, threads)
     x = m.as_images(io.read_images(input, m.image_shape))
     recon = _in_chunks(m, m.reconstruct, x, "reconstructing")
@@ -254,7 +264,9 @@ def reconstruct(model: Path, input: Path, out: Path, png: Path | None, device: s
 @_png_option
 def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, device: str,
            threads: int | None) -> None:
-    """Sample N images from the model: decode z ~ N(0, I)."""
+    """Sample new images from the model.
+
+    Decodes N codes z ~ N(0, I) and writes the images to --out; the same --seed gives the same images."""
     m = _open(model, device, threads)
     if n > m.chunk_size:
         _status(f"sampling {n} images...")
@@ -262,7 +274,8 @@ def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, d
     io.write_array(out, {"images": images})
     click.echo(f"wrote {n} samples ({_shape(images)}) to {out}")
     if png is not None:
-        _grid(images[:PNG_MAX], m, png, title=f"{m.manifest.name}: samples" + ("" if seed is None else f", seed {seed}"))
+        title = f"{m.manifest.name}: samples" + ("" if seed is None else f", seed {seed}")
+        _grid(images[:PNG_MAX], m, png, title=title)
         click.echo(f"wrote {png}")
 
 
@@ -278,8 +291,10 @@ def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, d
 @_json_option
 def score(model: Path, input: Path, samples: int, seed: int, out: Path | None, device: str, threads: int | None,
           as_json: bool) -> None:
-    """Score the images in INPUT: the negative ELBO of each image in nats (lower is better), estimated with K
-    draws of z, and its mean, min and max."""
+    """Score images: the negative ELBO of each, in nats.
+
+    Estimates -ELBO (nats, lower is better) for every image in INPUT with K draws of z per image, and
+    prints n, mean, min and max; --out also writes the per-image figures."""
     m = _open(model, device, threads)
     x = m.as_images(io.read_images(input, m.image_shape))
     if len(x) > m.chunk_size:
@@ -289,7 +304,7 @@ def score(model: Path, input: Path, samples: int, seed: int, out: Path | None, d
         io.write_array(out, {"nelbo": nelbo})
     summary = {"n": len(nelbo), "mean": float(nelbo.mean()), "min": float(nelbo.min()), "max": float(nelbo.max())}
     if as_json:
-        _echo_json({**summary, "unit": "nats", "samples": samples, "seed": seed, "out": None if out is None else str(out)})
+        _echo_json({**summary, "unit": "nats", "samples": samples, "seed": seed, "out": out and str(out)})
         return
     click.echo(f"negative ELBO of {summary['n']} images, nats ({samples} draw(s) of z each, seed {seed}):")
     for k in ("mean", "min", "max"):

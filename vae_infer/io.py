@@ -34,7 +34,7 @@ def read_images(path: str | Path, image_shape: tuple[int, int]) -> np.ndarray:
     """Images from a .npy or .npz file (`file.npz:key` picks one of several arrays), or one .png image.
 
     Returns the stored array unchanged (the model checks dtype, shape and values), except that a single
-    image shaped `image_shape` becomes a batch of one."""
+    image, shaped (height, width) or (height*width,), becomes a batch of one."""
     file, key = split_key(path)
     suffix = file.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -46,7 +46,8 @@ def read_images(path: str | Path, image_shape: tuple[int, int]) -> np.ndarray:
 
         return read_png(file, image_shape)[None]
     arr = _read_array(file, key, "images")
-    if arr.shape == tuple(image_shape):
+    h, w = image_shape
+    if arr.shape in ((h, w), (h * w,)):  # one image
         arr = arr[None]
     return arr
 
