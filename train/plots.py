@@ -129,7 +129,7 @@ def plot_latent_scatter(
             name = _class_name(c, class_names)
             ax.scatter(x[sel], y[sel], s=size, alpha=alpha, color=cmap[i], linewidths=0, label=name)
         legend = ax.legend(title="class", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=10,
-                           markerscale=8 / math.sqrt(size) + 1, frameon=False)
+                           markerscale=8 / math.sqrt(size), frameon=False)
         for handle in legend.legend_handles:
             handle.set_alpha(1.0)
         what = "coloured by class"
@@ -158,27 +158,52 @@ def _class_name(label, class_names: Sequence[str] | None) -> str:
 
 
 # -- images -------------------------------------------------------------------------------------------------
+def _pixel_scale(grid_shape: tuple[int, int], target: int) -> int:
+    """An integer factor showing every image pixel as an exact square (no moire), about `target` pixels wide."""
+    return max(1, min(8, target // max(grid_shape)))
+
+
+def _image_axes(fig: Figure, size_px: tuple[int, int], left_px: float, bottom_px: float, grid: np.ndarray,
+                **imshow_kwargs):
+    """Axes exactly grid * scale pixels big at (left_px, bottom_px) of a figure of size_px (width, height)."""
+    width, height = size_px
+    scale = imshow_kwargs.pop("scale")
+    ax = fig.add_axes((left_px / width, bottom_px / height, grid.shape[1] * scale / width,
+                       grid.shape[0] * scale / height))
+    ax.imshow(grid, aspect="auto", **GRAY, **imshow_kwargs)
+    return ax
+
+
 def plot_reconstructions(originals, reconstructions, image_shape, path: str | Path, n: int = 10) -> Path:
     """The course's figure: a row of `n` original images above the row of their VAE reconstructions."""
     h, w = image_shape
     k = min(n, len(originals), len(reconstructions))
     if k < 1:
         raise ValueError("plot_reconstructions: need at least one original and one reconstruction")
-    rows = [("Original image", originals), ("VAE Re-construct", reconstructions)]
-    fig = _new_figure(max(6.0, 1.1 * k), 3.6)
-    axes = fig.subplots(2, 1)
-    for ax, (title, images) in zip(axes, rows, strict=True):
-        ax.imshow(image_grid(np.asarray(images)[:k], (h, w), ncols=k, pad=2), **GRAY)
+    rows = [
+        ("Original image", image_grid(np.asarray(originals)[:k], (h, w), ncols=k, pad=2)),
+        ("VAE Re-construct", image_grid(np.asarray(reconstructions)[:k], (h, w), ncols=k, pad=2)),
+    ]
+    scale = _pixel_scale(rows[0][1].shape, 900)
+    img_w, img_h = rows[0][1].shape[1] * scale, rows[0][1].shape[0] * scale
+    top, row_title, gap, bottom = 44, 30, 12, 12
+    width = max(img_w + 40, 520)
+    height = top + 2 * (row_title + img_h) + gap + bottom
+    fig = _new_figure(width / DPI, height / DPI)
+    left = (width - img_w) / 2
+    for i, (title, grid) in enumerate(rows):
+        lower = bottom + (1 - i) * (img_h + row_title + gap)
+        ax = _image_axes(fig, (width, height), left, lower, grid, scale=scale)
         ax.set_title(title, fontsize=13)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{k} test images and their reconstructions decode(μ)", fontsize=11, y=0.99)
-    fig.tight_layout()
+    what = f"{k} test images and their reconstructions" if k > 1 else "A test image and its reconstruction"
+    fig.suptitle(f"{what} decode(μ)", fontsize=11, y=1 - 10 / height, va="top")
     return _save(fig, path)
 
 
 def plot_samples(images, image_shape, path: str | Path) -> Path:
-    """A grid of images decoded from z ~ N(0, I): what the model generates."""
+    """A grid of images decoded from z ~ N(0, I): what the model generates (pixel-exact, via save_image_grid)."""
     n = len(images)
     return save_image_grid(images, image_shape, path, title=f"{n} samples from the prior: decode(z), z ~ N(0, I)")
 
@@ -212,14 +237,17 @@ def plot_manifold(
     if images.shape[0] != n * n or images.size != n * n * h * w:
         raise ValueError(f"plot_manifold: decode returned shape {images.shape} for {n * n} codes of {h}x{w} images")
     grid = image_grid(images.reshape(n * n, h * w), (h, w), ncols=n, pad=0)
+    scale = _pixel_scale(grid.shape, 640)
+    img_w, img_h = grid.shape[1] * scale, grid.shape[0] * scale
+    left, right, bottom, top = 64, 24, 52, 44
+    width, height = max(left + img_w + right, 560), bottom + img_h + top
+    fig = _new_figure(width / DPI, height / DPI)
     half = span / (n - 1)  # half a cell: each tile is centred on its code
-    fig = _new_figure(9, 9.4)
-    ax = fig.subplots()
-    ax.imshow(grid, extent=(-span - half, span + half, -span - half, span + half), **GRAY)
+    ax = _image_axes(fig, (width, height), left, bottom, grid, scale=scale,
+                     extent=(-span - half, span + half, -span - half, span + half))
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     ax.set_title(f"The learned 2-D manifold: decode(z) on a {n} x {n} grid over [-{span:g}, {span:g}]²", fontsize=12)
-    fig.tight_layout()
     return _save(fig, path)
 
 

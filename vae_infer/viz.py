@@ -23,7 +23,7 @@ from .errors import InputError, MissingExtraError
 from .inputs import as_images
 
 PAD_VALUE = 1.0  # white lines between tiles, and white for the empty cells of a last, partial row
-TARGET_SIDE = 512  # save_image_grid upscales until the longer side reaches about this many pixels...
+TARGET_SIDE = 512  # save_image_grid upscales so the longer side comes nearest this many pixels...
 MAX_UPSCALE = 8  # ...but by at most this integer factor (nearest neighbour, so pixels stay exact)
 TITLE_FONT_PT = 12
 TITLE_DPI = 100
@@ -71,8 +71,7 @@ def image_grid(images, image_shape: tuple[int, int], ncols: int | None = None, p
 
 def upscale_factor(shape: tuple[int, int]) -> int:
     """The integer factor save_image_grid enlarges a grid of this (height, width) by."""
-    longest = max(shape)
-    return max(1, min(MAX_UPSCALE, TARGET_SIDE // max(longest, 1)))
+    return max(1, min(MAX_UPSCALE, round(TARGET_SIDE / max(*shape, 1))))
 
 
 def to_uint8(grid: np.ndarray) -> NDArray[np.uint8]:
@@ -104,8 +103,8 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Pat
 def save_image_grid(images, image_shape, path, ncols=None, title: str | None = None) -> Path:
     """Write image_grid(images, image_shape, ncols) as an 8-bit grayscale PNG; returns the path.
 
-    The grid is enlarged by an integer factor (nearest neighbour: upscale_factor, e.g. x4 for a few
-    28x28 images, x1 once it is 512 pixels or more) so every model pixel is an exact square of equal
+    The grid is enlarged by an integer factor (nearest neighbour: upscale_factor, e.g. x2 for a 10 x 10
+    grid of 28x28 images, x1 from about 770 pixels up) so every model pixel is an exact square of equal
     grey values. A title is drawn black on white in a strip above it. The file is written atomically.
     Needs the viz extra."""
     pil_image, figure, canvas = _require_matplotlib("save_image_grid")
