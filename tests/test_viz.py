@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from vae_infer.errors import InputError, MissingExtraError
-from vae_infer.viz import PAD_VALUE, image_grid, read_png, save_image_grid, to_uint8, upscale_factor, write_atomically
+from vae_infer.io import write_atomically
+from vae_infer.viz import PAD_VALUE, image_grid, read_png, save_image_grid, to_uint8, upscale_factor
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

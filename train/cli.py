@@ -70,7 +70,9 @@ def fit(data_dir, hidden_size, latent_size, run_dir, out, resume, pictures, quie
     run_dir = run_dir or Path("runs") / out.name
     model_config = ModelConfig(hidden_size=hidden_size, latent_size=latent_size)
     result = run_fit(config, model_config, run_dir=run_dir, resume=resume, data_dir=data_dir, progress=not quiet)
-    command = "python -m train " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["fit"] else None
+    # The command that reproduces this model: a resumed run ends where an uninterrupted one does.
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    command = "python -m train " + shlex.join(argv) if argv[:1] == ["fit"] else None
     record = result.record(command)
     export_package(result.model, out, to_tensor(result.dataset.test_images), training=record)
     _finish(result, out, run_dir, pictures)

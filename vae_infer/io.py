@@ -9,8 +9,9 @@ import os
 import secrets
 import stat
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -132,7 +133,7 @@ def write_array(path: str | Path, data: np.ndarray | Mapping[str, np.ndarray]) -
     bad = [k for k, v in (arrays.items() if npz else [("array", arrays)]) if v.dtype == object]
     if bad:
         raise InputError(f"{path}: expected numeric arrays, found object arrays: {', '.join(bad)}")
-    _atomic_write(path, arrays)
+    write_atomically(path, lambda f: _dump(f, arrays))
     return path
 
 
@@ -143,15 +144,20 @@ def _dump(f, arrays: np.ndarray | dict[str, np.ndarray]) -> None:
         np.save(f, arrays, allow_pickle=False)
 
 
-def _atomic_write(path: Path, arrays: np.ndarray | dict[str, np.ndarray]) -> None:
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call write(file) on a temporary file beside `path`, then rename it over `path` (os.replace), so a
+    crash never leaves a half-written file: `path` is the old file or the complete new one. Creates
+    missing parent folders; a replaced file keeps its permissions. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 applies the umask, so the new file gets the permissions a plain open() would give it.
+    # os.open with 0o666 applies the umask, so a new file gets the permissions a plain open() would give it.
     f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
     try:
         with f:
             if path.exists():  # replacing a file keeps its permissions, as overwriting it in place would
                 os.chmod(f.fileno(), stat.S_IMODE(path.stat().st_mode))
-            _dump(f, arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -161,10 +167,11 @@ def _atomic_write(path: Path, arrays: np.ndarray | dict[str, np.ndarray]) -> Non
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
     except OSError:
-        return
+        return path
     try:
         os.fsync(dir_fd)
     except OSError:
         pass
     finally:
         os.close(dir_fd)
+    return path

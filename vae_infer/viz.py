@@ -10,17 +10,14 @@ from __future__ import annotations
 import io
 import math
 import numbers
-import os
-import secrets
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import InputError, MissingExtraError
 from .inputs import as_images
+from .io import write_atomically
 
 PAD_VALUE = 1.0  # white lines between tiles, and white for the empty cells of a last, partial row
 TARGET_SIDE = 512  # save_image_grid upscales so the longer side comes nearest this many pixels...
@@ -77,27 +74,6 @@ def upscale_factor(shape: tuple[int, int]) -> int:
 def to_uint8(grid: np.ndarray) -> NDArray[np.uint8]:
     """[0, 1] floats -> 0..255, rounded (so uint8 images divided by 255 come back exactly)."""
     return np.round(np.clip(grid, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-# -- writing -------------------------------------------------------------------------------------------
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call write(file) on a temporary file beside `path`, then rename it over `path` (os.replace), so a
-    crash never leaves a half-written file. Creates missing parent folders. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 respects the umask, as a plain open() would (mkstemp would make it 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_image_grid(images, image_shape, path, ncols=None, title: str | None = None) -> Path:
@@ -224,4 +200,4 @@ def _as_shape(image_shape) -> tuple[int, int]:
     return _positive_int(h, "image height"), _positive_int(w, "image width")
 
 
-__all__ = ["image_grid", "save_image_grid", "read_png", "upscale_factor", "to_uint8", "write_atomically"]
+__all__ = ["image_grid", "save_image_grid", "read_png", "upscale_factor", "to_uint8"]
