@@ -191,7 +191,7 @@ def fit(
                 loss = loss_vec.mean()
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(
-                        f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1} (global step "
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
                         f"{global_step + 1}); the last good checkpoint is kept at {ckpt_path}. "
                         f"Try a lower --lr or --kl-warmup-epochs"
                     )
