@@ -109,3 +109,10 @@ def test_all_errors_share_one_base():
     for cls in (vae_infer.InputError, vae_infer.ModelPackageError, vae_infer.DeviceError, vae_infer.DataError,
                 vae_infer.MissingExtraError):
         assert issubclass(cls, vae_infer.VaeInferError)
+
+
+def test_unknown_backend_and_c_on_gpu(tiny_package):
+    with pytest.raises(DeviceError, match=r"unknown backend 'tensorrt': expected one of onnxruntime, c"):
+        vae_infer.load(tiny_package, backend="tensorrt")
+    with pytest.raises(DeviceError, match=r"backend='c' runs on the CPU only, got device='cuda'"):
+        vae_infer.load(tiny_package, backend="c", device="cuda")

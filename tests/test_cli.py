@@ -17,6 +17,8 @@ from click.testing import CliRunner, Result
 import vae_infer
 from vae_infer import cli
 from vae_infer import io as vio
+from vae_infer.cli import base as cli_base
+from vae_infer.cli import model_commands
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODEL = FIXTURES / "tiny-model"
@@ -161,8 +163,8 @@ def test_encode_accepts_one_image_and_flat_floats(tmp_path, api, images):
 
 def test_progress_is_shown_on_a_terminal_and_changes_no_result(tmp_path, monkeypatch, images_npy, images):
     small = vae_infer.load(MODEL, threads=1, chunk_size=10)
-    monkeypatch.setattr(cli, "_open", lambda model, device, threads: small)
-    monkeypatch.setattr(cli, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(model_commands, "open_model", lambda model, device, threads: small)
+    monkeypatch.setattr(cli_base, "stderr_is_terminal", lambda: True)
     result = ok(run("encode", MODEL, images_npy, "--out", tmp_path / "a.npz"))
     assert "encoding" in result.stderr
     with np.load(tmp_path / "a.npz") as z:

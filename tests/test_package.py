@@ -168,3 +168,29 @@ def test_without_atomic_exchange_the_fallback_still_replaces(tiny_package, tmp_p
     write_package(dest, files, manifest)
     assert sorted(os.listdir(dest)) == ["decoder.onnx", "encoder.onnx", "model.json"]
     assert sorted(os.listdir(tmp_path)) == ["pkg"]
+
+
+def test_update_package_adds_a_file_and_section(tiny_copy):
+    from vae_infer.package import update_package
+
+    extra = b"\x00\x01extra"
+    new = update_package(tiny_copy, {"extra.bin": extra}, calibration={"file": "extra.bin", "quantile": 0.99})
+    assert new.files["extra.bin"] == sha256_bytes(extra)
+    reread = read_manifest(tiny_copy)
+    assert reread == new and reread.calibration == {"file": "extra.bin", "quantile": 0.99}
+    assert reread.to_dict()["calibration"]["file"] == "extra.bin"
+    vae_infer.load(tiny_copy)
+
+
+def test_update_package_refuses_a_tampered_package(tiny_copy):
+    from vae_infer.package import update_package
+
+    (tiny_copy / "decoder.onnx").write_bytes(b"tampered")
+    with pytest.raises(ModelPackageError, match=r"decoder.onnx does not match model.json"):
+        update_package(tiny_copy, {"x.bin": b"x"})
+
+
+def test_a_section_naming_an_unlisted_file_is_refused(tiny_copy):
+    _edit_manifest(tiny_copy, lambda d: d.update(latent_index={"file": "graph.npz"}))
+    with pytest.raises(ModelPackageError, match=r"latent_index names the file 'graph.npz' but no sha256 is listed"):
+        vae_infer.load(tiny_copy)

@@ -53,6 +53,10 @@ class Manifest:
     hidden_size: int | None = None
     training: dict[str, Any] = field(default_factory=dict)  # figures and the command that made the model
     tools: dict[str, str] = field(default_factory=dict)  # versions of the tools that made the package
+    # Optional sections added after export (each names its files, which must be listed in `files`):
+    latent_index: dict[str, Any] | None = None  # the latent graph for graph-based interpolation
+    calibration: dict[str, Any] | None = None  # anomaly-score thresholds from validation data
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. "int8": other encoder/decoder files
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -80,6 +84,21 @@ class Manifest:
                 )
             if graph.file not in self.files:
                 raise ModelPackageError(f"model.json: no sha256 listed for the {role} file {graph.file!r}")
+        for section, name in self.referenced_files():
+            if name not in self.files:
+                raise ModelPackageError(f"model.json: {section} names the file {name!r} but no sha256 is listed for it")
+
+    def referenced_files(self) -> list[tuple[str, str]]:
+        """(section, file name) for every file an optional section names under a key ending in "file"."""
+        sections = [("latent_index", self.latent_index), ("calibration", self.calibration)]
+        sections += [(f"variants.{k}", v) for k, v in self.variants.items()]
+        return [
+            (section, str(value))
+            for section, body in sections
+            if body
+            for key, value in body.items()
+            if key == "file" or key.endswith("_file")
+        ]
 
     @property
     def features(self) -> int:
@@ -106,6 +125,9 @@ class Manifest:
             "files": {name: {"sha256": digest} for name, digest in sorted(self.files.items())},
             "training": self.training,
             "tools": self.tools,
+            **({"latent_index": self.latent_index} if self.latent_index else {}),
+            **({"calibration": self.calibration} if self.calibration else {}),
+            **({"variants": self.variants} if self.variants else {}),
         }
 
     @classmethod
@@ -135,6 +157,9 @@ class Manifest:
                 hidden_size=d.get("hidden_size"),
                 training=dict(d.get("training", {})),
                 tools=dict(d.get("tools", {})),
+                latent_index=d.get("latent_index"),
+                calibration=d.get("calibration"),
+                variants=dict(d.get("variants", {})),
                 format_version=int(d["format_version"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -8,13 +8,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import likelihood
-from .errors import InputError, ModelPackageError
+from .errors import DeviceError, InputError, ModelPackageError, VaeInferError
 from .inputs import as_count, as_images, as_latents, as_seed
 from .manifest import BATCH_AXIS, GraphSpec, Manifest
 from .package import read_manifest, read_verified
 from .sessions import create_session
 
 Array = NDArray[np.float32]
+BACKENDS = ("onnxruntime", "c")  # "c": the graphs compiled to a native library (vae_infer.native)
 DEFAULT_CHUNK = 4096  # rows per onnxruntime call: ~13 MB of decoder output, so memory stays bounded
 
 
@@ -29,8 +30,14 @@ class VAEModel:
         threads: int | None = None,
         spinning: bool = False,
         chunk_size: int = DEFAULT_CHUNK,
+        backend: str = "onnxruntime",
     ) -> None:
+        if backend not in BACKENDS:
+            raise DeviceError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend == "c" and device != "cpu":
+            raise DeviceError(f"backend='c' runs on the CPU only, got device={device!r}; use backend='onnxruntime'")
         self.path = Path(path)
+        self.backend = backend
         self.manifest: Manifest = read_manifest(self.path)
         self.chunk_size = as_count(chunk_size, "chunk_size")
         devices = set()
@@ -39,11 +46,16 @@ class VAEModel:
             spec: GraphSpec = getattr(self.manifest, role)
             data = read_verified(self.path, self.manifest, spec.file)
             try:
-                session, got = create_session(data, device, threads, spinning)
-            except Exception as e:
-                if type(e).__module__.startswith("vae_infer"):
-                    raise
-                raise ModelPackageError(f"onnxruntime cannot load {self.path / spec.file}: {e}") from e
+                if backend == "c":
+                    from .native import create_runner
+
+                    session, got = create_runner(data, spec, threads=threads), "cpu"
+                else:
+                    session, got = create_session(data, device, threads, spinning)
+            except VaeInferError:
+                raise
+            except Exception as e:  # onnxruntime raises its own untyped errors for graphs it cannot read
+                raise ModelPackageError(f"{backend} cannot load {self.path / spec.file}: {e}") from e
             _check_session_matches(session, spec, self.path / spec.file)
             self._sessions[role] = session
             devices.add(got)
@@ -54,7 +66,8 @@ class VAEModel:
         self._x_hat, self._logits = (t.name for t in self.manifest.decoder.outputs)
 
     def __repr__(self) -> str:
-        return f"VAEModel({str(self.path)!r}, device={self.device!r}, latent_size={self.latent_size})"
+        return (f"VAEModel({str(self.path)!r}, device={self.device!r}, backend={self.backend!r}, "
+                f"latent_size={self.latent_size})")
 
     @property
     def latent_size(self) -> int:
@@ -147,12 +160,14 @@ def load(
     threads: int | None = None,
     spinning: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
+    backend: str = "onnxruntime",
 ) -> VAEModel:
     """Load a model package folder (model.json + encoder.onnx + decoder.onnx), verifying every file.
 
     device: "cpu", "cuda" (raises if CUDA is not really used) or "auto" (CUDA when available; see .device).
-    threads: onnxruntime intra-op threads; default the cores this process may use."""
-    return VAEModel(path, device=device, threads=threads, spinning=spinning, chunk_size=chunk_size)
+    threads: onnxruntime intra-op threads; default the cores this process may use.
+    backend: "onnxruntime", or "c" for the graphs compiled to a native library (CPU only)."""
+    return VAEModel(path, device=device, threads=threads, spinning=spinning, chunk_size=chunk_size, backend=backend)
 
 
 __all__ = ["VAEModel", "load", "InputError"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import json
 import os
@@ -100,3 +101,19 @@ def write_package(dest: str | Path, files: dict[str, bytes], manifest: Manifest)
         if tmp.exists():
             shutil.rmtree(tmp)
     return dest
+
+
+def update_package(package_dir: str | Path, new_files: dict[str, bytes], **manifest_changes) -> Manifest:
+    """Add or replace files and manifest sections of an existing package, atomically: every existing file
+    is verified first, and the whole package is rewritten with write_package. Returns the new manifest.
+
+    Example: update_package(path, {"latent_index.npz": data}, latent_index={"file": "latent_index.npz", ...})"""
+    package_dir = Path(package_dir)
+    manifest = read_manifest(package_dir)
+    files = {name: read_verified(package_dir, manifest, name) for name in manifest.files}
+    files.update(new_files)
+    new = dataclasses.replace(
+        manifest, files={name: sha256_bytes(data) for name, data in files.items()}, **manifest_changes
+    )
+    write_package(package_dir, files, new)
+    return new

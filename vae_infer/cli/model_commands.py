@@ -1,0 +1,199 @@
+"""The model commands: info, encode, decode, reconstruct, sample, score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .. import io
+from ..inputs import as_latents
+from .base import (
+    PNG_MAX,
+    PNG_PAIRS,
+    check_out,
+    check_png,
+    echo_json,
+    flatten,
+    fmt,
+    in_chunks,
+    json_option,
+    main,
+    model_options,
+    open_model,
+    png_option,
+    save_grid,
+    shape_text,
+    status_note,
+)
+
+
+@main.command()
+@model_options
+@json_option
+def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
+    """Describe a model package and verify its files.
+
+    Prints the name, image shape, latent size, likelihood, ONNX opset, the training figures recorded in
+    model.json, the sha256 of every file (all verified while loading) and the device and onnxruntime
+    providers in use."""
+    m = open_model(model, device, threads)
+    man = m.manifest
+    if as_json:
+        echo_json({
+            "name": man.name, "path": str(model), "format_version": man.format_version,
+            "image_shape": list(man.image_shape), "features": man.features, "latent_size": man.latent_size,
+            "hidden_size": man.hidden_size, "likelihood": man.likelihood, "input_scale": man.input_scale,
+            "opset": man.opset, "training": man.training, "tools": man.tools, "files": dict(sorted(man.files.items())),
+            "device": m.device, "providers": m.providers,
+        })
+        return
+    h, w = man.image_shape
+    providers = "; ".join(f"{role}: {', '.join(p)}" for role, p in m.providers.items())
+    rows = [
+        ("name", man.name), ("path", str(model)), ("image shape", f"{h} x {w} ({man.features} features)"),
+        ("latent size", man.latent_size), ("hidden size", man.hidden_size), ("likelihood", man.likelihood),
+        ("opset", man.opset), ("device", f"{m.device} ({providers})"),
+    ]
+    for k, v in rows:
+        click.echo(f"{k + ':':<13} {v}")
+    click.echo("files (sha256, verified):")
+    for name, digest in sorted(man.files.items()):
+        click.echo(f"  {name}  {digest}")
+    if man.training:
+        click.echo("training:")
+        for k, v in flatten(man.training):
+            click.echo(f"  {k}: {fmt(v)}")
+
+
+@main.command()
+@model_options
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npz",
+              help="Where to write: .npz gets arrays mu and logvar; .npy gets mu only.")
+@json_option
+def encode(model: Path, input: Path, out: Path, device: str, threads: int | None, as_json: bool) -> None:
+    """Encode images to latent codes: mu and logvar of q(z|x).
+
+    Reads the images in INPUT and writes mu and logvar, each (n, latent size) float32, to --out."""
+    m = open_model(model, device, threads)
+    x = m.as_images(io.read_images(input, m.image_shape))
+    mu, logvar = in_chunks(m, m.encode, x, "encoding", quiet=as_json)
+    npz = out.suffix.lower() == ".npz"
+    io.write_array(out, {"mu": mu, "logvar": logvar} if npz else mu)
+    keys = ["mu", "logvar"] if npz else ["mu"]
+    if as_json:
+        echo_json({"out": str(out), "arrays": keys, "n": len(mu), "latent_size": m.latent_size})
+    else:
+        click.echo(f"wrote {' and '.join(keys)} ({shape_text(mu)}) to {out}")
+
+
+@main.command()
+@model_options
+@click.argument("latents", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
+              help="Where to write the images, (n, height*width) float32 in [0, 1] (.npy, or .npz key images).")
+@png_option
+def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str, threads: int | None) -> None:
+    """Decode latent codes to images.
+
+    Reads the codes in LATENTS ((n, latent size), .npy or .npz; FILE.npz:KEY picks one array) and writes
+    the decoded images (the Bernoulli means) to --out."""
+    m = open_model(model, device, threads)
+    z = as_latents(io.read_latents(latents), m.latent_size)
+    images = in_chunks(m, m.decode, z, "decoding")
+    io.write_array(out, {"images": images})
+    click.echo(f"wrote {len(images)} decoded images ({shape_text(images)}) to {out}")
+    if png is not None:
+        save_grid(images[:PNG_MAX], m, png)
+        click.echo(f"wrote {png}")
+
+
+@main.command()
+@model_options
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
+              help="Where to write the reconstructions, (n, height*width) float32 in [0, 1] (.npy, or .npz key "
+                   "images).")
+@click.option("--png", type=click.Path(path_type=Path), callback=check_png, metavar="GRID.png",
+              help=f"Also save a picture: the first {PNG_PAIRS} originals above their reconstructions "
+                   f"(needs the viz extra: matplotlib).")
+def reconstruct(model: Path, input: Path, out: Path, png: Path | None, device: str, threads: int | None) -> None:
+    """Reconstruct images: encode, then decode mu.
+
+    Reads the images in INPUT and writes decode(mu), the deterministic reconstruction, to --out."""
+    m = open_model(model, device, threads)
+    x = m.as_images(io.read_images(input, m.image_shape))
+    recon = in_chunks(m, m.reconstruct, x, "reconstructing")
+    io.write_array(out, {"images": recon})
+    click.echo(f"wrote {len(recon)} reconstructions ({shape_text(recon)}) to {out}")
+    if png is not None:
+        k = min(len(x), PNG_PAIRS)
+        save_grid(np.concatenate([x[:k], recon[:k]]), m, png, ncols=k,
+              title="originals (top) and reconstructions (bottom)")
+        click.echo(f"wrote {png}")
+
+
+@main.command()
+@model_options
+@click.option("-n", "--count", "n", type=click.IntRange(min=1), required=True, metavar="N",
+              help="How many images to sample.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, metavar="S",
+              help="Random seed; the same seed gives the same images.  [default: fresh randomness]")
+@click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
+              help="Where to write the samples, (n, height*width) float32 in [0, 1] (.npy, or .npz key images).")
+@png_option
+def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, device: str,
+           threads: int | None) -> None:
+    """Sample new images from the model.
+
+    Decodes N codes z ~ N(0, I) and writes the images to --out; the same --seed gives the same images."""
+    m = open_model(model, device, threads)
+    if n > m.chunk_size:
+        status_note(f"sampling {n} images...")
+    images = m.sample(n, seed=seed)
+    io.write_array(out, {"images": images})
+    click.echo(f"wrote {n} samples ({shape_text(images)}) to {out}")
+    if png is not None:
+        title = f"{m.manifest.name}: samples" + ("" if seed is None else f", seed {seed}")
+        save_grid(images[:PNG_MAX], m, png, title=title)
+        click.echo(f"wrote {png}")
+
+
+@main.command()
+@model_options
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="Draws of z per image in the estimate.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S",
+              help="Random seed of the draws.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, callback=check_out, metavar="OUT.npy",
+              help="Also write the per-image figures, (n,) float64 (.npy, or .npz key nelbo).")
+@json_option
+def score(model: Path, input: Path, samples: int, seed: int, out: Path | None, device: str, threads: int | None,
+          as_json: bool) -> None:
+    """Score images: the negative ELBO of each, in nats.
+
+    Estimates -ELBO (nats, lower is better) for every image in INPUT with K draws of z per image, and
+    prints n, mean, min and max; --out also writes the per-image figures."""
+    m = open_model(model, device, threads)
+    x = m.as_images(io.read_images(input, m.image_shape))
+    if len(x) > m.chunk_size:
+        status_note(f"scoring {len(x)} images ({samples} draw(s) each)...", quiet=as_json)
+    nelbo = m.score(x, samples=samples, seed=seed)
+    if out is not None:
+        io.write_array(out, {"nelbo": nelbo})
+    summary = {"n": len(nelbo), "mean": float(nelbo.mean()), "min": float(nelbo.min()), "max": float(nelbo.max())}
+    if as_json:
+        echo_json({**summary, "unit": "nats", "samples": samples, "seed": seed, "out": out and str(out)})
+        return
+    click.echo(f"negative ELBO of {summary['n']} images, nats ({samples} draw(s) of z each, seed {seed}):")
+    for k in ("mean", "min", "max"):
+        click.echo(f"  {k + ':':<5} {summary[k]:.4f}")
+    if out is not None:
+        click.echo(f"wrote per-image figures to {out}")
+
+
+if __name__ == "__main__":
+    main()
