@@ -119,9 +119,16 @@ class VAEModel:
         z = np.random.default_rng(as_seed(seed)).standard_normal((n, self.latent_size)).astype(np.float32)
         return self.decode(z)
 
-    def score(self, images: object, samples: int = 1, seed: int | None = 0) -> NDArray[np.float64]:
-        """Per-example negative ELBO in nats, (n,): -E_q[log p(x|z)] + KL(q(z|x) || p(z)), estimated
-        with `samples` reparameterized draws of z per example (seeded; the same figure training reports)."""
+    def score(self, images: object, kind: str = "nelbo", samples: int = 1, seed: int | None = 0) -> NDArray[np.float64]:
+        """Per-example scores, (n,), higher = less likely under the model.
+
+        kind="nelbo" (default): the negative ELBO in nats, -E_q[log p(x|z)] + KL(q(z|x) || p(z)), estimated
+        with `samples` reparameterized draws of z per example (seeded; the same figure training reports).
+        Other kinds are the anomaly scores of vae_infer.anomaly."""
+        if kind != "nelbo":
+            from .anomaly import score as anomaly_score
+
+            return anomaly_score(self, images, kind=kind, samples=samples, seed=seed)
         x = self.as_images(images)
         k = as_count(samples, "samples")
         rng = np.random.default_rng(as_seed(seed))
@@ -129,6 +136,31 @@ class VAEModel:
         for s in range(0, len(x), self.chunk_size):
             out[s : s + self.chunk_size] = self._nelbo_chunk(x[s : s + self.chunk_size], k, rng)
         return out
+
+    def detect(self, images: object, **options):
+        """(flags, scores): which images score above the threshold calibrated on training data (vae_infer.anomaly)."""
+        from .anomaly import detect
+
+        return detect(self, images, **options)
+
+    def denoise(self, images: object, **options) -> Array:
+        """Images mapped through the encoder mean and the decoder (vae_infer.anomaly.denoise)."""
+        from .anomaly import denoise
+
+        return denoise(self, images, **options)
+
+    def interpolate(self, image_a: object, image_b: object, steps: int = 10, method: str = "linear",
+                    **options) -> Array:
+        """Decoded images along a path from image_a to image_b, (steps, features) (vae_infer.interpolation)."""
+        from .interpolation import interpolate
+
+        return interpolate(self, image_a, image_b, steps=steps, method=method, **options)
+
+    def path_metrics(self, path: object, **options) -> dict:
+        """Length in data space, largest step and realism of a path of images (vae_infer.interpolation)."""
+        from .interpolation import path_metrics
+
+        return path_metrics(self, path, **options)
 
     def _nelbo_chunk(self, x: Array, k: int, rng: np.random.Generator) -> NDArray[np.float64]:
         mu, logvar = self._encode(x)
