@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+import vae_infer
 from vae_infer.errors import VaeInferError
 
 from .config import SCHEDULES, ModelConfig, TrainConfig
@@ -79,21 +80,56 @@ def fit(data_dir, hidden_size, latent_size, run_dir, out, resume, pictures, quie
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="The model package folder to write.")
+@click.argument("source", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), help="Model package to write (when SOURCE is a run folder).")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Add an int8-weight variant (about 4x smaller).")
+@click.option("--fp16", is_flag=True, help="Add an fp16 variant (for GPUs).")
+@click.option("--ort-format", is_flag=True, help="Add an ORT-format variant (for onnxruntime's minimal builds).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding named datasets (else VAE_DATA_DIR).")
 @click.option("--pictures/--no-pictures", default=False, show_default=True, help="Write the pictures again.")
 @_errors_as_one_line
-def export(run_dir, out, data_dir, pictures) -> None:
-    """Export the best checkpoint of a finished run folder RUN_DIR as a model package."""
+def export(source, out, quantize, fp16, ort_format, data_dir, pictures) -> None:
+    """Export a model package, or add variants to one.
+
+    SOURCE is a finished run folder (its best checkpoint is exported to --out) or a model package (the
+    variants asked for are added to it in place). Each variant's test -ELBO change is measured and
+    written to model.json."""
+    from vae_infer.manifest import MANIFEST_NAME
+
+    from .data import load_dataset
+    from .variants import add_variants
+
+    kinds = [k for k, wanted in (("int8", quantize == "int8"), ("fp16", fp16), ("ort", ort_format)) if wanted]
+    if (source / MANIFEST_NAME).is_file():
+        if out is not None or not kinds:
+            raise click.UsageError("SOURCE is a model package: name variants to add (--quantize int8, --fp16, "
+                                   "--ort-format) and no --out")
+        dataset = vae_infer.load(source, threads=1).manifest.training.get("dataset", "fashion-mnist")
+        _report_variants(add_variants(source, kinds, load_dataset(dataset, data_dir=data_dir).test_images))
+        return
+    if out is None:
+        raise click.UsageError("SOURCE is a run folder: --out names the model package to write")
     from .export import export_package
     from .fit import load_run, to_tensor
 
-    result = load_run(run_dir, data_dir)
+    result = load_run(source, data_dir)
     old = _old_record(out)
     export_package(result.model, out, to_tensor(result.dataset.test_images),
                    training=result.record(old.get("command")))
-    _finish(result, out, run_dir, pictures)
+    if kinds:
+        _report_variants(add_variants(out, kinds, result.dataset.test_images))
+    _finish(result, out, source, pictures)
+
+
+def _report_variants(variants: dict) -> None:
+    for kind, v in variants.items():
+        click.echo(f"variant {kind}: {v['bytes'] / 1e6:.2f} MB (fp32 {v['fp32_bytes'] / 1e6:.2f} MB), test -ELBO "
+                   f"{v['test_nelbo']:.2f} ({v['test_nelbo_change']:+.3f} nats vs fp32), mean abs diff "
+                   f"{_fmt_diffs(v['mean_abs_diff_vs_fp32'])} (max {_fmt_diffs(v['max_abs_diff_vs_fp32'])})")
+
+
+def _fmt_diffs(diffs: dict) -> str:
+    return ", ".join(f"{k} {v:.2g}" for k, v in diffs.items())
 
 
 def _old_record(out: Path) -> dict:
@@ -104,8 +140,6 @@ def _old_record(out: Path) -> dict:
 
 
 def _finish(result, out: Path, run_dir: Path, pictures: bool) -> None:
-    import vae_infer
-
     t = result.test
     click.echo(f"test -ELBO {t['nelbo']:.2f} nats/example (recon {t['recon']:.2f}, KL {t['kl']:.2f}); "
                f"importance-weighted (k={t['iw_samples']}) {t['iw_nll']:.2f}; best epoch {result.best_epoch}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ class VAEModel:
         spinning: bool = False,
         chunk_size: int = DEFAULT_CHUNK,
         backend: str = "onnxruntime",
+        variant: str | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise DeviceError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -39,11 +41,19 @@ class VAEModel:
         self.path = Path(path)
         self.backend = backend
         self.manifest: Manifest = read_manifest(self.path)
+        self.variant = variant
+        if variant is not None and variant not in self.manifest.variants:
+            raise ModelPackageError(
+                f"{self.path} has no variant {variant!r}; it has {sorted(self.manifest.variants) or 'none'}. "
+                f"Make one with: python -m train export {self.path} --quantize int8 (or --fp16, --ort-format)"
+            )
         self.chunk_size = as_count(chunk_size, "chunk_size")
         devices = set()
         self._sessions = {}
         for role in ("encoder", "decoder"):
             spec: GraphSpec = getattr(self.manifest, role)
+            if variant is not None:
+                spec = dataclasses.replace(spec, file=self.manifest.variants[variant][f"{role}_file"])
             data = read_verified(self.path, self.manifest, spec.file)
             try:
                 if backend == "c":
@@ -193,13 +203,16 @@ def load(
     spinning: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
     backend: str = "onnxruntime",
+    variant: str | None = None,
 ) -> VAEModel:
     """Load a model package folder (model.json + encoder.onnx + decoder.onnx), verifying every file.
 
     device: "cpu", "cuda" (raises if CUDA is not really used) or "auto" (CUDA when available; see .device).
     threads: onnxruntime intra-op threads; default the cores this process may use.
-    backend: "onnxruntime", or "c" for the graphs compiled to a native library (CPU only)."""
-    return VAEModel(path, device=device, threads=threads, spinning=spinning, chunk_size=chunk_size, backend=backend)
+    backend: "onnxruntime", or "c" for the graphs compiled to a native library (CPU only).
+    variant: None for the fp32 graphs, or one the package lists in model.json `variants` ("int8", "fp16", "ort")."""
+    return VAEModel(path, device=device, threads=threads, spinning=spinning, chunk_size=chunk_size, backend=backend,
+                    variant=variant)
 
 
 __all__ = ["VAEModel", "load", "InputError"]

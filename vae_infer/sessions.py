@@ -50,6 +50,8 @@ def create_session(
     if device not in DEVICES:
         raise DeviceError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
     opts = session_options(threads, spinning)
+    if model_bytes[4:8] == b"ORTM":  # the ORT flatbuffer format (a minimal-build model) rather than ONNX protobuf
+        opts.add_session_config_entry("session.load_model_format", "ORT")
     available = ort.get_available_providers()
     if device == "cuda" and CUDA not in available:
         raise DeviceError(
