@@ -40,9 +40,10 @@ def as_images(images: object, image_shape: tuple[int, int], scale: float) -> NDA
             f"or pass floats in [0, 1]"
         )
     x = arr.astype(np.float32, copy=False)
-    _require_finite(x, "images")
+    # min and max propagate NaN and show inf, so the finite check only runs when the range check fails
     lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
+    if not (0.0 <= lo and hi <= 1.0):
+        _require_finite(x, "images")
         raise InputError(
             f"float images must lie in [0, 1], found values in [{lo:g}, {hi:g}]; "
             f"divide 0..255 pixel values by 255 or pass uint8"

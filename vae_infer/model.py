@@ -98,6 +98,8 @@ class VAEModel:
     # -- the graphs, in chunks -------------------------------------------------------------------
     def _run(self, role: str, outputs: list[str], feed: str, x: Array) -> list[Array]:
         session = self._sessions[role]
+        if len(x) <= self.chunk_size:  # the common case, kept free of overhead for single-example latency
+            return session.run(outputs, {feed: x})
         parts = [session.run(outputs, {feed: x[s : s + self.chunk_size]}) for s in range(0, len(x), self.chunk_size)]
         return [np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in range(len(outputs))]
 
