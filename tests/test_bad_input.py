@@ -116,3 +116,8 @@ def test_unknown_backend_and_c_on_gpu(tiny_package):
         vae_infer.load(tiny_package, backend="tensorrt")
     with pytest.raises(DeviceError, match=r"backend='c' runs on the CPU only, got device='cuda'"):
         vae_infer.load(tiny_package, backend="c", device="cuda")
+
+
+def test_weights_are_a_c_backend_option(tiny_package):
+    with pytest.raises(DeviceError, match=r"weights='int8' is a C-backend option .*variant='int8'"):
+        vae_infer.load(tiny_package, weights="int8")

@@ -33,9 +33,13 @@ class VAEModel:
         chunk_size: int = DEFAULT_CHUNK,
         backend: str = "onnxruntime",
         variant: str | None = None,
+        weights: str = "fp32",
     ) -> None:
         if backend not in BACKENDS:
             raise DeviceError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if weights != "fp32" and backend != "c":
+            raise DeviceError(f"weights={weights!r} is a C-backend option (backend='c'); for onnxruntime use "
+                              f"variant='int8' or 'fp16'")
         if backend == "c" and device != "cpu":
             raise DeviceError(f"backend='c' runs on the CPU only, got device={device!r}; use backend='onnxruntime'")
         self.path = Path(path)
@@ -59,7 +63,7 @@ class VAEModel:
                 if backend == "c":
                     from .native import create_runner
 
-                    session, got = create_runner(data, spec, threads=threads), "cpu"
+                    session, got = create_runner(data, spec, threads=threads, weights=weights), "cpu"
                 else:
                     session, got = create_session(data, device, threads, spinning)
             except VaeInferError:
@@ -206,15 +210,17 @@ def load(
     chunk_size: int = DEFAULT_CHUNK,
     backend: str = "onnxruntime",
     variant: str | None = None,
+    weights: str = "fp32",
 ) -> VAEModel:
     """Load a model package folder (model.json + encoder.onnx + decoder.onnx), verifying every file.
 
     device: "cpu", "cuda" (raises if CUDA is not really used) or "auto" (CUDA when available; see .device).
     threads: onnxruntime intra-op threads; default the cores this process may use.
     backend: "onnxruntime", or "c" for the graphs compiled to a native library (CPU only).
-    variant: None for the fp32 graphs, or one the package lists in model.json `variants` ("int8", "fp16", "ort")."""
+    variant: None for the fp32 graphs, or one the package lists in model.json `variants` ("int8", "fp16", "ort").
+    weights: with backend="c", the weight format compiled in: "fp32" (exact), "fp16" or "int8"."""
     return VAEModel(path, device=device, threads=threads, spinning=spinning, chunk_size=chunk_size, backend=backend,
-                    variant=variant)
+                    variant=variant, weights=weights)
 
 
 __all__ = ["VAEModel", "load", "InputError"]
