@@ -157,3 +157,21 @@ def test_train_cli_help(command):
     r = CliRunner().invoke(train_cli, [*command, "--help"])
     assert r.exit_code == 0
     assert {(): "Train the course's VAE", ("fit",): "--resume", ("export",): "RUN_DIR"}[tuple(command)] in r.output
+
+
+def test_denoising_training_is_seeded_and_differs_from_plain(tmp_path):
+    base = dict(epochs=1, **SMALL)
+    plain = fit(TrainConfig(**base), run_dir=tmp_path / "plain", progress=False)
+    noisy = fit(TrainConfig(noise="gaussian:0.3", **base), run_dir=tmp_path / "noisy", progress=False)
+    again = fit(TrainConfig(noise="gaussian:0.3", **base), run_dir=tmp_path / "again", progress=False)
+    w = {name: r.model.state_dict()["encoder.hidden.weight"] for name, r in
+         (("plain", plain), ("noisy", noisy), ("again", again))}
+    assert torch.equal(w["noisy"], w["again"])
+    assert not torch.equal(w["noisy"], w["plain"])
+    # evaluation stays on clean images: the figures are comparable with a plain model's
+    assert abs(noisy.test["nelbo"] - plain.test["nelbo"]) < 40
+
+
+def test_bad_noise_spec_is_refused():
+    with pytest.raises(ValueError, match=r"noise"):
+        TrainConfig(noise="speckle:0.3")

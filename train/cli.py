@@ -52,6 +52,9 @@ def main() -> None:
 @click.option("--iw-samples", type=int, default=DEFAULTS.iw_samples, show_default=True,
               help="k for the final importance-weighted bound on the test set.")
 @click.option("--threads", type=int, default=DEFAULTS.threads, show_default=True, help="0: the cores available.")
+@click.option("--noise", default=DEFAULTS.noise, metavar="SPEC",
+              help="Train a denoising VAE: corrupt each input batch (gaussian:SIGMA, salt-pepper:P, ranges LO-HI, "
+                   "several joined by commas); the loss scores the clean images.")
 @click.option("--hidden-size", type=int, default=MODEL_DEFAULTS.hidden_size, show_default=True)
 @click.option("--latent-size", type=int, default=MODEL_DEFAULTS.latent_size, show_default=True)
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None,

@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 0  # one seed drives the split, the initialisation, the batch order and the noise
     iw_samples: int = 200  # k for the final importance-weighted bound on the test set
     threads: int = 0  # torch intra-op threads (0: the cores this process may use)
+    noise: str = ""  # a denoising VAE: corrupt each input batch with this spec (gaussian:0.3, ...); targets stay clean
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -71,6 +72,10 @@ class TrainConfig:
             raise ValueError("beta, kl_warmup_epochs, validation_size and train_limit must not be negative")
         if self.iw_samples < 1:
             raise ValueError(f"iw_samples must be at least 1, got {self.iw_samples}")
+        if self.noise:
+            from vae_infer.corruptions import parse_noise
+
+            parse_noise(self.noise)  # raises InputError (a ValueError) naming what it expected
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

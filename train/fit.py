@@ -22,6 +22,7 @@ from .config import ModelConfig, TrainConfig
 from .data import Dataset, load_dataset, split_validation
 from .loss import importance_weighted_nll, negative_elbo
 from .model import VAE
+from .noise import add_noise, parse_noise
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_JSON = "history.json"
@@ -157,7 +158,7 @@ def fit(
         if not ckpt_path.is_file():
             raise VaeInferError(f"--resume: no checkpoint at {ckpt_path}; run without --resume to start afresh")
         ckpt = torch.load(ckpt_path, weights_only=True)
-        if ckpt["train_config"] != config.to_dict() or ckpt["model_config"] != model_config.to_dict():
+        if TrainConfig.from_dict(ckpt["train_config"]) != config or ckpt["model_config"] != model_config.to_dict():
             raise VaeInferError(
                 f"--resume: {ckpt_path} was made with a different configuration "
                 f"({ckpt['train_config']}); resume with the same options or start a new run folder"
@@ -168,6 +169,7 @@ def fit(
             scheduler.load_state_dict(ckpt["scheduler"])
         history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"]
 
+    noise = parse_noise(config.noise) if config.noise else None
     model.train()
     for epoch in range(start_epoch, config.epochs):
         g = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
@@ -186,7 +188,8 @@ def fit(
                 beta = config.beta
                 if config.kl_warmup_epochs:
                     beta *= min(1.0, (global_step + 1) / (config.kl_warmup_epochs * steps_per_epoch))
-                logits, mu, logvar = model(xb, g)
+                # a denoising VAE sees the corrupted batch and is scored on the clean one
+                logits, mu, logvar = model(add_noise(xb, noise, g) if noise else xb, g)
                 loss_vec, recon, kl = negative_elbo(logits, xb, mu, logvar, beta)
                 loss = loss_vec.mean()
                 if not torch.isfinite(loss):

@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from .. import io
+from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS
 from ..inputs import as_latents
 from .base import (
     PNG_MAX,
@@ -164,36 +165,40 @@ def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, d
 @main.command()
 @model_options
 @click.argument("input", type=click.Path(path_type=Path))
-@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
-              help="Draws of z per image in the estimate.")
+@click.option("--kind", type=click.Choice(SCORE_KINDS), default="nelbo", show_default=True,
+              help="nelbo, recon (BCE), mse, iwae (k = --samples), excess, ic, dose (needs calibrate); "
+                   "formulas in the README.")
+@click.option("--samples", type=click.IntRange(min=1), default=None, metavar="K",
+              help=f"Draws of z per image.  [default: {DEFAULT_IW_SAMPLES} for iwae, else 1]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S",
               help="Random seed of the draws.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, callback=check_out, metavar="OUT.npy",
-              help="Also write the per-image figures, (n,) float64 (.npy, or .npz key nelbo).")
+              help="Also write the per-image scores, (n,) float64 (.npy, or .npz under the kind's name).")
 @json_option
-def score(model: Path, input: Path, samples: int, seed: int, out: Path | None, device: str, threads: int | None,
-          as_json: bool) -> None:
-    """Score images: the negative ELBO of each, in nats.
+def score(model: Path, input: Path, kind: str, samples: int | None, seed: int, out: Path | None, device: str,
+          threads: int | None, as_json: bool) -> None:
+    """Score images: the negative ELBO of each in nats, or another anomaly score (--kind).
 
-    Estimates -ELBO (nats, lower is better) for every image in INPUT with K draws of z per image, and
-    prints n, mean, min and max; --out also writes the per-image figures."""
+    Higher is less likely under the model. Prints n, mean, min and max; --out also writes the per-image
+    scores."""
+    samples = samples or (DEFAULT_IW_SAMPLES if kind == "iwae" else 1)
     m = open_model(model, device, threads)
     x = m.as_images(io.read_images(input, m.image_shape))
     if len(x) > m.chunk_size:
         status_note(f"scoring {len(x)} images ({samples} draw(s) each)...", quiet=as_json)
-    nelbo = m.score(x, samples=samples, seed=seed)
+    values = m.score(x, kind=kind, samples=samples, seed=seed)
     if out is not None:
-        io.write_array(out, {"nelbo": nelbo})
-    summary = {"n": len(nelbo), "mean": float(nelbo.mean()), "min": float(nelbo.min()), "max": float(nelbo.max())}
+        io.write_array(out, {kind: values})
+    summary = {"n": len(values), "mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
+    unit = "nats" if kind not in ("mse", "dose") else "score"
     if as_json:
-        echo_json({**summary, "unit": "nats", "samples": samples, "seed": seed, "out": out and str(out)})
+        echo_json({**summary, "kind": kind, "unit": unit, "samples": samples, "seed": seed,
+                   "out": out and str(out)})
         return
-    click.echo(f"negative ELBO of {summary['n']} images, nats ({samples} draw(s) of z each, seed {seed}):")
+    label = "negative ELBO" if kind == "nelbo" else f"{kind} score"
+    click.echo(f"{label} of {summary['n']} images, {unit} ({samples} draw(s) of z each, seed {seed}):")
     for k in ("mean", "min", "max"):
         click.echo(f"  {k + ':':<5} {summary[k]:.4f}")
     if out is not None:
-        click.echo(f"wrote per-image figures to {out}")
+        click.echo(f"wrote per-image scores to {out}")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,255 @@
+"""The anomaly commands: calibrate, detect, denoise."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .. import anomaly, io
+from ..errors import DataError, InputError
+from .base import (
+    PNG_PAIRS,
+    check_out,
+    check_png,
+    echo_json,
+    json_option,
+    main,
+    model_options,
+    open_model,
+    save_grid,
+    shape_text,
+    status_note,
+)
+
+SPLITS = ("validation", "train", "test")
+TRAIN_IMAGES, TEST_IMAGES = "train-images-idx3-ubyte", "t10k-images-idx3-ubyte"
+SYSTEM_DATA = Path("/usr/share/datasets")  # where Debian's dataset-* packages put their files
+FLAGGED_SHOWN = 20  # indices of flagged images printed by detect (all are in --json and --out)
+
+
+# -- calibration data, without torch or train ---------------------------------------------------------------
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """An IDX file of uint8 images (n, h, w), raw or gzip-compressed (told by its first bytes)."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from e
+    if len(raw) < 16 or raw[:3] != b"\x00\x00\x08" or raw[3] != 3:
+        raise DataError(f"{path}: expected an IDX file of uint8 images (magic 0x00000803), got {raw[:4]!r}")
+    n, h, w = (int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(3))
+    if len(raw) - 16 != n * h * w:
+        raise DataError(f"{path}: the header says {n} images of {h}x{w} but the file holds {len(raw) - 16} bytes; "
+                        f"it is truncated or corrupt")
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w)
+
+
+def data_folders(name: str, data_dir: Path | None) -> list[Path]:
+    """Where a named dataset's IDX files are looked for: the order train/data.py uses, without downloads."""
+    dirs = []
+    if data_dir is not None:
+        dirs += [data_dir / name, data_dir]
+    if os.environ.get("VAE_DATA_DIR"):
+        dirs += [Path(os.environ["VAE_DATA_DIR"]) / name, Path(os.environ["VAE_DATA_DIR"])]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    dirs += [base / "vae-infer" / "datasets" / name, SYSTEM_DATA / name]
+    return dirs
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def validation_indices(n: int, training: dict) -> np.ndarray:
+    """The indices of the validation split that `python -m train fit` held out of training (a seeded
+    permutation, as train.data.split_validation draws it), from the config recorded in model.json."""
+    config = training.get("config") if isinstance(training, dict) else None
+    if not isinstance(config, dict) or "validation_size" not in config or "seed" not in config:
+        raise DataError("model.json records no training configuration, so its validation split is unknown; "
+                        "use --split test, or pass held-out images as a .npy/.npz file")
+    size, seed, limit = int(config["validation_size"]), int(config["seed"]), int(config.get("train_limit") or 0)
+    used = min(n, limit) if limit else n
+    expected = training.get("train_examples"), training.get("validation_examples")
+    if None not in expected and sum(expected) != used:
+        raise DataError(f"the data holds {used} training images but the model was trained on "
+                        f"{sum(expected)} (train + validation); these are not the model's training data")
+    if size < 1:
+        raise DataError("the model was trained on all its training images (validation_size 0); use --split test "
+                        "or pass held-out images as a .npy/.npz file")
+    order = np.random.default_rng(seed).permutation(used)
+    return np.sort(order[:size])
+
+
+def calibration_images(model, data: str, split: str | None, data_dir: Path | None) -> tuple[np.ndarray, str]:
+    """(images, a description of them) for --data: an array file (all its images), or IDX files by folder
+    or by name, of which --split picks the validation split (the default), the training or the test set."""
+    file, _ = io.split_key(data)
+    if file.suffix.lower() in io.IMAGE_SUFFIXES:
+        if split is not None:
+            raise InputError(f"--split applies to IDX datasets; {data} is used whole (drop --split)")
+        images = io.read_images(data, model.image_shape)
+        return images, f"{data} ({len(images)} images)"
+    split = split or "validation"
+    folders = [Path(data)] if Path(data).is_dir() else data_folders(data, data_dir)
+    stem = TEST_IMAGES if split == "test" else TRAIN_IMAGES
+    for folder in folders:
+        path = _idx_file(folder, stem) if folder.is_dir() else None
+        if path is not None:
+            break
+    else:
+        raise DataError(
+            f"--data {data}: no {stem}[.gz] found in {', '.join(str(f) for f in folders)}; pass a folder of IDX "
+            f"files, a dataset name installed there (Debian: apt-get install dataset-fashion-mnist), or a .npy/.npz"
+        )
+    images = read_idx_images(path)
+    if split == "validation":
+        idx = validation_indices(len(images), model.manifest.training)
+        cfg = model.manifest.training["config"]
+        return images[idx], (f"{path}: the validation split ({len(idx)} images held out of training, "
+                             f"validation_size {cfg['validation_size']}, seed {cfg['seed']})")
+    return images, f"{path} ({split} set, {len(images)} images)"
+
+
+# -- commands -----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@model_options
+@click.option("--data", required=True, metavar="SOURCE",
+              help="Held-out images of the training distribution: a dataset name (fashion-mnist, mnist: IDX files "
+                   "looked for as python -m train does, never downloaded), a folder of IDX files, or a .npy/.npz "
+                   "file of images (FILE.npz:KEY picks one array).")
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="For IDX data: which images. validation (the default) re-creates the split that training held "
+                   "out, from model.json; train and test take the whole set.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder holding named datasets (looked in before VAE_DATA_DIR and the usual places).")
+@click.option("--quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=anomaly.DEFAULT_QUANTILE, show_default=True,
+              help="Each threshold is this quantile of the calibration images' scores.")
+@click.option("--kind", "kinds", type=click.Choice(anomaly.SCORE_KINDS), multiple=True,
+              help="Score kinds to calibrate (repeat the option).  [default: all]")
+@click.option("--default-kind", type=click.Choice(anomaly.SCORE_KINDS), default=anomaly.DEFAULT_KIND,
+              show_default=True, help="The kind detect uses when none is given.")
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="Draws of z for nelbo and ic.")
+@click.option("--iw-samples", type=click.IntRange(min=1), default=anomaly.DEFAULT_IW_SAMPLES, show_default=True,
+              metavar="K", help="Importance samples k of the iwae score.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Use only the first N images.")
+@json_option
+def calibrate(model: Path, data: str, split: str | None, data_dir: Path | None, quantile: float, kinds: tuple,
+              default_kind: str, samples: int, iw_samples: int, seed: int, limit: int | None, device: str,
+              threads: int | None, as_json: bool) -> None:
+    """Calibrate anomaly thresholds on held-out images and store them in the model package.
+
+    Scores the images with every kind, keeps each kind's --quantile as its threshold in model.json (section
+    calibration) and the scores and the density-of-states reference in calibration.npz. The package is
+    rewritten atomically; every file is verified first. detect then works without options."""
+    m = open_model(model, device, threads)
+    images, about = calibration_images(m, data, split, data_dir)
+    if limit is not None:
+        images = images[:limit]
+        about += f", first {len(images)}"
+    kinds = kinds or anomaly.SCORE_KINDS
+    status_note(f"calibrating on {len(images)} images...", quiet=as_json)
+    section = anomaly.calibrate(m, images, quantile=quantile, kinds=kinds, default_kind=default_kind,
+                                samples=samples, iw_samples=iw_samples, seed=seed, source=about)
+    if as_json:
+        echo_json({"model": str(model), **{k: section[k] for k in ("source", "examples", "quantile", "default_kind",
+                                                                   "samples", "thresholds", "reference_file")}})
+        return
+    click.echo(f"calibrated {model} on {about}")
+    click.echo(f"thresholds (quantile {quantile:g} of {section['examples']} images; detect's default: "
+               f"{section['default_kind']}):")
+    for k, t in section["thresholds"].items():
+        click.echo(f"  {k:<7} {t:.6g}")
+
+
+@main.command()
+@model_options
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--kind", type=click.Choice(anomaly.SCORE_KINDS), default=None,
+              help="The score to threshold.  [default: the calibration's default kind, dose]")
+@click.option("--quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Threshold at this quantile of the calibration scores.  [default: the calibrated quantile]")
+@click.option("--threshold", type=float, default=None,
+              help="Flag scores above this number (no calibration needed, except for dose).")
+@click.option("--samples", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Draws of z (k for iwae).  [default: as calibrated]")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S")
+@click.option("--out", type=click.Path(path_type=Path), default=None, callback=check_out, metavar="OUT.npz",
+              help="Also write arrays flags (bool) and scores (float64) (.npz; .npy gets the scores).")
+@json_option
+def detect(model: Path, input: Path, kind: str | None, quantile: float | None, threshold: float | None,
+           samples: int | None, seed: int, out: Path | None, device: str, threads: int | None,
+           as_json: bool) -> None:
+    """Flag anomalous images: those whose score is above the calibrated threshold.
+
+    Prints how many images of INPUT were flagged and which; --json prints every image's flag and score."""
+    if threshold is not None and quantile is not None:
+        raise click.UsageError("pass either --threshold or --quantile, not both")
+    m = open_model(model, device, threads)
+    x = m.as_images(io.read_images(input, m.image_shape))
+    if threshold is None:
+        kind, limit = anomaly.threshold(m, kind, quantile)
+        where = f"the {quantile or m.manifest.calibration['quantile']:g} quantile of the calibration scores"
+    else:
+        limit, where = threshold, "--threshold"
+        kind = kind or (m.manifest.calibration or {}).get("default_kind") or anomaly.DEFAULT_KIND
+    if len(x) > m.chunk_size:
+        status_note(f"scoring {len(x)} images ({kind})...", quiet=as_json)
+    flags, scores = m.detect(x, kind=kind, quantile=quantile, threshold=threshold, samples=samples, seed=seed)
+    if out is not None:
+        io.write_array(out, {"flags": flags, "scores": scores} if out.suffix.lower() == ".npz" else {"s": scores})
+    flagged = np.nonzero(flags)[0]
+    if as_json:
+        echo_json({"n": len(flags), "flagged": len(flagged), "kind": kind, "threshold": limit,
+                   "flags": flags.tolist(), "scores": scores.tolist(), "out": out and str(out)})
+        return
+    click.echo(f"flagged {len(flagged)} of {len(flags)} images: {kind} score above {limit:.6g} ({where})")
+    if len(flagged):
+        shown = ", ".join(str(i) for i in flagged[:FLAGGED_SHOWN])
+        more = f", ... ({len(flagged) - FLAGGED_SHOWN} more)" if len(flagged) > FLAGGED_SHOWN else ""
+        click.echo(f"  flagged images (0-based): {shown}{more}")
+    if out is not None:
+        click.echo(f"wrote flags and scores to {out}")
+
+
+@main.command()
+@model_options
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
+              help="Where to write the denoised images, (n, height*width) float32 in [0, 1] (.npy, or .npz key "
+                   "images).")
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Times through the encoder mean and the decoder.")
+@click.option("--png", type=click.Path(path_type=Path), callback=check_png, metavar="GRID.png",
+              help=f"Also save a picture: the first {PNG_PAIRS} inputs above their denoised versions "
+                   f"(needs the viz extra: matplotlib).")
+def denoise(model: Path, input: Path, out: Path, steps: int, png: Path | None, device: str,
+            threads: int | None) -> None:
+    """Denoise images: map them through the encoder mean and the decoder.
+
+    Writes decode(mu(x)) for every image of INPUT to --out, repeated --steps times."""
+    m = open_model(model, device, threads)
+    x = m.as_images(io.read_images(input, m.image_shape))
+    clean = m.denoise(x, steps=steps)
+    io.write_array(out, {"images": clean})
+    click.echo(f"wrote {len(clean)} denoised images ({shape_text(clean)}, {steps} step(s)) to {out}")
+    if png is not None:
+        k = min(len(x), PNG_PAIRS)
+        save_grid(np.concatenate([x[:k], clean[:k]]), m, png, ncols=k, title="inputs (top) and denoised (bottom)")
+        click.echo(f"wrote {png}")
