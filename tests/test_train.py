@@ -156,7 +156,8 @@ def test_train_cli_fit_export_and_errors(tmp_path):
 def test_train_cli_help(command):
     r = CliRunner().invoke(train_cli, [*command, "--help"])
     assert r.exit_code == 0
-    assert {(): "Train the course's VAE", ("fit",): "--resume", ("export",): "SOURCE is a finished run folder"}[tuple(command)] in r.output
+    expected = {(): "Train the course's VAE", ("fit",): "--resume", ("export",): "SOURCE is a finished run folder"}
+    assert expected[tuple(command)] in r.output
 
 
 def test_denoising_training_is_seeded_and_differs_from_plain(tmp_path):

@@ -1,0 +1,215 @@
+"""The interpolation commands: interpolate, and the latent graph index (index build, index info)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .. import io
+from ..errors import InputError
+from ..interpolation import METHODS, SPACINGS, Reference, interpolate, path_metrics
+from ..latent_graph import (
+    DEFAULT_K,
+    DEFAULT_REALISM_WEIGHT,
+    MAX_CODES,
+    METRICS,
+    SEARCHES,
+    build_index,
+    load_graph,
+    load_images,
+    read_index,
+    save_index,
+)
+from .base import check_out, check_png, echo_json, json_option, main, model_options, open_model, save_grid, status_note
+
+DATA_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache/vae-infer/datasets/NAME or "
+             "/usr/share/datasets/NAME; nothing is downloaded), a folder of IDX files, an IDX file, or a .npy / "
+             ".npz of images (FILE.npz:KEY picks an array)")
+
+
+def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
+    """One image from a file: the file's only image, or the one at --a-index / --b-index."""
+    arr = io.read_images(path, model.image_shape)
+    if index is None:
+        if len(arr) != 1:
+            raise InputError(f"{path} holds {len(arr)} images; pick one with --{name}-index I (0..{len(arr) - 1})")
+        return arr[0]
+    if not 0 <= index < len(arr):
+        raise InputError(f"--{name}-index {index} is out of range: {path} holds {len(arr)} images (0..{len(arr) - 1})")
+    return arr[index]
+
+
+def _describe(metrics: dict) -> str:
+    text = f"length {metrics['length']:.3f}, largest step {metrics['largest_step']:.3f}"
+    if metrics.get("realism") is not None:
+        text += f", realism {metrics['realism']:.3f}"
+    return text
+
+
+@main.command("interpolate")
+@model_options
+@click.argument("image_a", metavar="A", type=click.Path(path_type=Path))
+@click.argument("image_b", metavar="B", type=click.Path(path_type=Path))
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="linear: straight line between the latent means; slerp: spherical arc; graph: shortest path "
+                   "through the package's latent graph (build it with `vae-infer index build`), then refined.  "
+                   "[default: linear; graph with --compare]")
+@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True, metavar="N",
+              help="Images on the path, both endpoints included.")
+@click.option("--compare", is_flag=True,
+              help="Also compute the linear path; --png draws the --method path (default graph) above the linear one.")
+@click.option("--spacing", type=click.Choice(SPACINGS), default="data", show_default=True,
+              help="data: steps at equal arc length in data space (they look even); latent: equal latent steps.")
+@click.option("--a-index", type=click.IntRange(min=0), default=None, metavar="I",
+              help="Which image of A when the file holds several.")
+@click.option("--b-index", type=click.IntRange(min=0), default=None, metavar="J",
+              help="Which image of B when the file holds several.")
+@click.option("--search", type=click.Choice(SEARCHES), default="astar", show_default=True,
+              help="Graph search: A* (admissible heuristic) or Dijkstra; both give the same path length.")
+@click.option("--realism-weight", type=click.FloatRange(min=0), default=None, metavar="Q",
+              help="Graph: exponent of the realism cost in edge weights and refinement (0: shortest in data space "
+                   "only).  [default: the index's]")
+@click.option("--no-refine", is_flag=True, help="Graph: keep the raw path through the node codes (no relaxation).")
+@click.option("--reference", metavar="DATA", default=None,
+              help="Real images to measure realism against (mean distance to the nearest one): " + DATA_HELP)
+@click.option("--out", type=click.Path(path_type=Path), callback=check_out, default=None, metavar="OUT.npz",
+              help="Write the path: .npz gets images and codes (and linear_images, linear_codes with --compare); "
+                   ".npy the images only.")
+@click.option("--png", type=click.Path(path_type=Path), callback=check_png, default=None, metavar="STRIP.png",
+              help="Save the path as a strip of images (with --compare: two rows). Needs the viz extra.")
+@json_option
+def interpolate_command(model: Path, image_a: Path, image_b: Path, method: str | None, steps: int, compare: bool,
+                        spacing: str, a_index: int | None, b_index: int | None, search: str,
+                        realism_weight: float | None, no_refine: bool, reference: str | None, out: Path | None,
+                        png: Path | None, device: str, threads: int | None, as_json: bool) -> None:
+    """Interpolate between two images through the latent space.
+
+    A and B are image files (.png, .npy, .npz; FILE.npz:KEY picks an array); the path runs from A's latent mean
+    to B's and is decoded to STEPS images. Prints each path's length in data space (distances between
+    successive decoded images on a fine resampling), its largest step and, with --reference, its realism."""
+    method = method or ("graph" if compare else "linear")
+    if compare and method == "linear":
+        raise click.UsageError("--compare draws --method above the linear path; pick --method graph or slerp")
+    m = open_model(model, device, threads)
+    xa, xb = _one(image_a, a_index, m, "a"), _one(image_b, b_index, m, "b")
+    ref = None
+    if reference is not None:
+        images, origin = load_images(reference, "train")
+        status_note(f"realism against {len(images)} images from {origin}", quiet=as_json)
+        ref = Reference(m, images)
+    options = {"search": search, "realism_weight": realism_weight, "refine": not no_refine} if method == "graph" else {}
+    paths = {}
+    for name in [method] + (["linear"] if compare else []):
+        info: dict = {}
+        images, codes = interpolate(m, xa, xb, steps=steps, method=name, spacing=spacing, return_codes=True,
+                                    info=info, **(options if name == method else {}))
+        metrics = path_metrics(m, codes, reference=ref)
+        if name == "graph":
+            metrics["graph_nodes"] = len(info["graph_nodes"])
+        paths[name] = (images, codes, metrics)
+    if out is not None:
+        if out.suffix.lower() == ".npz":
+            data = {"images": paths[method][0], "codes": paths[method][1]}
+            if compare:
+                data.update({"linear_images": paths["linear"][0], "linear_codes": paths["linear"][1]})
+            io.write_array(out, data)
+        else:
+            io.write_array(out, paths[method][0])
+    if png is not None:
+        rows = [paths[method][0]] + ([paths["linear"][0]] if compare else [])
+        title = f"{method} (top) vs linear (bottom)" if compare else f"{method} interpolation, {steps} steps"
+        save_grid(np.concatenate(rows), m, png, ncols=steps, title=title)
+    if as_json:
+        echo_json({"method": method, "steps": steps, "spacing": spacing,
+                   "paths": {name: p[2] for name, p in paths.items()},
+                   "out": out and str(out), "png": png and str(png)})
+        return
+    for name, (_, _, metrics) in paths.items():
+        click.echo(f"{name}: {steps} images, {_describe(metrics)}")
+    if compare:
+        a, b = paths[method][2], paths["linear"][2]
+        ratios = f"length x{a['length'] / b['length']:.3f}"
+        if a.get("realism") is not None:
+            ratios += f", realism x{a['realism'] / b['realism']:.3f}"
+        click.echo(f"{method} vs linear: {ratios}")
+    for path in (out, png):
+        if path is not None:
+            click.echo(f"wrote {path}")
+
+
+@main.group("index")
+def index_group() -> None:
+    """The latent graph index of graph interpolation, stored in the model package."""
+
+
+@index_group.command("build")
+@model_options
+@click.option("--data", required=True, metavar="DATA",
+              help="The images whose latent means make the graph: " + DATA_HELP)
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Which split of a named dataset, IDX folder or .npz.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=DEFAULT_K, show_default=True, metavar="K",
+              help="Neighbours per graph node.")
+@click.option("--metric", type=click.Choice(METRICS), default="decoded", show_default=True,
+              help="Edge distance: between the decoded images of the two nodes, or in the latent space.")
+@click.option("--cell", type=click.FloatRange(min=0, min_open=True), default=None, metavar="W",
+              help="Landmark grid spacing (latent units): one node per occupied cell.  [default: 0.1 x the codes' "
+                   "standard deviation]")
+@click.option("--field-cell", type=click.FloatRange(min=0, min_open=True), default=None, metavar="W",
+              help="Realism grid spacing (2-D latents).  [default: 0.4 x --cell]")
+@click.option("--realism-weight", type=click.FloatRange(min=0), default=DEFAULT_REALISM_WEIGHT, show_default=True,
+              metavar="Q", help="Default exponent of the realism cost in edge weights (0: distance only).")
+@click.option("--max-codes", type=click.IntRange(min=3), default=MAX_CODES, show_default=True, metavar="N",
+              help="Larger datasets are subsampled (seeded) to this many codes.")
+@click.option("--no-bridge", is_flag=True,
+              help="Leave a disconnected graph in pieces (queries between pieces then fail) instead of bridging.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S")
+@json_option
+def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: float | None,
+                field_cell: float | None, realism_weight: float, max_codes: int, no_bridge: bool, seed: int,
+                device: str, threads: int | None, as_json: bool) -> None:
+    """Build (or rebuild) the latent graph index of a model package.
+
+    Encodes the images of DATA, builds the k-nearest-neighbour graph of their latent means (landmarks on a
+    grid) with decoded-distance edge weights and the realism field, and stores it in the package as
+    latent_index.npz, listed with its sha256 in model.json (the package is rewritten atomically)."""
+    m = open_model(model, device, threads)
+    images, origin = load_images(data, split)
+    status_note(f"encoding {len(images)} images from {origin}...", quiet=as_json)
+    index = build_index(m, images, k=k, metric=metric, cell=cell, field_cell=field_cell,
+                        realism_weight=realism_weight, max_codes=max_codes, bridge=not no_bridge, seed=seed)
+    manifest = save_index(model, index, source=f"{origin} ({split})")
+    section = manifest.latent_index
+    if as_json:
+        echo_json({**section, "sha256": manifest.files[section["file"]], "model": str(model)})
+        return
+    click.echo(f"built the latent graph of {model} from {index.n_codes} codes ({origin}) in "
+               f"{index.info['build_seconds']:.2f} s")
+    click.echo(f"  {index.n_nodes} nodes, {len(index.edges)} edges (k={k}, {metric} distances), "
+               f"{section['n_bridges']} bridges; {section['bytes'] / 1e6:.2f} MB")
+    click.echo(f"  wrote {Path(model) / section['file']} (sha256 {manifest.files[section['file']][:16]}...)")
+
+
+@index_group.command("info")
+@model_options
+@json_option
+def index_info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
+    """Describe a package's latent graph index, after checking its sha256 and loading it."""
+    m = open_model(model, device, threads)
+    index = read_index(m)
+    graph = load_graph(m)
+    section = dict(m.manifest.latent_index)
+    components = int(graph.labels.max()) + 1
+    if as_json:
+        echo_json({**section, "components": components, "sha256": m.manifest.files[section["file"]]})
+        return
+    for key in ("file", "source", "n_codes", "n_nodes", "n_edges", "n_bridges", "k", "metric", "cell",
+                "field_cell", "realism_weight", "build_seconds", "bytes"):
+        if key in section:
+            click.echo(f"{key + ':':<16} {section[key]}")
+    click.echo(f"{'components:':<16} {components}")
+    click.echo(f"{'sha256:':<16} {m.manifest.files[section['file']]} (verified)")
+    if index.n_nodes != section.get("n_nodes"):
+        click.echo(f"warning: model.json says {section.get('n_nodes')} nodes, the file holds {index.n_nodes}")
