@@ -30,7 +30,7 @@ from vae_infer import bench  # noqa: E402
 from vae_infer.package import read_verified  # noqa: E402
 from vae_infer.sessions import session_options  # noqa: E402
 
-ENGINES = ("torch", "ort", "ort-int8", "ort-fp16", "ort-ort")
+ENGINES = ("torch", "ort", "ort-spin", "ort-int8", "ort-fp16", "ort-ort")  # ort-spin: fp32, spinning threads
 COLD_START_RUNS = 5
 COLD_START_CODE = """
 import time
@@ -94,11 +94,11 @@ def bench_torch(model: vae_infer.VAEModel, batch_sizes, threads: int, operations
     return rows
 
 
-def bench_ort(path: str, variant: str | None, batch_sizes, threads: int, operations, seconds: float) -> list[dict]:
+def bench_ort(engine: str, path: str, batch_sizes, threads: int, operations, seconds: float) -> list[dict]:
+    variant = None if engine in ("ort", "ort-spin") else engine.removeprefix("ort-")
     t0 = time.perf_counter()
-    model = vae_infer.load(path, threads=threads, variant=variant)
+    model = vae_infer.load(path, threads=threads, variant=variant, spinning=engine == "ort-spin")
     load_seconds = time.perf_counter() - t0
-    engine = "ort" if variant is None else f"ort-{variant}"
     return [{"engine": engine, "device": "cpu", "variant": variant or "fp32", "threads": threads,
              "load_seconds": load_seconds, **row}
             for row in bench.bench_model(model, batch_sizes, operations, min_seconds=seconds)]
@@ -176,23 +176,23 @@ def ratios(rows: list[dict], peak: float, flops: dict[str, int]) -> list[dict]:
     out = []
     batches = sorted({r["batch"] for r in rows})
     for op in ("encode", "decode"):
-        ort1, torch1 = find("ort", op, 1), find("torch", op, 1)
-        if ort1 and torch1:
-            out.append({"what": f"{op} batch-1 p50 latency, onnxruntime / torch", "target": "<= 0.5",
-                        "value": ort1["latency_p50_us"] / torch1["latency_p50_us"]})
-        q1 = find("ort-int8", op, 1)
-        if q1 and torch1:
-            out.append({"what": f"{op} batch-1 p50 latency, onnxruntime int8 / torch", "target": "(for reference)",
-                        "value": q1["latency_p50_us"] / torch1["latency_p50_us"]})
+        torch1 = find("torch", op, 1)
+        for engine in ("ort", "ort-spin", "ort-int8"):
+            one = find(engine, op, 1)
+            if one and torch1:
+                out.append({"what": f"{op} batch-1 p50 latency, {engine} / torch", "target": "<= 0.5",
+                            "value": one["latency_p50_us"] / torch1["latency_p50_us"]})
         for b in (b for b in batches if b >= 256):
-            o, t = find("ort", op, b), find("torch", op, b)
-            if o and t:
-                out.append({"what": f"{op} batch-{b} throughput, onnxruntime / torch", "target": ">= 1.0",
-                            "value": o["examples_per_second"] / t["examples_per_second"]})
-            if o:
-                out.append({"what": f"{op} batch-{b} fp32 FLOP/s / numpy matmul FLOP/s", "target": ">= 0.80",
-                            "value": o["examples_per_second"] * flops[op] / peak})
-            q = find("ort-int8", op, b)
+            t = find("torch", op, b)
+            for engine in ("ort", "ort-spin"):
+                o = find(engine, op, b)
+                if o and t:
+                    out.append({"what": f"{op} batch-{b} throughput, {engine} / torch", "target": ">= 1.0",
+                                "value": o["examples_per_second"] / t["examples_per_second"]})
+                if o:
+                    out.append({"what": f"{op} batch-{b} {engine} fp32 FLOP/s / numpy matmul FLOP/s",
+                                "target": ">= 0.80", "value": o["examples_per_second"] * flops[op] / peak})
+            o, q = find("ort", op, b), find("ort-int8", op, b)
             if o and q and b == 256:
                 out.append({"what": f"{op} batch-256 throughput, int8 / fp32", "target": ">= 1.5",
                             "value": q["examples_per_second"] / o["examples_per_second"]})
@@ -277,8 +277,7 @@ def main() -> None:
             report["torch_version"] = torch.__version__
             rows += bench_torch(model, batch_sizes, args.threads, operations, args.seconds)
         else:
-            variant = None if engine == "ort" else engine.removeprefix("ort-")
-            rows += bench_ort(args.model, variant, batch_sizes, args.threads, operations, args.seconds)
+            rows += bench_ort(engine, args.model, batch_sizes, args.threads, operations, args.seconds)
     report["results"] = rows
     report["ratios"] = ratios(rows, report["matmul"]["flop_per_second"], flops)
     if args.tuning:

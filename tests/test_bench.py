@@ -105,8 +105,8 @@ def test_side_by_side_script_on_the_tiny_model(tiny_package, tmp_path):
     for r in report["results"]:
         _check_row(r)
     what = [r["what"] for r in report["ratios"]]
-    assert what == ["encode batch-1 p50 latency, onnxruntime / torch",
-                    "encode batch-256 throughput, onnxruntime / torch",
-                    "encode batch-256 fp32 FLOP/s / numpy matmul FLOP/s"]
+    assert what == ["encode batch-1 p50 latency, ort / torch",
+                    "encode batch-256 throughput, ort / torch",
+                    "encode batch-256 ort fp32 FLOP/s / numpy matmul FLOP/s"]
     assert all(r["value"] > 0 for r in report["ratios"])
     assert "## Targets (ratios from this run)" in (tmp_path / "r.md").read_text()
