@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -358,7 +359,12 @@ def test_the_cache_is_keyed_by_sha256_and_reused_without_compiler_or_onnx(tiny_p
     monkeypatch.setitem(sys.modules, "onnx", None)  # and no onnx
     runner = native.create_runner(data, spec)
     assert runner.run(["mu"], {"x": np.zeros((1, 784), np.float32)})[0].shape == (1, 2)
-    (builds[0] / "libvae.so").write_bytes(b"corrupt")  # a damaged cache entry is rebuilt, here needing onnx
+    # a damaged cache entry is rebuilt, here needing onnx. The damaged file replaces the library rather than
+    # overwriting it in place: this process still has the old one mapped, and truncating a mapped library
+    # crashes the process (SIGBUS) when it next touches those pages.
+    damaged = builds[0] / "libvae.so.damaged"
+    damaged.write_bytes(b"corrupt")
+    os.replace(damaged, builds[0] / "libvae.so")
     with pytest.raises(MissingExtraError):
         native.create_runner(data, spec)
 
