@@ -30,6 +30,7 @@ from train.data import (
     read_idx,
     split_validation,
 )
+from vae_infer.datasets import IDX_DTYPES
 
 FASHION = "fashion-mnist"
 MNIST = "mnist"
@@ -45,7 +46,7 @@ UINT8_CODE, INT32_CODE, FLOAT32_CODE, UNKNOWN_CODE = 0x08, 0x0C, 0x0D, 0x07
 
 def idx_bytes(array: np.ndarray, type_code: int = UINT8_CODE) -> bytes:
     """An IDX file holding `array`: two zero bytes, the type code, ndim, big-endian dims, big-endian data."""
-    big_endian = np.dtype(data.IDX_DTYPES[type_code]).newbyteorder(">")
+    big_endian = np.dtype(IDX_DTYPES[type_code]).newbyteorder(">")
     header = bytes([0, 0, type_code, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
     return header + np.ascontiguousarray(array, dtype=big_endian).tobytes()
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import vae_infer
 import vae_infer.cli.interpolate_commands  # noqa: F401  (registers interpolate and index on main)
-from vae_infer import cli
+from vae_infer import cli, datasets
 from vae_infer import interpolation as it
 from vae_infer import latent_graph as lg
 from vae_infer.errors import DataError, InputError, ModelPackageError
@@ -518,9 +518,9 @@ def test_runtime_reads_idx_files_and_named_datasets(tmp_path, monkeypatch, tiny_
     np.testing.assert_array_equal(lg.load_images(folder, "test")[0], tiny_images)
     (folder / "bad").write_bytes(header + tiny_images.tobytes()[:-5])
     with pytest.raises(DataError, match="truncated"):
-        lg.read_idx_images(folder / "bad")
+        datasets.read_idx_images(folder / "bad")
     monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(lg, "SYSTEM_DATA_DIRS", ())
+    monkeypatch.setattr(datasets, "SYSTEM_DATA", tmp_path / "no-system-data")
     with pytest.raises(DataError, match="dataset 'mnist' not found.*does not download"):
         lg.load_images("mnist")

@@ -8,7 +8,6 @@ those it is downloaded from its official mirrors into the cache, each file check
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import os
@@ -22,10 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vae_infer.datasets import cache_dir, dataset_dirs, find_split_file, read_idx
 from vae_infer.errors import DataError
-
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-GZIP_MAGIC = b"\x1f\x8b"
 
 SPLIT_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -97,34 +94,6 @@ class Dataset:
         return tuple(self.train_images.shape[1:])
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (gzip-compressed or raw; detected by its first bytes, not its name)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == GZIP_MAGIC:
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"cannot read IDX file {path}: {e}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path} is not an IDX file: expected two zero bytes then a type code, got {raw[:4]!r}")
-    type_code, ndim = raw[2], raw[3]
-    if type_code not in IDX_DTYPES:
-        raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}; expected one of {sorted(IDX_DTYPES)}")
-    header_end = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header_end:
-        raise DataError(f"{path}: IDX header is truncated ({len(raw)} bytes for {ndim} dimensions)")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(IDX_DTYPES[type_code])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header_end != expected:
-        raise DataError(
-            f"{path}: header says shape {shape} ({expected} bytes of data) but the file holds "
-            f"{len(raw) - header_end}; the file is truncated or corrupt"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header_end).reshape(shape).astype(dtype.newbyteorder("="))
-
-
 def as_uint8_images(images: np.ndarray, origin: str) -> np.ndarray:
     """Images as uint8 (n, h, w): accepts uint8, or floats in [0, 1]; (n, h, w), or (n, 784) for square 28x28."""
     images = np.asarray(images)
@@ -144,20 +113,8 @@ def as_uint8_images(images: np.ndarray, origin: str) -> np.ndarray:
     raise DataError(f"{origin}: expected uint8 or float images, got dtype {images.dtype}")
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vae-infer" / "datasets"
-
-
-def _find_split_file(folder: Path, stem: str) -> Path | None:
-    for candidate in (folder / f"{stem}.gz", folder / stem):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _read_idx_folder(folder: Path, name: str) -> Dataset | None:
-    found = {key: _find_split_file(folder, stem) for key, stem in SPLIT_FILES.items()}
+    found = {key: find_split_file(folder, stem) for key, stem in SPLIT_FILES.items()}
     if found["train_images"] is None or found["test_images"] is None:
         return None
     arrays = {key: (read_idx(p) if p is not None else None) for key, p in found.items()}
@@ -272,14 +229,7 @@ def _md5(path: Path) -> str:
 
 def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
     """Where a named dataset is looked for, in order."""
-    dirs = []
-    if data_dir is not None:
-        dirs += [Path(data_dir) / name, Path(data_dir)]
-    if os.environ.get("VAE_DATA_DIR"):
-        dirs += [Path(os.environ["VAE_DATA_DIR"]) / name, Path(os.environ["VAE_DATA_DIR"])]
-    dirs.append(cache_dir() / name)
-    dirs += [Path(d) for d in NAMED_DATASETS[name].system_dirs]
-    return dirs
+    return dataset_dirs(name, data_dir, NAMED_DATASETS[name].system_dirs)
 
 
 def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None, download: bool = True) -> Dataset:

@@ -765,66 +765,26 @@ def _counting(weight, counter: list):
 
 # -- datasets for the command line (the runtime's own minimal reader: vae_infer never imports train) ------------
 
-IDX_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
-SYSTEM_DATA_DIRS = ("/usr/share/datasets",)  # Debian's dataset-fashion-mnist installs <here>/fashion-mnist
-
-
-def dataset_dirs(name: str) -> list[Path]:
-    """Where a named dataset's IDX files are looked for, in order: $VAE_DATA_DIR/<name>, $VAE_DATA_DIR, the cache
-    ($XDG_CACHE_HOME or ~/.cache, then vae-infer/datasets/<name>), /usr/share/datasets/<name>."""
-    import os
-
-    dirs = []
-    if os.environ.get("VAE_DATA_DIR"):
-        dirs += [Path(os.environ["VAE_DATA_DIR"]) / name, Path(os.environ["VAE_DATA_DIR"])]
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    dirs.append(Path(cache) / "vae-infer" / "datasets" / name)
-    dirs += [Path(d) / name for d in SYSTEM_DATA_DIRS]
-    return dirs
-
-
-def read_idx_images(path: str | Path) -> NDArray[np.uint8]:
-    """Images (n, h, w) uint8 from an IDX file, raw or gzip-compressed (detected by its first bytes)."""
-    import gzip
-    import zlib
-
-    from .errors import DataError
-
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"cannot read IDX file {path}: {e}") from e
-    if len(raw) < 16 or raw[:4] != b"\x00\x00\x08\x03":
-        raise DataError(f"{path}: expected an IDX file of uint8 images (magic 0x00000803), found {raw[:4].hex()}")
-    n, h, w = (int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(3))
-    if len(raw) - 16 != n * h * w:
-        raise DataError(f"{path}: header says {n} images of {h}x{w} ({n * h * w} bytes) but holds {len(raw) - 16}; "
-                        f"the file is truncated or corrupt")
-    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, h, w)
-
-
 def load_images(spec: str | Path, split: str = "train") -> tuple[NDArray, str]:
     """Images for building an index or measuring realism, and where they came from.
 
     spec: a named dataset ("fashion-mnist", "mnist": IDX files looked for in dataset_dirs(name); nothing is
     downloaded), a folder of IDX files, one IDX file, a .npy of images, or a .npz (FILE.npz:KEY picks an array;
     otherwise x_train / x_test by split, or its only array). split: "train" or "test" (folders, names, .npz)."""
+    from .datasets import IMAGE_FILES, dataset_dirs, find_split_file, read_idx_images
     from .errors import DataError
     from .io import read_images
 
-    if split not in IDX_FILES:
+    if split not in IMAGE_FILES:
         raise DataError(f"split must be train or test, got {split!r}")
     text = str(spec)
-    stem = IDX_FILES[split]
+    stem = IMAGE_FILES[split]
     if text in ("fashion-mnist", "mnist"):
         looked = dataset_dirs(text)
         for folder in looked:
-            for candidate in (folder / f"{stem}.gz", folder / stem):
-                if candidate.is_file():
-                    return read_idx_images(candidate), str(candidate)
+            candidate = find_split_file(folder, stem)
+            if candidate is not None:
+                return read_idx_images(candidate), str(candidate)
         raise DataError(
             f"dataset {text!r} not found: looked for {stem}[.gz] in {', '.join(str(p) for p in looked)}. The runtime "
             f"does not download; get it with `python -m train fit --dataset {text} ...` once, set VAE_DATA_DIR, or "
@@ -832,9 +792,9 @@ def load_images(spec: str | Path, split: str = "train") -> tuple[NDArray, str]:
         )
     path = Path(text)
     if path.is_dir():
-        for candidate in (path / f"{stem}.gz", path / stem):
-            if candidate.is_file():
-                return read_idx_images(candidate), str(candidate)
+        candidate = find_split_file(path, stem)
+        if candidate is not None:
+            return read_idx_images(candidate), str(candidate)
         raise DataError(f"{path}: expected IDX files such as {stem}[.gz] in this folder")
     file = Path(text.rsplit(":", 1)[0]) if (":" in text and not path.exists()) else path
     if file.suffix.lower() == ".npz" and file == path and file.is_file():

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
-import os
-import zlib
 from pathlib import Path
 
 import click
 import numpy as np
 
 from .. import anomaly, io
+from ..datasets import IMAGE_FILES, dataset_dirs, find_split_file, read_idx_images
 from ..errors import DataError, InputError
 from .base import (
     PNG_PAIRS,
@@ -27,48 +25,10 @@ from .base import (
 )
 
 SPLITS = ("validation", "train", "test")
-TRAIN_IMAGES, TEST_IMAGES = "train-images-idx3-ubyte", "t10k-images-idx3-ubyte"
-SYSTEM_DATA = Path("/usr/share/datasets")  # where Debian's dataset-* packages put their files
 FLAGGED_SHOWN = 20  # indices of flagged images printed by detect (all are in --json and --out)
 
 
 # -- calibration data, without torch or train ---------------------------------------------------------------
-
-
-def read_idx_images(path: Path) -> np.ndarray:
-    """An IDX file of uint8 images (n, h, w), raw or gzip-compressed (told by its first bytes)."""
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"cannot read IDX file {path}: {e}") from e
-    if len(raw) < 16 or raw[:3] != b"\x00\x00\x08" or raw[3] != 3:
-        raise DataError(f"{path}: expected an IDX file of uint8 images (magic 0x00000803), got {raw[:4]!r}")
-    n, h, w = (int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(3))
-    if len(raw) - 16 != n * h * w:
-        raise DataError(f"{path}: the header says {n} images of {h}x{w} but the file holds {len(raw) - 16} bytes; "
-                        f"it is truncated or corrupt")
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w)
-
-
-def data_folders(name: str, data_dir: Path | None) -> list[Path]:
-    """Where a named dataset's IDX files are looked for: the order train/data.py uses, without downloads."""
-    dirs = []
-    if data_dir is not None:
-        dirs += [data_dir / name, data_dir]
-    if os.environ.get("VAE_DATA_DIR"):
-        dirs += [Path(os.environ["VAE_DATA_DIR"]) / name, Path(os.environ["VAE_DATA_DIR"])]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    dirs += [base / "vae-infer" / "datasets" / name, SYSTEM_DATA / name]
-    return dirs
-
-
-def _idx_file(folder: Path, stem: str) -> Path | None:
-    for candidate in (folder / f"{stem}.gz", folder / stem):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def validation_indices(n: int, training: dict) -> np.ndarray:
@@ -101,10 +61,10 @@ def calibration_images(model, data: str, split: str | None, data_dir: Path | Non
         images = io.read_images(data, model.image_shape)
         return images, f"{data} ({len(images)} images)"
     split = split or "validation"
-    folders = [Path(data)] if Path(data).is_dir() else data_folders(data, data_dir)
-    stem = TEST_IMAGES if split == "test" else TRAIN_IMAGES
+    folders = [Path(data)] if Path(data).is_dir() else dataset_dirs(data, data_dir)
+    stem = IMAGE_FILES["test" if split == "test" else "train"]
     for folder in folders:
-        path = _idx_file(folder, stem) if folder.is_dir() else None
+        path = find_split_file(folder, stem) if folder.is_dir() else None
         if path is not None:
             break
     else:
