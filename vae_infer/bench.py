@@ -173,28 +173,32 @@ def to_markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: str | Path) -> Path:
-    """Throughput against batch size, one line per (engine, variant, threads, operation)."""
+    """Throughput against batch size: one panel per operation, one line per (engine, device, variant, threads)."""
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
         raise MissingExtraError("plotting needs matplotlib: pip install 'vae-infer[viz]'") from e
     from .io import write_atomically
 
-    fig = Figure(figsize=(9, 5))
-    ax = fig.add_subplot()
-    lines: dict[tuple, list] = {}
-    for r in report["results"]:
-        key = (r["engine"], r["device"], r["variant"], r["threads"], r["operation"])
-        lines.setdefault(key, []).append((r["batch"], r["examples_per_second"]))
-    for key, points in lines.items():
-        points.sort()
-        ax.plot(*zip(*points, strict=True), marker="o", label=" ".join(str(k) for k in key))
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("examples per second")
-    ax.set_title(f"Throughput on {report['environment']['cpu']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    operations = [op for op in OPERATIONS if any(r["operation"] == op for r in report["results"])]
+    fig = Figure(figsize=(5 * len(operations), 4.8))
+    axes = fig.subplots(1, len(operations), squeeze=False, sharey=True)[0]
+    for ax, op in zip(axes, operations, strict=True):
+        lines: dict[tuple, list] = {}
+        for r in report["results"]:
+            if r["operation"] == op:
+                key = (r["engine"], r["device"], r["variant"], r["threads"])
+                lines.setdefault(key, []).append((r["batch"], r["examples_per_second"]))
+        for key, points in lines.items():
+            points.sort()
+            ax.plot(*zip(*points, strict=True), marker="o", label=f"{key[0]} {key[1]} {key[2]}, {key[3]} threads")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_title(op)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("examples per second")
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Throughput on {report['environment']['cpu']}")
     fig.tight_layout()
-    return write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    return write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
