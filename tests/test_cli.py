@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import vae_infer
+from tests.conftest import fails, ok
 from vae_infer import cli
 from vae_infer import io as vio
 from vae_infer.cli import base as cli_base
@@ -46,25 +47,6 @@ def images_npy(tmp_path, images) -> Path:
 
 def run(*args: object) -> Result:
     return CliRunner().invoke(cli.main, [str(a) for a in args])
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def fails(result: Result, *fragments: str, code: int = 1) -> str:
-    """The run failed cleanly: exit code, no traceback, and (for errors from the work) exactly one line."""
-    assert result.exit_code == code, (result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), f"unhandled {result.exception!r}"
-    assert "Traceback" not in result.output
-    err = result.stderr
-    if code == 1:
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: "), err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
 
 
 # -- help --------------------------------------------------------------------------------------------------

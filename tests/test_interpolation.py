@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import vae_infer
 import vae_infer.cli.interpolate_commands  # noqa: F401  (registers interpolate and index on main)
+from tests.conftest import fails, ok
 from vae_infer import cli, datasets
 from vae_infer import interpolation as it
 from vae_infer import latent_graph as lg
@@ -72,24 +73,6 @@ def graph_model(graph_package):
 
 def run(*args):
     return CliRunner().invoke(cli.main, [str(a) for a in args])
-
-
-def ok(result):
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def fails(result, *fragments, code=1):
-    assert result.exit_code == code, (result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), f"unhandled {result.exception!r}"
-    assert "Traceback" not in result.output
-    err = result.stderr
-    if code == 1:
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: "), err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
 
 
 # -- linear and slerp ------------------------------------------------------------------------------------------
