@@ -6,14 +6,25 @@ PY := $(VENV)/bin/python
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/demo
 
-.PHONY: venv data demo test lint clean tiny-model
+# Debian packages the tests need, by the command (or file) that shows each one is there:
+#   chromium: the explorer page in a real browser; wrk: the server benchmark;
+#   cross compilers, their C libraries and qemu: the C path's edge targets under emulation.
+SYSTEM_PACKAGES := dataset-fashion-mnist:$(FASHION_DIR)/train-images-idx3-ubyte.gz \
+	chromium:/usr/bin/chromium wrk:/usr/bin/wrk \
+	gcc-aarch64-linux-gnu:/usr/bin/aarch64-linux-gnu-gcc libc6-dev-arm64-cross:/usr/aarch64-linux-gnu/include/stdio.h \
+	qemu-user:/usr/bin/qemu-aarch64 \
+	gcc-arm-none-eabi:/usr/bin/arm-none-eabi-gcc libnewlib-arm-none-eabi:/usr/lib/arm-none-eabi/newlib \
+	qemu-system-arm:/usr/bin/qemu-system-arm
+WEB_DIR := vae_infer/serve/web
+
+.PHONY: venv data system-deps web demo test lint clean tiny-model
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,viz,native,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,viz,native,parquet,ray,serve,dev]'
 	touch $@
 
 # The real data set: Debian's package when apt-get is there and no data directory already holds it.
@@ -27,13 +38,32 @@ data:
 	  echo "Fashion-MNIST not installed and no apt-get: python -m train will download it from its mirrors"; \
 	fi
 
+# Every system package the tests need, installed with apt-get where it is missing (only the missing ones;
+# --no-install-recommends: the recommended extras of the cross toolchains are hundreds of MB).
+system-deps:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	  pkg=$${entry%%:*}; path=$${entry#*:}; [ -e "$$path" ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "system packages: all present"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing:$$missing"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "missing system packages (no apt-get here; tests that need them are skipped):$$missing"; fi
+
+# onnxruntime-web for the explorer page, from npm with the committed lock file (never from a CDN).
+web:
+	@if [ -f $(WEB_DIR)/package-lock.json ] && command -v npm >/dev/null 2>&1; then \
+	  cd $(WEB_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm or $(WEB_DIR)/package-lock.json missing: the page decodes through the API"; fi
+
 demo: venv data
 	$(PY) -m train fit --dataset fashion-mnist --epochs 5 --run-dir $(RUN_DIR) --out $(RUN_DIR)/model
 	$(VENV)/bin/vae-infer info $(RUN_DIR)/model
 	$(VENV)/bin/vae-infer sample $(RUN_DIR)/model -n 64 --seed 0 --out $(RUN_DIR)/samples.npy --png $(RUN_DIR)/samples.png
 	@echo "Demo finished: pictures, figures and the model package are in $(RUN_DIR)/"
 
-test: venv data
+test: venv system-deps web
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

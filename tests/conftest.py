@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -43,9 +44,43 @@ def real_data_available() -> bool:
     return (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()
 
 
-needs_real_data = pytest.mark.skipif(
-    not real_data_available(), reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist"
-)
+# -- parts the tests need: skipped where missing, a failure in CI ------------------------------------------
+#
+# A test that needs a part this machine may lack (a Debian package, an extra) is skipped with a reason that
+# starts with MISSING_PREFIX and names what brings the part. Under CI=true such a skip is a failure: CI installs
+# everything (`make test`), so a skip there means a missing install step, and a feature would go untested.
+MISSING_PREFIX = "needs "
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def needs(available: bool, what: str) -> pytest.MarkDecorator:
+    """Skip unless `available`; `what` names the part and how to get it ("Debian's chromium: apt-get ...")."""
+    return pytest.mark.skipif(not available, reason=MISSING_PREFIX + what)
+
+
+def needs_binary(name: str, package: str) -> pytest.MarkDecorator:
+    return needs(shutil.which(name) is not None, f"{name} from Debian's {package} (make system-deps)")
+
+
+def needs_module(module: str, extra: str) -> pytest.MarkDecorator:
+    import importlib.util
+
+    return needs(importlib.util.find_spec(module) is not None,
+                 f"the Python package {module} (pip install -c constraints.txt -e '.[{extra}]')")
+
+
+needs_real_data = needs(real_data_available(), "Fashion-MNIST: apt-get install dataset-fashion-mnist (make system-deps)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        if reason.startswith(MISSING_PREFIX) or reason.startswith("could not import"):
+            report.outcome = "failed"
+            report.longrepr = f"CI=true and a part is missing, so this test cannot be skipped: {reason}"
 
 
 # -- command-line results, shared by the CLI tests -------------------------------------------------------

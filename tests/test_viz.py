@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vae_infer.atomic import write_atomically
 from vae_infer.errors import InputError, MissingExtraError
-from vae_infer.io import write_atomically
 from vae_infer.viz import PAD_VALUE, image_grid, read_png, save_image_grid, to_uint8, upscale_factor
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vae_infer.io import write_atomically
+from vae_infer.atomic import write_atomically
 from vae_infer.viz import image_grid, save_image_grid
 
 from .data import CLASS_NAMES, Dataset

@@ -18,8 +18,8 @@ import onnxruntime as ort
 
 from . import __version__
 from .errors import InputError, MissingExtraError
+from .machine import available_cores, cpu_flags, cpu_model
 from .model import VAEModel, load
-from .sessions import available_cores
 
 OPERATIONS = ("encode", "decode", "reconstruct")
 WARMUP_CALLS = 5
@@ -100,20 +100,9 @@ def run_benchmark(path: str | Path, batch_sizes: Sequence[int], threads: Sequenc
 
 def environment() -> dict:
     """The machine and library versions, recorded beside every result."""
-    flags = set()
-    model_name = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model_name = value.strip()
-            elif key.strip() in ("flags", "Features"):
-                flags.update(value.split())
-    except OSError:
-        pass
     return {
-        "cpu": model_name,
-        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "cpu": cpu_model(),
+        "cpu_flags": [f for f in CPU_FLAGS if f in cpu_flags()],
         "cores_available": available_cores(),
         "cores_total": os.cpu_count(),
         "machine": platform.machine(),
@@ -178,7 +167,7 @@ def plot(report: dict, path: str | Path) -> Path:
         from matplotlib.figure import Figure
     except ImportError as e:
         raise MissingExtraError("plotting needs matplotlib: pip install 'vae-infer[viz]'") from e
-    from .io import write_atomically
+    from .atomic import write_atomically
 
     operations = [op for op in OPERATIONS if any(r["operation"] == op for r in report["results"])]
     fig = Figure(figsize=(5 * len(operations), 4.8))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from . import machine
 from .errors import DataError
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -67,8 +68,8 @@ def find_split_file(folder: Path, stem: str) -> Path | None:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vae-infer" / "datasets"
+    """Where downloaded data sets are kept: the project's cache folder, then datasets/."""
+    return machine.cache_dir("datasets")
 
 
 def dataset_dirs(name: str, data_dir: str | Path | None = None, system_dirs: tuple[str, ...] | None = None

@@ -771,9 +771,9 @@ def load_images(spec: str | Path, split: str = "train") -> tuple[NDArray, str]:
     spec: a named dataset ("fashion-mnist", "mnist": IDX files looked for in dataset_dirs(name); nothing is
     downloaded), a folder of IDX files, one IDX file, a .npy of images, or a .npz (FILE.npz:KEY picks an array;
     otherwise x_train / x_test by split, or its only array). split: "train" or "test" (folders, names, .npz)."""
+    from .arrays import read_images
     from .datasets import IMAGE_FILES, dataset_dirs, find_split_file, read_idx_images
     from .errors import DataError
-    from .io import read_images
 
     if split not in IMAGE_FILES:
         raise DataError(f"split must be train or test, got {split!r}")

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import onnxruntime as ort
 
 from .errors import DeviceError
+from .machine import available_cores
 
 DEVICES = ("cpu", "cuda", "auto")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity mask), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:

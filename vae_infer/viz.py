@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from .atomic import write_atomically
 from .errors import InputError, MissingExtraError
 from .inputs import as_images
-from .io import write_atomically
 
 PAD_VALUE = 1.0  # white lines between tiles, and white for the empty cells of a last, partial row
 TARGET_SIDE = 512  # save_image_grid upscales so the longer side comes nearest this many pixels...

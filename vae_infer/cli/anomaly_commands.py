@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import anomaly, io
+from .. import anomaly, arrays
 from ..datasets import IMAGE_FILES, dataset_dirs, find_split_file, read_idx_images
 from ..errors import DataError, InputError
 from .base import (
@@ -54,11 +54,11 @@ def validation_indices(n: int, training: dict) -> np.ndarray:
 def calibration_images(model, data: str, split: str | None, data_dir: Path | None) -> tuple[np.ndarray, str]:
     """(images, a description of them) for --data: an array file (all its images), or IDX files by folder
     or by name, of which --split picks the validation split (the default), the training or the test set."""
-    file, _ = io.split_key(data)
-    if file.suffix.lower() in io.IMAGE_SUFFIXES:
+    file, _ = arrays.split_key(data)
+    if file.suffix.lower() in arrays.IMAGE_SUFFIXES:
         if split is not None:
             raise InputError(f"--split applies to IDX datasets; {data} is used whole (drop --split)")
-        images = io.read_images(data, model.image_shape)
+        images = arrays.read_images(data, model.image_shape)
         return images, f"{data} ({len(images)} images)"
     split = split or "validation"
     folders = [Path(data)] if Path(data).is_dir() else dataset_dirs(data, data_dir)
@@ -162,7 +162,7 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
     if threshold is not None and quantile is not None:
         raise click.UsageError("pass either --threshold or --quantile, not both")
     m = open_model(model, device, threads)
-    x = m.as_images(io.read_images(input, m.image_shape))
+    x = m.as_images(arrays.read_images(input, m.image_shape))
     if threshold is None:
         kind, limit = anomaly.threshold(m, kind, quantile)
         where = f"the {quantile or m.manifest.calibration['quantile']:g} quantile of the calibration scores"
@@ -173,7 +173,7 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
         status_note(f"scoring {len(x)} images ({kind})...", quiet=as_json)
     flags, scores = m.detect(x, kind=kind, quantile=quantile, threshold=threshold, samples=samples, seed=seed)
     if out is not None:
-        io.write_array(out, {"flags": flags, "scores": scores} if out.suffix.lower() == ".npz" else {"s": scores})
+        arrays.write_array(out, {"flags": flags, "scores": scores} if out.suffix.lower() == ".npz" else {"s": scores})
     flagged = np.nonzero(flags)[0]
     if as_json:
         echo_json({"n": len(flags), "flagged": len(flagged), "kind": kind, "threshold": limit,
@@ -205,9 +205,9 @@ def denoise(model: Path, input: Path, out: Path, steps: int, png: Path | None, d
 
     Writes decode(mu(x)) for every image of INPUT to --out, repeated --steps times."""
     m = open_model(model, device, threads)
-    x = m.as_images(io.read_images(input, m.image_shape))
+    x = m.as_images(arrays.read_images(input, m.image_shape))
     clean = m.denoise(x, steps=steps)
-    io.write_array(out, {"images": clean})
+    arrays.write_array(out, {"images": clean})
     click.echo(f"wrote {len(clean)} denoised images ({shape_text(clean)}, {steps} step(s)) to {out}")
     if png is not None:
         k = min(len(x), PNG_PAIRS)

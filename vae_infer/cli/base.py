@@ -12,7 +12,7 @@ from typing import Any
 import click
 import numpy as np
 
-from .. import __version__, io
+from .. import __version__, arrays
 from ..errors import VaeInferError
 from ..model import VAEModel, load
 from ..sessions import DEVICES
@@ -67,11 +67,11 @@ def model_options(fn: Callable) -> Callable:
 
 def check_out(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """Refuse a bad output path while parsing, before any work is done."""
-    return None if value is None else io.check_output(value)
+    return None if value is None else arrays.check_output(value)
 
 
 def check_png(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    return None if value is None else io.check_output(value, (".png",))
+    return None if value is None else arrays.check_output(value, (".png",))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout (for scripts).")

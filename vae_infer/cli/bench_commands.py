@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .. import bench, io
+from .. import arrays, bench
+from ..atomic import atomic_write_bytes
 from ..errors import InputError
 from ..sessions import DEVICES
 from .base import check_png, main, status_note
@@ -25,7 +26,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 
 def _suffix(*suffixes: str):
     def check(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-        return None if value is None else io.check_output(value, suffixes)
+        return None if value is None else arrays.check_output(value, suffixes)
 
     return check
 
@@ -76,9 +77,9 @@ def bench_command(model, batch_sizes, threads, devices, variants, operations, se
     table = bench.to_markdown(report)
     click.echo(table, nl=False)
     if json_out:
-        io.write_atomically(json_out, lambda f: f.write((json.dumps(report, indent=1) + "\n").encode()))
+        atomic_write_bytes(json_out, (json.dumps(report, indent=1) + "\n").encode())
     if markdown:
-        io.write_atomically(markdown, lambda f: f.write(table.encode()))
+        atomic_write_bytes(markdown, table.encode())
     if plot:
         bench.plot(report, plot)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import io
+from .. import arrays
 from ..errors import InputError
 from ..interpolation import METHODS, SPACINGS, Reference, interpolate, path_metrics
 from ..latent_graph import (
@@ -31,7 +31,7 @@ DATA_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache
 
 def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
     """One image from a file: the file's only image, or the one at --a-index / --b-index."""
-    arr = io.read_images(path, model.image_shape)
+    arr = arrays.read_images(path, model.image_shape)
     if index is None:
         if len(arr) != 1:
             raise InputError(f"{path} holds {len(arr)} images; pick one with --{name}-index I (0..{len(arr) - 1})")
@@ -114,9 +114,9 @@ def interpolate_command(model: Path, image_a: Path, image_b: Path, method: str |
             data = {"images": paths[method][0], "codes": paths[method][1]}
             if compare:
                 data.update({"linear_images": paths["linear"][0], "linear_codes": paths["linear"][1]})
-            io.write_array(out, data)
+            arrays.write_array(out, data)
         else:
-            io.write_array(out, paths[method][0])
+            arrays.write_array(out, paths[method][0])
     if png is not None:
         rows = [paths[method][0]] + ([paths["linear"][0]] if compare else [])
         title = f"{method} (top) vs linear (bottom)" if compare else f"{method} interpolation, {steps} steps"

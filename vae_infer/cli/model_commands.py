@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import io
+from .. import arrays
 from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS
 from ..inputs import as_latents
 from .base import (
@@ -79,10 +79,10 @@ def encode(model: Path, input: Path, out: Path, device: str, threads: int | None
 
     Reads the images in INPUT and writes mu and logvar, each (n, latent size) float32, to --out."""
     m = open_model(model, device, threads)
-    x = m.as_images(io.read_images(input, m.image_shape))
+    x = m.as_images(arrays.read_images(input, m.image_shape))
     mu, logvar = in_chunks(m, m.encode, x, "encoding", quiet=as_json)
     npz = out.suffix.lower() == ".npz"
-    io.write_array(out, {"mu": mu, "logvar": logvar} if npz else mu)
+    arrays.write_array(out, {"mu": mu, "logvar": logvar} if npz else mu)
     keys = ["mu", "logvar"] if npz else ["mu"]
     if as_json:
         echo_json({"out": str(out), "arrays": keys, "n": len(mu), "latent_size": m.latent_size})
@@ -102,9 +102,9 @@ def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str,
     Reads the codes in LATENTS ((n, latent size), .npy or .npz; FILE.npz:KEY picks one array) and writes
     the decoded images (the Bernoulli means) to --out."""
     m = open_model(model, device, threads)
-    z = as_latents(io.read_latents(latents), m.latent_size)
+    z = as_latents(arrays.read_latents(latents), m.latent_size)
     images = in_chunks(m, m.decode, z, "decoding")
-    io.write_array(out, {"images": images})
+    arrays.write_array(out, {"images": images})
     click.echo(f"wrote {len(images)} decoded images ({shape_text(images)}) to {out}")
     if png is not None:
         save_grid(images[:PNG_MAX], m, png)
@@ -125,9 +125,9 @@ def reconstruct(model: Path, input: Path, out: Path, png: Path | None, device: s
 
     Reads the images in INPUT and writes decode(mu), the deterministic reconstruction, to --out."""
     m = open_model(model, device, threads)
-    x = m.as_images(io.read_images(input, m.image_shape))
+    x = m.as_images(arrays.read_images(input, m.image_shape))
     recon = in_chunks(m, m.reconstruct, x, "reconstructing")
-    io.write_array(out, {"images": recon})
+    arrays.write_array(out, {"images": recon})
     click.echo(f"wrote {len(recon)} reconstructions ({shape_text(recon)}) to {out}")
     if png is not None:
         k = min(len(x), PNG_PAIRS)
@@ -154,7 +154,7 @@ def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, d
     if n > m.chunk_size:
         status_note(f"sampling {n} images...")
     images = m.sample(n, seed=seed)
-    io.write_array(out, {"images": images})
+    arrays.write_array(out, {"images": images})
     click.echo(f"wrote {n} samples ({shape_text(images)}) to {out}")
     if png is not None:
         title = f"{m.manifest.name}: samples" + ("" if seed is None else f", seed {seed}")
@@ -183,12 +183,12 @@ def score(model: Path, input: Path, kind: str, samples: int | None, seed: int, o
     scores."""
     samples = samples or (DEFAULT_IW_SAMPLES if kind == "iwae" else 1)
     m = open_model(model, device, threads)
-    x = m.as_images(io.read_images(input, m.image_shape))
+    x = m.as_images(arrays.read_images(input, m.image_shape))
     if len(x) > m.chunk_size:
         status_note(f"scoring {len(x)} images ({samples} draw(s) each)...", quiet=as_json)
     values = m.score(x, kind=kind, samples=samples, seed=seed)
     if out is not None:
-        io.write_array(out, {kind: values})
+        arrays.write_array(out, {kind: values})
     summary = {"n": len(values), "mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
     unit = "nats" if kind not in ("mse", "dose") else "score"
     if as_json:

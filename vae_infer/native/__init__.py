@@ -137,7 +137,7 @@ def export_c(package_dir: str | Path, out_dir: str | Path, weights: str = "fp32"
 
     block: outputs per weight block (64 suits SIMD CPUs; 1 gives plain dot products, best for scalar
     microcontrollers); rows: a default VAE_ROWS (rows per tile) instead of the per-target choice."""
-    from ..io import write_atomically
+    from ..atomic import write_atomically
     from .example import example_main, makefile
 
     sources, digests = generate_package(package_dir, weights, prefix, block, rows)

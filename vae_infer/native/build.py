@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 from ..errors import DeviceError
+from ..machine import cache_dir as machine_cache_dir
+from ..machine import cpu_flags, cpu_identity
 from .codegen import GENERATOR, Sources
 
 LIBRARY = "libvae.so"
@@ -62,37 +64,13 @@ def compiler_version(cc: str) -> str:
         return cc
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_identity() -> str:
-    """The machine and its CPU features, so that a cache shared between machines never mixes their builds."""
-    text = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features", "model name")):
-                text += "|" + line
-    except OSError:
-        text += "|" + platform.processor()
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def optimization_flags(native: bool = True) -> list[str]:
     """-O3, and code for this very CPU (the cache is per machine). On AVX-512 machines the compiler is
     asked for 512-bit vectors, which the 6-row x 64-output register blocks are laid out for."""
     flags = ["-O3"]
     if native and platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
         flags.append("-march=native" if platform.machine().lower() in ("x86_64", "amd64") else "-mcpu=native")
-        if "avx512f" in _cpu_flags():
+        if "avx512f" in cpu_flags():
             flags.append("-mprefer-vector-width=512")
     return flags
 
@@ -101,7 +79,7 @@ def tuning(native: bool = True) -> tuple[int, int | None]:
     """(block, rows) of the register blocks for the CPU the library is built for: measured on a Xeon with
     AVX-512 (64 outputs x 6 rows: ~100 multiply-adds per ns per core) and with AVX2 only (24 x 4: ~59).
     Elsewhere 64 outputs and the rows the generated code picks from the target's macros."""
-    flags = _cpu_flags() if native else set()
+    flags = cpu_flags() if native else set()
     if "avx512f" in flags:
         return 64, 6
     if {"avx2", "fma"} <= flags:
@@ -116,8 +94,7 @@ def library_flags(native: bool = True) -> list[str]:
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vae-infer" / "native"
+    return machine_cache_dir("native")
 
 
 @functools.lru_cache(maxsize=1)

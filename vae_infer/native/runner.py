@@ -83,7 +83,7 @@ class NativeRunner:
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise DeviceError(f"threads must be a positive integer, got {threads!r}")
         if threads is None:
-            from ..sessions import available_cores
+            from ..machine import available_cores
 
             threads = available_cores()
         self.threads = threads

@@ -1,20 +1,17 @@
 """Arrays on disk for the command line: read images and latent codes, write results atomically.
 
-Reading never unpickles (allow_pickle=False). Writing goes to a temporary file in the destination's folder
-which then replaces the destination in one rename, so an existing file is never left half-written."""
+Reading never unpickles (allow_pickle=False). Writing goes through vae_infer.atomic, so an existing file is
+never left half-written."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import stat
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from .atomic import write_atomically
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".npy", ".npz", ".png")
@@ -142,36 +139,3 @@ def _dump(f, arrays: np.ndarray | dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
     else:
         np.save(f, arrays, allow_pickle=False)
-
-
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call write(file) on a temporary file beside `path`, then rename it over `path` (os.replace), so a
-    crash never leaves a half-written file: `path` is the old file or the complete new one. Creates
-    missing parent folders; a replaced file keeps its permissions. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 applies the umask, so a new file gets the permissions a plain open() would give it.
-    f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
-    try:
-        with f:
-            if path.exists():  # replacing a file keeps its permissions, as overwriting it in place would
-                os.chmod(f.fileno(), stat.S_IMODE(path.stat().st_mode))
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
