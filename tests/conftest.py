@@ -69,7 +69,7 @@ def needs_module(module: str, extra: str) -> pytest.MarkDecorator:
                  f"the Python package {module} (pip install -c constraints.txt -e '.[{extra}]')")
 
 
-needs_real_data = needs(real_data_available(), "Fashion-MNIST: apt-get install dataset-fashion-mnist (make system-deps)")
+needs_real_data = needs(real_data_available(), "Fashion-MNIST: apt-get install dataset-fashion-mnist")
 
 
 @pytest.hookimpl(hookwrapper=True)

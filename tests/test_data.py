@@ -28,9 +28,8 @@ from train.data import (
     load_array_file,
     load_dataset,
     read_idx,
-    split_validation,
 )
-from vae_infer.datasets import IDX_DTYPES
+from vae_infer.datasets import IDX_DTYPES, validation_split
 
 FASHION = "fashion-mnist"
 MNIST = "mnist"
@@ -720,32 +719,32 @@ def test_download_into_unwritable_place_is_a_data_error(tmp_path, served):
     assert str(blocker / "dl") in str(info.value)
 
 
-# ----------------------------------------------------------------------------------------------- split_validation
+# ----------------------------------------------------------------------------------------------- validation_split
 
 
-def test_split_validation_is_seeded_and_disjoint():
+def test_validation_split_is_seeded_and_disjoint():
     n, size = 100, 17
-    train, val = split_validation(n, size, seed=3)
-    again_train, again_val = split_validation(n, size, seed=3)
+    train, val = validation_split(n, size, seed=3)
+    again_train, again_val = validation_split(n, size, seed=3)
     np.testing.assert_array_equal(train, again_train)
     np.testing.assert_array_equal(val, again_val)
     assert len(train) == n - size and len(val) == size
     assert not set(train.tolist()) & set(val.tolist())
     np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(n))
     assert np.all(np.diff(train) > 0) and np.all(np.diff(val) > 0)  # sorted, hence no repeats
-    _, other_val = split_validation(n, size, seed=4)
+    _, other_val = validation_split(n, size, seed=4)
     assert not np.array_equal(val, other_val)
 
 
-def test_split_validation_empty_validation():
-    train, val = split_validation(5, 0, seed=0)
+def test_validation_split_empty_validation():
+    train, val = validation_split(5, 0, seed=0)
     np.testing.assert_array_equal(train, np.arange(5))
     assert val.shape == (0,)
 
 
 @pytest.mark.parametrize(("n", "size", "phrase"), [(10, 10, "leaves no training data"), (10, 11, "out of 10"),
                                                    (10, -1, "must be >= 0")])
-def test_split_validation_rejects(n, size, phrase):
+def test_validation_split_rejects(n, size, phrase):
     with pytest.raises(DataError, match=phrase) as info:
-        split_validation(n, size, seed=0)
+        validation_split(n, size, seed=0)
     assert str(size) in str(info.value)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_infer.datasets import cache_dir, dataset_dirs, find_split_file, read_idx
+from vae_infer.datasets import CLASS_NAMES, cache_dir, dataset_dirs, find_split_file, read_idx  # noqa: F401
 from vae_infer.errors import DataError
 
 SPLIT_FILES = {
@@ -68,15 +68,6 @@ NAMED_DATASETS = {
         },
     ),
 }
-
-CLASS_NAMES = {
-    "fashion-mnist": (
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-    ),
-    "mnist": tuple(str(i) for i in range(10)),
-}
-
 
 @dataclass(frozen=True)
 class Dataset:
@@ -274,13 +265,3 @@ def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None, d
         f"unknown dataset {key!r}: expected one of {sorted(NAMED_DATASETS)}, a folder of IDX files, "
         f"or an existing .npy / .npz file"
     )
-
-
-def split_validation(n: int, validation_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, validation) of a seeded random split of n training examples."""
-    if validation_size < 0:
-        raise DataError(f"validation_size must be >= 0, got {validation_size}")
-    if validation_size >= n:
-        raise DataError(f"validation_size {validation_size} leaves no training data out of {n} examples")
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[validation_size:]), np.sort(order[:validation_size])

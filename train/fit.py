@@ -16,10 +16,11 @@ import click
 import numpy as np
 import torch
 
+from vae_infer.datasets import validation_split
 from vae_infer.errors import VaeInferError
 
 from .config import ModelConfig, TrainConfig
-from .data import Dataset, load_dataset, split_validation
+from .data import Dataset, load_dataset
 from .loss import importance_weighted_nll, negative_elbo
 from .model import VAE
 from .noise import add_noise, parse_noise
@@ -136,7 +137,7 @@ def fit(
     model_config = dataclasses.replace(model_config or ModelConfig(), image_shape=dataset.image_shape)
 
     images = dataset.train_images[: config.train_limit or None]
-    train_idx, val_idx = split_validation(len(images), config.validation_size, config.seed)
+    train_idx, val_idx = validation_split(len(images), config.validation_size, config.seed)
     x_train, x_val = to_tensor(images[train_idx]), to_tensor(images[val_idx])
     x_test = to_tensor(dataset.test_images)
 

@@ -1,7 +1,8 @@
-"""Image data sets on disk, without torch: IDX files (raw or gzip) and where named data sets are looked for.
+"""Image data sets, without torch: named data sets and where they are looked for, their class names, the one
+validation split, and the IDX reader. Reading images by row ranges is vae_infer.sources, built on this.
 
-The one IDX reader of the project: `train` reads its data sets with it too. The runtime never downloads;
-`python -m train` does, into the same cache folder."""
+The one data layer of the project: `train`, calibration, the latent index, batch jobs, benchmarks and tests all
+read through it. The runtime never downloads; `python -m train` does, into the same cache folder."""
 
 from __future__ import annotations
 
@@ -19,11 +20,35 @@ from .errors import DataError
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 GZIP_MAGIC = b"\x1f\x8b"
 IMAGE_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}  # split -> file stem
+LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
 SYSTEM_DATA = Path("/usr/share/datasets")  # Debian's dataset-* packages install <here>/<name>
+CLASS_NAMES = {
+    "fashion-mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+    "mnist": tuple(str(i) for i in range(10)),
+}
+NAMED = tuple(CLASS_NAMES)  # the data sets known by name
+SYSTEM_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}  # the Debian package that installs each, if any
+
+
+def idx_header(head: bytes, path: str | Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, data offset) from the first bytes of an IDX file."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise DataError(f"{path} is not an IDX file: expected two zero bytes then a type code, got {head[:4]!r}")
+    type_code, ndim = head[2], head[3]
+    if type_code not in IDX_DTYPES:
+        raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}; expected one of {sorted(IDX_DTYPES)}")
+    header_end = 4 + 4 * ndim
+    if ndim == 0 or len(head) < header_end:
+        raise DataError(f"{path}: IDX header is truncated ({len(head)} bytes for {ndim} dimensions)")
+    shape = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.dtype(IDX_DTYPES[type_code]), shape, header_end
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (gzip-compressed or raw; detected by its first bytes, not its name)."""
+    """Read one IDX file whole (gzip-compressed or raw; detected by its first bytes, not its name)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -31,16 +56,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"cannot read IDX file {path}: {e}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path} is not an IDX file: expected two zero bytes then a type code, got {raw[:4]!r}")
-    type_code, ndim = raw[2], raw[3]
-    if type_code not in IDX_DTYPES:
-        raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}; expected one of {sorted(IDX_DTYPES)}")
-    header_end = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header_end:
-        raise DataError(f"{path}: IDX header is truncated ({len(raw)} bytes for {ndim} dimensions)")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(IDX_DTYPES[type_code])
+    dtype, shape, header_end = idx_header(raw[: 4 + 4 * 255], path)
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header_end != expected:
         raise DataError(
@@ -84,3 +100,33 @@ def dataset_dirs(name: str, data_dir: str | Path | None = None, system_dirs: tup
     dirs.append(cache_dir() / name)
     dirs += [Path(d) for d in system_dirs] if system_dirs is not None else [SYSTEM_DATA / name]
     return dirs
+
+
+def missing_dataset_error(name: str, looked: list[Path], stem: str) -> DataError:
+    package = SYSTEM_PACKAGES.get(name)
+    debian = f", or on Debian: apt-get install {package}" if package else ""
+    return DataError(
+        f"dataset {name!r} not found: looked for {stem}[.gz] in {', '.join(str(p) for p in looked)}. The runtime "
+        f"does not download; get it with `python -m train fit --dataset {name} ...` once, set VAE_DATA_DIR{debian}"
+    )
+
+
+def validation_split(n: int, validation_size: int, seed: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Indices (train, validation) of the seeded random split of n training examples: the one split that
+    training holds out, that calibration re-creates from model.json, and that the tests use."""
+    if validation_size < 0:
+        raise DataError(f"validation_size must be >= 0, got {validation_size}")
+    if validation_size >= n:
+        raise DataError(f"validation_size {validation_size} leaves no training data out of {n} examples")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[validation_size:]), np.sort(order[:validation_size])
+
+
+def load_images(spec: str | Path, split: str = "train", data_dir: str | Path | None = None
+                ) -> tuple[np.ndarray, str]:
+    """(images, where they came from) for a whole, small set: vae_infer.sources.open_source read whole.
+    Images keep their stored dtype and shape; the model validates them."""
+    from .sources import open_source
+
+    source = open_source(spec, split=split, data_dir=data_dir)
+    return source.read_all(), source.where

@@ -8,8 +8,9 @@ import click
 import numpy as np
 
 from .. import anomaly, arrays
-from ..datasets import IMAGE_FILES, dataset_dirs, find_split_file, read_idx_images
+from ..datasets import validation_split
 from ..errors import DataError, InputError
+from ..sources import open_source
 from .base import (
     PNG_PAIRS,
     check_out,
@@ -32,8 +33,8 @@ FLAGGED_SHOWN = 20  # indices of flagged images printed by detect (all are in --
 
 
 def validation_indices(n: int, training: dict) -> np.ndarray:
-    """The indices of the validation split that `python -m train fit` held out of training (a seeded
-    permutation, as train.data.split_validation draws it), from the config recorded in model.json."""
+    """The indices of the validation split that `python -m train fit` held out of training
+    (vae_infer.datasets.validation_split with the config recorded in model.json)."""
     config = training.get("config") if isinstance(training, dict) else None
     if not isinstance(config, dict) or "validation_size" not in config or "seed" not in config:
         raise DataError("model.json records no training configuration, so its validation split is unknown; "
@@ -47,8 +48,7 @@ def validation_indices(n: int, training: dict) -> np.ndarray:
     if size < 1:
         raise DataError("the model was trained on all its training images (validation_size 0); use --split test "
                         "or pass held-out images as a .npy/.npz file")
-    order = np.random.default_rng(seed).permutation(used)
-    return np.sort(order[:size])
+    return validation_split(used, size, seed)[1]
 
 
 def calibration_images(model, data: str, split: str | None, data_dir: Path | None) -> tuple[np.ndarray, str]:
@@ -61,24 +61,14 @@ def calibration_images(model, data: str, split: str | None, data_dir: Path | Non
         images = arrays.read_images(data, model.image_shape)
         return images, f"{data} ({len(images)} images)"
     split = split or "validation"
-    folders = [Path(data)] if Path(data).is_dir() else dataset_dirs(data, data_dir)
-    stem = IMAGE_FILES["test" if split == "test" else "train"]
-    for folder in folders:
-        path = find_split_file(folder, stem) if folder.is_dir() else None
-        if path is not None:
-            break
-    else:
-        raise DataError(
-            f"--data {data}: no {stem}[.gz] found in {', '.join(str(f) for f in folders)}; pass a folder of IDX "
-            f"files, a dataset name installed there (Debian: apt-get install dataset-fashion-mnist), or a .npy/.npz"
-        )
-    images = read_idx_images(path)
+    source = open_source(data, split="test" if split == "test" else "train", data_dir=data_dir)
+    images = source.read_all()
     if split == "validation":
         idx = validation_indices(len(images), model.manifest.training)
         cfg = model.manifest.training["config"]
-        return images[idx], (f"{path}: the validation split ({len(idx)} images held out of training, "
+        return images[idx], (f"{source.where}: the validation split ({len(idx)} images held out of training, "
                              f"validation_size {cfg['validation_size']}, seed {cfg['seed']})")
-    return images, f"{path} ({split} set, {len(images)} images)"
+    return images, f"{source.where} ({split} set, {len(images)} images)"
 
 
 # -- commands -----------------------------------------------------------------------------------------------

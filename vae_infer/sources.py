@@ -1,0 +1,290 @@
+"""Image sources read by row ranges: the one way every part of the project reads images from disk.
+
+    source = open_source("fashion-mnist", split="test")     # or a file, a folder, FILE.npz:KEY
+    len(source), source.row_shape, source.dtype             # 10000, (28, 28), uint8
+    block = source.read(0, 4096)                            # (4096, 28, 28), the stored dtype, not validated
+
+A source is a reader, not an array: `.npy` files, raw IDX files and the uncompressed members of `.npz`
+files are memory-mapped, so a file larger than memory is read one range at a time (batch jobs split one big
+file into many ranges). Gzip-compressed IDX files and compressed `.npz` members cannot be read by range and
+are decompressed whole, once. What `read` returns is the stored data; the model validates it (dtype, shape,
+range) when it encodes it. Every failure is a DataError naming the file and what was expected."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .datasets import (
+    IMAGE_FILES,
+    LABEL_FILES,
+    NAMED,
+    dataset_dirs,
+    find_split_file,
+    idx_header,
+    missing_dataset_error,
+    read_idx,
+)
+from .errors import DataError
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+PNG_SUFFIX = ".png"
+SPLITS = tuple(IMAGE_FILES)
+
+
+class Source:
+    """Rows of images: len(), row_shape, dtype, read(start, stop), labels()."""
+
+    def __init__(self, name: str, data: np.ndarray, labels: NDArray[np.int64] | None = None,
+                 where: str | None = None) -> None:
+        if data.ndim < 1:
+            raise DataError(f"{where or name}: expected an array of images (rows first), found a 0-d array")
+        if data.dtype.names is not None or data.dtype == object:
+            raise DataError(f"{where or name}: expected a plain numeric array of images, found dtype {data.dtype}")
+        self.name = name  # the spec as the user gave it: what outputs record as the source
+        self.where = where or name  # the file actually read, for messages
+        self._data = data
+        self._labels = labels
+
+    def __len__(self) -> int:
+        return int(self._data.shape[0])
+
+    def __repr__(self) -> str:
+        return f"Source({self.name!r}, rows={len(self)}, row_shape={self.row_shape}, dtype={self.dtype})"
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self._data.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._data.dtype
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as an in-memory array of the stored dtype, (stop - start, *row_shape)."""
+        n = len(self)
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
+                and 0 <= start <= stop <= n):
+            raise DataError(f"{self.where}: rows [{start}, {stop}) are outside the source's {n} rows")
+        try:
+            return np.array(self._data[start:stop])
+        except (OSError, ValueError) as e:  # a memory-mapped file truncated under us
+            raise DataError(f"{self.where}: cannot read rows [{start}, {stop}): {e}") from e
+
+    def read_all(self) -> np.ndarray:
+        return self.read(0, len(self))
+
+    def labels(self) -> NDArray[np.int64] | None:
+        """Class labels (n,) when the source has them (named data sets, IDX folders, .npz with labels)."""
+        return self._labels
+
+
+class PngFolderSource(Source):
+    """A folder of .png images, one row per file in sorted name order; files are read when asked for."""
+
+    def __init__(self, name: str, files: list[Path], image_shape: tuple[int, int] | None) -> None:
+        self.name, self.where = name, str(Path(files[0]).parent)
+        self._files, self._labels = files, None
+        first = self._read_one(files[0], image_shape)
+        self._shape, self._image_shape = first.shape, image_shape or first.shape
+
+    def _read_one(self, file: Path, image_shape: tuple[int, int] | None) -> np.ndarray:
+        from .viz import read_png
+
+        return read_png(file, image_shape)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self._shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if not (0 <= start <= stop <= len(self)):
+            raise DataError(f"{self.where}: rows [{start}, {stop}) are outside the folder's {len(self)} images")
+        rows = [self._read_one(f, self._image_shape) for f in self._files[start:stop]]
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, *self._shape), np.float32)
+
+
+# -- opening a source by what the user typed ------------------------------------------------------------------
+
+
+def split_key(spec: str | Path) -> tuple[Path, str | None]:
+    """`file.npz:key` -> (Path("file.npz"), "key"); `file.parquet:column` likewise; anything else -> (path, None)."""
+    text = str(spec)
+    if not Path(text).exists():
+        head, sep, key = text.rpartition(":")
+        if sep and key and head.lower().endswith((".npz", ".parquet")):
+            return Path(head), key
+    return Path(text), None
+
+
+def open_source(spec: str | Path, split: str = "train", data_dir: str | Path | None = None,
+                image_shape: tuple[int, int] | None = None) -> Source:
+    """A source of images from what a user typed.
+
+    spec: a named data set ("fashion-mnist", "mnist": looked for as vae_infer.datasets.dataset_dirs says; the
+    runtime never downloads), a folder of IDX files, one IDX file (.gz or raw), a .npy file, FILE.npz[:KEY]
+    (without a key: x_<split>, else its only array), or a folder of .png images.
+    split: "train" or "test", for names, IDX folders and .npz files holding both."""
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    text = str(spec)
+    if text in NAMED:
+        looked = dataset_dirs(text, data_dir)
+        for folder in looked:
+            source = _idx_folder(folder, split, name=text)
+            if source is not None:
+                return source
+        raise missing_dataset_error(text, looked, IMAGE_FILES[split])
+    file, key = split_key(text)
+    if file.is_dir():
+        source = _idx_folder(file, split, name=text)
+        if source is not None:
+            return source
+        pngs = sorted(p for p in file.iterdir() if p.suffix.lower() == PNG_SUFFIX and p.is_file())
+        if pngs:
+            return PngFolderSource(text, pngs, image_shape)
+        raise DataError(f"{file}: expected a folder of IDX files ({IMAGE_FILES[split]}[.gz]) or of .png images; "
+                        f"found neither")
+    if not file.exists():
+        raise DataError(f"{file}: no such file or folder; expected a data set name ({', '.join(NAMED)}), a folder "
+                        f"of IDX or .png files, an IDX file, a .npy or a .npz file")
+    if not file.is_file():
+        raise DataError(f"{file}: not a regular file (a device, FIFO or socket cannot be read as images)")
+    suffix = file.suffix.lower()
+    if suffix == ".parquet":
+        from .parquet_source import open_parquet  # pyarrow: the `parquet` extra
+
+        return open_parquet(text, file, key)
+    if key is not None and suffix != ".npz":
+        raise DataError(f"{text}: a :KEY applies to .npz (or .parquet) files only")
+    if suffix == ".npy":
+        return Source(text, _memmap_npy(file), where=str(file))
+    if suffix == ".npz":
+        return _npz_source(text, file, key, split)
+    return Source(text, _memmap_idx(file), where=str(file))  # an IDX file, whatever its name
+
+
+def _idx_folder(folder: Path, split: str, name: str) -> Source | None:
+    path = find_split_file(folder, IMAGE_FILES[split]) if folder.is_dir() else None
+    if path is None:
+        return None
+    images = _memmap_idx(path)
+    if images.ndim != 3:
+        raise DataError(f"{path}: expected IDX images (n, height, width), found shape {images.shape}")
+    label_path = find_split_file(folder, LABEL_FILES[split])
+    labels = None
+    if label_path is not None:
+        labels = read_idx(label_path).astype(np.int64).reshape(-1)
+        if len(labels) != len(images):
+            raise DataError(f"{label_path}: {len(labels)} labels for {len(images)} images in {path}")
+    return Source(name, images, labels, where=str(path))
+
+
+def _memmap_idx(path: Path) -> np.ndarray:
+    """A raw IDX file memory-mapped; a gzip-compressed one decompressed whole (gzip cannot seek)."""
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * 255)
+    if head[:2] == b"\x1f\x8b":
+        return read_idx(path)
+    dtype, shape, offset = idx_header(head, path)
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise DataError(f"{path}: header says shape {shape} ({expected} bytes with the header) but the file holds "
+                        f"{size} bytes; the file is truncated or corrupt")
+    if np.prod(shape) == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _memmap_npy(file: Path) -> np.ndarray:
+    try:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
+            raise DataError(f"{file}: expected a numeric .npy array of images; the file holds Python objects "
+                            f"(pickled data), which are never loaded") from e
+        raise DataError(f"{file}: not a readable .npy file (bad header or truncated data): {e}") from e
+    except (OSError, EOFError) as e:
+        raise DataError(f"{file}: cannot read it as a .npy file: {e}") from e
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{file}: expected a single .npy array, found an archive (name it .npz)")
+    return arr
+
+
+def _npz_source(text: str, file: Path, key: str | None, split: str) -> Source:
+    try:
+        with zipfile.ZipFile(file) as zf:
+            members = {n[:-4]: zf.getinfo(n) for n in zf.namelist() if n.endswith(".npy")}
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DataError(f"{file}: not a readable .npz archive (corrupt or truncated): {e}") from e
+    if key is None:
+        if f"x_{split}" in members:
+            key = f"x_{split}"
+        elif len(members) == 1:
+            key = next(iter(members))
+        else:
+            found = ", ".join(members) or "no arrays"
+            raise DataError(f"{file}: expected one array, or x_{split}, or a key as {file}:KEY; it holds {found}")
+    if key not in members:
+        raise DataError(f"{file}: no array named {key!r}; it holds {', '.join(members) or 'no arrays'}")
+    data = _npz_member(file, members[key])
+    labels = None
+    for label_key in (f"y_{split}" if key.startswith("x_") else None, "labels"):
+        if label_key and label_key in members:
+            lab = _npz_member(file, members[label_key])
+            if lab.ndim == 1 and len(lab) == len(data) and np.issubdtype(lab.dtype, np.integer):
+                labels = np.asarray(lab, np.int64)
+            break
+    return Source(text, data, labels, where=f"{file}:{key}")
+
+
+def _npz_member(file: Path, info: zipfile.ZipInfo) -> np.ndarray:
+    """One array of an .npz: memory-mapped when the member is stored uncompressed (np.savez), else read."""
+    try:
+        with open(file, "rb") as f:
+            if info.compress_type == zipfile.ZIP_STORED:
+                f.seek(info.header_offset)
+                local = f.read(30)
+                if local[:4] != b"PK\x03\x04":
+                    raise DataError(f"{file}: corrupt .npz archive (bad local header for {info.filename})")
+                name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+                start = info.header_offset + 30 + name_len + extra_len
+                f.seek(start)
+                version = np.lib.format.read_magic(f)
+                if version not in ((1, 0), (2, 0)):
+                    return _read_member(file, info)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f)
+                if dtype.hasobject:
+                    raise DataError(f"{file}:{info.filename[:-4]} holds Python objects (pickled data), which are "
+                                    f"never loaded; expected numeric images")
+                offset = f.tell()
+                if offset - start + int(np.prod(shape)) * dtype.itemsize > info.file_size:
+                    raise DataError(f"{file}:{info.filename[:-4]}: the array is truncated")
+                if int(np.prod(shape)) == 0:
+                    return np.zeros(shape, dtype)
+                return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape,
+                                 order="F" if fortran else "C")
+        return _read_member(file, info)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{file}:{info.filename[:-4]}: cannot read the array (corrupt or truncated, or it holds "
+                        f"pickled objects, which are never loaded): {e}") from e
+
+
+def _read_member(file: Path, info: zipfile.ZipInfo) -> np.ndarray:
+    with zipfile.ZipFile(file) as zf, zf.open(info) as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
