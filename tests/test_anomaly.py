@@ -156,9 +156,19 @@ def test_scores_stream_in_chunks_with_the_same_result(tiny_package, tiny_images)
     whole = vae_infer.load(tiny_package, threads=1)
     small = vae_infer.load(tiny_package, threads=1, chunk_size=5)
     for kind in ("recon", "mse", "excess", "ic", "iwae"):  # one draw per image: the same draws whatever the chunks
-        np.testing.assert_allclose(small.score(tiny_images, kind=kind), whole.score(tiny_images, kind=kind),
-                                   rtol=1e-6, err_msg=kind)
+        np.testing.assert_allclose(small.score(tiny_images, kind=kind, samples=1),
+                                   whole.score(tiny_images, kind=kind, samples=1), rtol=1e-6, err_msg=kind)
     np.testing.assert_allclose(small.denoise(tiny_images, steps=2), whole.denoise(tiny_images, steps=2), atol=1e-6)
+
+
+def test_iwae_uses_the_same_k_in_python_the_cli_and_calibration(tiny_model, tiny_images):
+    """score(kind="iwae") without samples draws k = 64, as the CLI and calibrate do, not one draw."""
+    x = tiny_images[:8]
+    default = tiny_model.score(x, kind="iwae", seed=1)
+    np.testing.assert_array_equal(default, tiny_model.score(x, kind="iwae", samples=anomaly.DEFAULT_IW_SAMPLES, seed=1))
+    assert not np.allclose(default, tiny_model.score(x, kind="iwae", samples=1, seed=1))
+    # nelbo keeps one draw by default: the figure training reports
+    np.testing.assert_array_equal(tiny_model.score(x, seed=1), tiny_model.score(x, samples=1, seed=1))
 
 
 # -- calibration ------------------------------------------------------------------------------------------------

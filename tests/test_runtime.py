@@ -37,7 +37,7 @@ def test_decode_is_sigmoid_of_logits_in_unit_range(tiny_model):
     x_hat = tiny_model.decode(z)
     assert x_hat.shape == (50, 784) and x_hat.dtype == np.float32
     assert x_hat.min() >= 0.0 and x_hat.max() <= 1.0
-    logits = tiny_model._decode_logits(z)
+    logits = tiny_model.decode_logits(z)
     np.testing.assert_allclose(x_hat, 1 / (1 + np.exp(-logits.astype(np.float64))), atol=1e-6)
 
 

@@ -20,6 +20,7 @@ import vae_infer
 from vae_infer.errors import VaeInferError
 from vae_infer.manifest import BATCH_AXIS, GraphSpec, Manifest, TensorSpec
 from vae_infer.package import sha256_bytes, write_package
+from vae_infer.sessions import create_backend
 
 from .config import ModelConfig
 from .model import VAE, Decoder
@@ -81,10 +82,8 @@ def _to_onnx(module: torch.nn.Module, example: torch.Tensor, spec: GraphSpec) ->
 
 def _check_parity(model: VAE, encoder_bytes: bytes, decoder_bytes: bytes, x: torch.Tensor) -> dict[str, float]:
     """Max abs difference between torch and fresh onnxruntime sessions, per output."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    enc = ort.InferenceSession(encoder_bytes, opts, providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(decoder_bytes, opts, providers=["CPUExecutionProvider"])
+    enc, _ = create_backend(encoder_bytes, threads=1)  # the factory VAEModel uses: the same sessions users get
+    dec, _ = create_backend(decoder_bytes, threads=1)
     with torch.no_grad():
         mu_t, logvar_t = model.encoder(x)
         z = torch.cat([mu_t, torch.randn(mu_t.shape, generator=torch.Generator().manual_seed(0)) * 2])

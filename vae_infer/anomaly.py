@@ -8,8 +8,8 @@ the decoder and BCE(x, p) = -sum_i [x_i log p_i + (1 - x_i) log(1 - p_i)]:
             (the training loss; VAEModel.score's default).
     recon   BCE(x, x_hat(mu)): the Bernoulli reconstruction error of the deterministic reconstruction.
     mse     sum_i (x_i - x_hat(mu)_i)^2: the squared reconstruction error.
-    iwae    -log (1/k) sum_j p(x|z_j) p(z_j) / q(z_j|x), z_j ~ q(z|x), k = `samples`: the importance-weighted
-            bound on -log p(x) (Burda et al. 2016); <= -ELBO on average, tightening as k grows.
+    iwae    -log (1/k) sum_j p(x|z_j) p(z_j) / q(z_j|x), z_j ~ q(z|x), k = `samples` (default 64): the
+            importance-weighted bound on -log p(x) (Burda et al. 2016); <= -ELBO on average, tightening as k grows.
     excess  BCE(x, x_hat(mu)) - sum_i H(x_i), H(p) = -p log p - (1 - p) log(1 - p): the reconstruction
             error beyond the part no decoder can avoid, = sum_i KL(Bern(x_i) || Bern(x_hat_i)) >= 0. The
             subtracted entropy is large for images with many gray pixels and ~0 for black-and-white ones,
@@ -67,20 +67,30 @@ def check_kind(kind: object) -> str:
     return kind
 
 
-def score(model, images: object, kind: str = "nelbo", samples: int = 1, seed: int | None = 0) -> Scores:
+def default_samples(kind: str) -> int:
+    """Draws of z a kind uses when none are asked for: k of the iwae bound, one draw for nelbo and ic.
+    The same defaults everywhere: VAEModel.score, the CLI, calibration and detect."""
+    return DEFAULT_IW_SAMPLES if kind == "iwae" else 1
+
+
+def score(model, images: object, kind: str = "nelbo", samples: int | None = None, seed: int | None = 0) -> Scores:
     """Per-image anomaly scores (n,), higher = more anomalous; `kind` is one of SCORE_KINDS (module docstring).
 
-    samples: draws of z for nelbo and ic, k for iwae; the other kinds are deterministic and ignore it.
-    seed: the draws' seed (None: fresh randomness). Large inputs stream through in chunks of model.chunk_size."""
+    samples: draws of z for nelbo and ic, k for iwae (default: default_samples(kind)); the other kinds are
+    deterministic and ignore it. seed: the draws' seed (None: fresh randomness). Large inputs stream through
+    in chunks of model.chunk_size."""
     kind = check_kind(kind)
     x = model.as_images(images)
-    k = as_count(samples, "samples")
-    seed = as_seed(seed)
-    reference = _dose_reference(model) if kind == "dose" else None
-    if kind == "nelbo":
-        return model.score(x, samples=k, seed=seed)
-    rng = np.random.default_rng(seed)
+    k = default_samples(kind) if samples is None else as_count(samples, "samples")
+    rng = np.random.default_rng(as_seed(seed))
     out = np.empty(len(x))
+    if kind == "nelbo":  # one encoder pass and k decoder passes, nothing else
+        for s in range(0, len(x), model.chunk_size):
+            chunk = x[s : s + model.chunk_size]
+            mu, logvar = model.encode_rows(chunk)
+            out[s : s + len(chunk)] = likelihood.negative_elbo(model.decode_logits, chunk, mu, logvar, k, rng)
+        return out
+    reference = _dose_reference(model) if kind == "dose" else None
     for s in range(0, len(x), model.chunk_size):
         out[s : s + model.chunk_size] = _scores_chunk(model, x[s : s + model.chunk_size], (kind,), k, k, rng,
                                                       reference)[kind]
@@ -90,8 +100,8 @@ def score(model, images: object, kind: str = "nelbo", samples: int = 1, seed: in
 def _scores_chunk(model, x: NDArray[np.float32], kinds: tuple[str, ...], samples: int, iw_samples: int,
                   rng: np.random.Generator, reference: dict | None = None) -> dict[str, Scores]:
     """The requested kinds for one chunk, sharing one encoder and one decoder pass between them."""
-    mu, logvar = model._encode(x)
-    logits = model._decode_logits(mu)
+    mu, logvar = model.encode_rows(x)
+    logits = model.decode_logits(mu)
     recon = likelihood.bernoulli_nll(logits, x)
     kl = likelihood.kl_to_standard_normal(mu, logvar)
     out: dict[str, Scores] = {}
@@ -105,12 +115,12 @@ def _scores_chunk(model, x: NDArray[np.float32], kinds: tuple[str, ...], samples
     if "excess" in kinds:
         out["excess"] = excess
     if "nelbo" in kinds or "ic" in kinds:
-        nelbo = _mc_recon(model, x, mu, logvar, samples, rng) + kl
+        nelbo = likelihood.expected_nll(model.decode_logits, x, mu, logvar, samples, rng) + kl
         out["nelbo"] = nelbo
         if "ic" in kinds:
             out["ic"] = nelbo - math.log(2) * bits
     if "iwae" in kinds:
-        out["iwae"] = _iwae(model, x, mu, logvar, iw_samples, rng)
+        out["iwae"] = likelihood.importance_weighted_nll(model.decode_logits, x, mu, logvar, iw_samples, rng)
     if "dose" in kinds:
         feats = dose_statistics(recon, kl, bits, excess)
         if reference is not None:
@@ -122,29 +132,6 @@ def _scores_chunk(model, x: NDArray[np.float32], kinds: tuple[str, ...], samples
 
 def _sigmoid(logits: NDArray) -> NDArray[np.float64]:
     return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))  # never overflows
-
-
-def _mc_recon(model, x, mu, logvar, k: int, rng: np.random.Generator) -> Scores:
-    """E_q[BCE(x, x_hat(z))] by k reparameterized draws: the same estimator as VAEModel.score."""
-    std = np.exp(0.5 * logvar)
-    total = np.zeros(len(x))
-    for _ in range(k):
-        z = (mu + std * rng.standard_normal(mu.shape, dtype=np.float32)).astype(np.float32)
-        total += likelihood.bernoulli_nll(model._decode_logits(z), x)
-    return total / k
-
-
-def _iwae(model, x, mu, logvar, k: int, rng: np.random.Generator) -> Scores:
-    """-log (1/k) sum_j exp(log p(x|z_j) + log p(z_j) - log q(z_j|x)), accumulated as a running logsumexp."""
-    std = np.exp(0.5 * logvar)
-    zeros = np.zeros_like(mu)
-    running = np.full(len(x), -np.inf)
-    for _ in range(k):
-        z = (mu + std * rng.standard_normal(mu.shape, dtype=np.float32)).astype(np.float32)
-        log_w = (-likelihood.bernoulli_nll(model._decode_logits(z), x) + likelihood.log_normal(z, zeros, zeros)
-                 - likelihood.log_normal(z, mu, logvar))
-        running = np.logaddexp(running, log_w)
-    return -(running - math.log(k))
 
 
 def pixel_entropy(x: NDArray) -> Scores:
@@ -378,7 +365,7 @@ def detect(model, images: object, kind: str | None = None, quantile: float | Non
         kind, limit = _threshold_for(model, kind, quantile)
         cal = _calibration(model)
     if samples is None:
-        samples = int((cal or {}).get("samples", {}).get(kind, DEFAULT_IW_SAMPLES if kind == "iwae" else 1))
+        samples = int((cal or {}).get("samples", {}).get(kind, default_samples(kind)))
     scores = score(model, images, kind=kind, samples=samples, seed=seed)
     return scores > limit, scores
 
@@ -395,7 +382,7 @@ def denoise(model, images: object, steps: int = 1) -> NDArray[np.float32]:
     for s in range(0, len(x), model.chunk_size):
         chunk = x[s : s + model.chunk_size]
         for _ in range(steps):
-            mu, _ = model._encode(chunk)
-            chunk = model.decode(mu)
+            mu, _ = model.encode_rows(chunk)
+            chunk = model.decode_rows(mu)
         out[s : s + model.chunk_size] = chunk
     return out

@@ -8,15 +8,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from . import likelihood
-from .errors import DeviceError, InputError, ModelPackageError, VaeInferError
+from .errors import InputError, ModelPackageError, VaeInferError
 from .inputs import as_count, as_images, as_latents, as_seed
 from .manifest import BATCH_AXIS, GraphSpec, Manifest
 from .package import read_manifest, read_verified
-from .sessions import create_session
+from .sessions import create_backend
 
 Array = NDArray[np.float32]
-BACKENDS = ("onnxruntime", "c")  # "c": the graphs compiled to a native library (vae_infer.native)
 DEFAULT_CHUNK = 4096  # rows per onnxruntime call: ~13 MB of decoder output, so memory stays bounded
 
 
@@ -35,13 +33,6 @@ class VAEModel:
         variant: str | None = None,
         weights: str = "fp32",
     ) -> None:
-        if backend not in BACKENDS:
-            raise DeviceError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-        if weights != "fp32" and backend != "c":
-            raise DeviceError(f"weights={weights!r} is a C-backend option (backend='c'); for onnxruntime use "
-                              f"variant='int8' or 'fp16'")
-        if backend == "c" and device != "cpu":
-            raise DeviceError(f"backend='c' runs on the CPU only, got device={device!r}; use backend='onnxruntime'")
         self.path = Path(path)
         self.backend = backend
         self.manifest: Manifest = read_manifest(self.path)
@@ -60,12 +51,7 @@ class VAEModel:
                 spec = dataclasses.replace(spec, file=self.manifest.variants[variant][f"{role}_file"])
             data = read_verified(self.path, self.manifest, spec.file)
             try:
-                if backend == "c":
-                    from .native import create_runner
-
-                    session, got = create_runner(data, spec, threads=threads, weights=weights), "cpu"
-                else:
-                    session, got = create_session(data, device, threads, spinning)
+                session, got = create_backend(data, spec, backend, device, threads, spinning, weights)
             except VaeInferError:
                 raise
             except Exception as e:  # onnxruntime raises its own untyped errors for graphs it cannot read
@@ -92,6 +78,12 @@ class VAEModel:
         return self.manifest.image_shape
 
     @property
+    def runners(self) -> dict[str, object]:
+        """What runs each graph, by role ("encoder", "decoder"): an onnxruntime InferenceSession, or the C
+        backend's NativeRunner. Read-only use: options, providers, the compiled library."""
+        return dict(self._sessions)
+
+    @property
     def providers(self) -> dict[str, list[str]]:
         return {role: s.get_providers() for role, s in self._sessions.items()}
 
@@ -107,27 +99,36 @@ class VAEModel:
         parts = [session.run(outputs, {feed: x[s : s + self.chunk_size]}) for s in range(0, len(x), self.chunk_size)]
         return [np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in range(len(outputs))]
 
-    def _encode(self, x: Array) -> tuple[Array, Array]:
+    # -- the narrow interface for code that has validated its rows ----------------------------------
+    # Feature modules (anomaly scores, interpolation, batch jobs, the server, benchmarks) call these after
+    # validating once at their edge; they do no checks of their own, so a wrong dtype or shape here reaches
+    # the backend as is. Everything else uses the public methods below, which validate.
+    def encode_rows(self, x: Array) -> tuple[Array, Array]:
+        """(mu, logvar) for validated rows: float32 (n, features) in [0, 1], as as_images returns them."""
         mu, logvar = self._run("encoder", self._enc_out, self._enc_in, x)
         return mu, logvar
 
-    def _decode_logits(self, z: Array) -> Array:
+    def decode_logits(self, z: Array) -> Array:
+        """The decoder's logits (n, features) for validated float32 codes (n, latent_size)."""
         return self._run("decoder", [self._logits], self._dec_in, z)[0]
+
+    def decode_rows(self, z: Array) -> Array:
+        """The decoded images sigmoid(logits), (n, features) float32, for validated codes (n, latent_size)."""
+        return self._run("decoder", [self._x_hat], self._dec_in, z)[0]
 
     # -- public API ------------------------------------------------------------------------------
     def encode(self, images: object) -> tuple[Array, Array]:
         """(mu, logvar) of q(z|x), each (n, latent_size) float32."""
-        return self._encode(self.as_images(images))
+        return self.encode_rows(self.as_images(images))
 
     def decode(self, z: object) -> Array:
         """Decoded images (n, features) float32 in [0, 1]: the Bernoulli means sigmoid(logits)."""
-        z = as_latents(z, self.latent_size)
-        return self._run("decoder", [self._x_hat], self._dec_in, z)[0]
+        return self.decode_rows(as_latents(z, self.latent_size))
 
     def reconstruct(self, images: object) -> Array:
         """decode(mu): the deterministic reconstruction, (n, features)."""
         mu, _ = self.encode(images)
-        return self._run("decoder", [self._x_hat], self._dec_in, mu)[0]
+        return self.decode_rows(mu)
 
     def sample(self, n: int, seed: int | None = None) -> Array:
         """n images decoded from z ~ N(0, I), (n, features). The same seed gives the same images."""
@@ -135,23 +136,17 @@ class VAEModel:
         z = np.random.default_rng(as_seed(seed)).standard_normal((n, self.latent_size)).astype(np.float32)
         return self.decode(z)
 
-    def score(self, images: object, kind: str = "nelbo", samples: int = 1, seed: int | None = 0) -> NDArray[np.float64]:
-        """Per-example scores, (n,), higher = less likely under the model.
+    def score(self, images: object, kind: str = "nelbo", samples: int | None = None,
+              seed: int | None = 0) -> NDArray[np.float64]:
+        """Per-example scores, (n,), higher = less likely under the model (vae_infer.anomaly.score).
 
         kind="nelbo" (default): the negative ELBO in nats, -E_q[log p(x|z)] + KL(q(z|x) || p(z)), estimated
         with `samples` reparameterized draws of z per example (seeded; the same figure training reports).
+        samples defaults to 1 draw, and to k = 64 for kind="iwae", as in the CLI and calibration.
         Other kinds are the anomaly scores of vae_infer.anomaly."""
-        if kind != "nelbo":
-            from .anomaly import score as anomaly_score
+        from .anomaly import score as anomaly_score
 
-            return anomaly_score(self, images, kind=kind, samples=samples, seed=seed)
-        x = self.as_images(images)
-        k = as_count(samples, "samples")
-        rng = np.random.default_rng(as_seed(seed))
-        out = np.empty(len(x))
-        for s in range(0, len(x), self.chunk_size):
-            out[s : s + self.chunk_size] = self._nelbo_chunk(x[s : s + self.chunk_size], k, rng)
-        return out
+        return anomaly_score(self, images, kind=kind, samples=samples, seed=seed)
 
     def detect(self, images: object, **options):
         """(flags, scores): which images score above the threshold calibrated on training data (vae_infer.anomaly)."""
@@ -177,15 +172,6 @@ class VAEModel:
         from .interpolation import path_metrics
 
         return path_metrics(self, path, **options)
-
-    def _nelbo_chunk(self, x: Array, k: int, rng: np.random.Generator) -> NDArray[np.float64]:
-        mu, logvar = self._encode(x)
-        std = np.exp(0.5 * logvar)
-        recon = np.zeros(len(x))
-        for _ in range(k):
-            z = (mu + std * rng.standard_normal(mu.shape, dtype=np.float32)).astype(np.float32)
-            recon += likelihood.bernoulli_nll(self._decode_logits(z), x)
-        return recon / k + likelihood.kl_to_standard_normal(mu, logvar)
 
 
 def _check_session_matches(session, spec: GraphSpec, path: Path) -> None:

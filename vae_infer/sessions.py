@@ -1,4 +1,6 @@
-"""The one place that builds onnxruntime sessions: options, threads, providers, device checks."""
+"""The one place that builds what runs a graph: onnxruntime sessions (options, threads, providers, device
+checks) or, for backend="c", the graph compiled to a native library. VAEModel and train's export parity
+check both create theirs through create_backend."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from .errors import DeviceError
 from .machine import available_cores
 
 DEVICES = ("cpu", "cuda", "auto")
+BACKENDS = ("onnxruntime", "c")  # "c": the graphs compiled to a native library (vae_infer.native)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -61,3 +64,21 @@ def create_session(
             raise DeviceError(f"device='cuda' requested but CUDAExecutionProvider is not active: {problem}")
     session = ort.InferenceSession(model_bytes, sess_options=opts, providers=[CPU])
     return session, "cpu"
+
+
+def create_backend(model_bytes: bytes, spec=None, backend: str = "onnxruntime", device: str = "cpu",
+                   threads: int | None = None, spinning: bool = False, weights: str = "fp32"):
+    """(runner, device actually used) for one graph. The runner has onnxruntime's session interface
+    (run, get_inputs, get_outputs, get_providers) whichever backend made it."""
+    if backend not in BACKENDS:
+        raise DeviceError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if weights != "fp32" and backend != "c":
+        raise DeviceError(f"weights={weights!r} is a C-backend option (backend='c'); for onnxruntime use "
+                          f"variant='int8' or 'fp16'")
+    if backend == "c":
+        if device != "cpu":
+            raise DeviceError(f"backend='c' runs on the CPU only, got device={device!r}; use backend='onnxruntime'")
+        from .native import create_runner
+
+        return create_runner(model_bytes, spec, threads=threads, weights=weights), "cpu"
+    return create_session(model_bytes, device, threads, spinning)
