@@ -1,0 +1,223 @@
+"""Batch inference on Ray Data: `map_model` adds the model's outputs to any Ray dataset of images.
+
+    import ray, vae_infer.ray
+    ds = ray.data.read_numpy("s3://bucket/shards/")                  # any Ray Data source; images in "data"
+    out = vae_infer.ray.map_model(ds, "models/fashion-mnist", outputs=["mu", "score"], concurrency=8)
+    out.write_parquet("s3://bucket/results/")
+
+A callable class loads the model once per actor and computes each batch with the same core as the local
+engine (vae_infer.batch.core). The package travels by value: its files are read and verified here, put in
+Ray's object store once, and every actor checks the sha256 of model.json (which holds the sha256 of every
+other file, checked when the model loads) before it writes them to a private temporary folder. So workers on
+other nodes need no shared disk, only the `ray` extra. Needs `pip install 'vae-infer[ray]'`."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, MissingExtraError, ModelPackageError, VaeInferError
+from .manifest import MANIFEST_NAME
+
+DEFAULT_COLUMN = "data"  # the column ray.data.read_numpy and from_numpy put arrays in
+DEFAULT_BATCH_ROWS = 4096
+RANGE_COLUMNS = ("task", "source", "start", "stop")  # a batch of row ranges to read (vae_infer.batch's Ray engine)
+
+
+def require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise MissingExtraError("the Ray engine needs Ray Data, which is not installed; install it with: "
+                                "pip install 'vae-infer[ray]'") from e
+    return ray
+
+
+def package_payload(package: str | Path) -> tuple[dict[str, bytes], str]:
+    """({file name: bytes} of the package, verified, and the sha256 of its model.json)."""
+    from .package import read_manifest, read_verified
+
+    package = Path(package)
+    manifest = read_manifest(package)
+    files = {name: read_verified(package, manifest, name) for name in manifest.files}
+    files[MANIFEST_NAME] = (package / MANIFEST_NAME).read_bytes()
+    return files, hashlib.sha256(files[MANIFEST_NAME]).hexdigest()
+
+
+def _fetch(payload: Any) -> dict[str, bytes]:
+    ray = require_ray()
+    while isinstance(payload, (list, tuple)) or isinstance(payload, ray.ObjectRef):
+        payload = ray.get(payload) if isinstance(payload, ray.ObjectRef) else payload[0]
+    return payload
+
+
+class ModelMapper:
+    """The callable class of map_batches: one model per actor, loaded from the shipped package bytes.
+
+    A batch is either images (column `column`; the other columns pass through, and `source`/`path` and `row`
+    columns key the noise of sampled scores) or row ranges to read (columns task, source, start, stop), which
+    the Ray engine of vae_infer.batch uses so that only output columns cross the object store."""
+
+    def __init__(self, payload: Any, sha256: str, options: dict, threads: int | None, column: str,
+                 with_node: bool = False) -> None:
+        from .batch.core import ChunkComputer
+        from .batch.options import BatchOptions
+        from .model import load
+
+        files = _fetch(payload)
+        got = hashlib.sha256(files.get(MANIFEST_NAME, b"")).hexdigest()
+        if got != sha256:
+            raise ModelPackageError(f"the model package shipped to this worker has model.json sha256 {got[:16]}..., "
+                                    f"expected {sha256[:16]}...; it was damaged on the way")
+        self.folder = Path(tempfile.mkdtemp(prefix="vae-infer-model-"))
+        for name, data in files.items():
+            (self.folder / name).write_bytes(data)
+        self.model = load(self.folder, threads=threads)  # verifies every graph against model.json
+        self.options = BatchOptions.from_dict(options)
+        self.computer = ChunkComputer(self.model, self.options)
+        self.column, self.with_node = column, with_node
+        self.sources: dict[str, Any] = {}
+        self.node = require_ray().get_runtime_context().get_node_id()
+
+    def __del__(self) -> None:
+        shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.column not in batch and all(c in batch for c in RANGE_COLUMNS):
+            return self._ranges(batch)
+        if self.column not in batch:
+            raise InputError(f"the dataset has no column {self.column!r} of images (it has {', '.join(batch)}); "
+                             f"pass column=... to map_model")
+        images = np.asarray(batch[self.column])
+        n = len(images)
+        if n == 0:
+            return batch
+        sources = batch.get("source", batch.get("path"))
+        rows = batch.get("row")
+        sampled = {self.options.kind} & {"nelbo", "iwae", "ic"} if "score" in self.options.outputs else set()
+        if sampled and rows is None:
+            raise InputError(f"the sampled score {self.options.kind!r} keys its noise by each row's index: add a "
+                             f"'row' column (and 'source' or 'path'), or pick a deterministic kind")
+        out = {k: v for k, v in batch.items() if k != self.column}
+        if rows is None:
+            cols = self.computer.columns(images, "", 0)
+            cols.pop("row")
+            out.update(cols)
+        else:  # rows of one source at a time, so each keeps its (source, row) noise key
+            keys = np.asarray(sources if sources is not None else np.full(n, ""), dtype=str)
+            pieces = []
+            for src in dict.fromkeys(keys.tolist()):
+                idx = np.nonzero(keys == src)[0]
+                cols = self.computer.columns(images[idx], src, 0)
+                cols["row"] = np.asarray(rows)[idx]
+                pieces.append((idx, cols))
+            for name in pieces[0][1]:
+                if name == "row":
+                    continue
+                first = pieces[0][1][name]
+                col = np.empty((n, *first.shape[1:]), first.dtype)
+                for idx, cols in pieces:
+                    col[idx] = cols[name]
+                out[name] = col
+        if self.with_node:
+            out["node_id"] = np.full(n, self.node, dtype=object)
+        return out
+
+    def _ranges(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .batch.plan import open_input
+
+        latent = self.model.latent_size
+        blocks = []
+        for task, source, start, stop in zip(*(batch[c] for c in RANGE_COLUMNS), strict=True):
+            source, start, stop = str(source), int(start), int(stop)
+            try:
+                if source not in self.sources:
+                    self.sources = {source: open_input(source, self.model.image_shape)}  # keep one input open
+                cols = self.computer.columns(self.sources[source].read(start, stop), source, start)
+                error = ""
+            except (VaeInferError, OSError, ValueError) as e:
+                cols, error = self._placeholder(start, latent), str(e) or type(e).__name__
+            n = len(cols["row"])
+            blocks.append({"task": np.full(n, task, np.int64), "source": np.full(n, source, dtype=object),
+                           **cols, "error": np.full(n, error, dtype=object),
+                           "node_id": np.full(n, self.node, dtype=object)})
+        return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+    def _placeholder(self, start: int, latent: int) -> dict[str, np.ndarray]:
+        """One row standing for a task that failed, with the same columns as a good one (error says why)."""
+        cols: dict[str, np.ndarray] = {"row": np.array([start], np.int64)}
+        for name in self.options.outputs:
+            cols[name] = {"mu": np.zeros((1, latent), np.float32), "logvar": np.zeros((1, latent), np.float32),
+                          "score": np.zeros(1), "flag": np.zeros(1, bool)}[name]
+        return cols
+
+
+def default_num_cpus(concurrency: int) -> float:
+    """CPUs reserved per actor: one, unless the actors would take every CPU of the cluster; then a share that
+    leaves half a CPU for Ray Data's read tasks (2 actors x 1 CPU on a 2-CPU cluster starve the reads)."""
+    ray = require_ray()
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    if concurrency + 0.5 <= cpus:
+        return 1.0
+    return round(max(0.1, (cpus - 0.5) / concurrency), 2)
+
+
+def map_model(ds, package: str | Path, outputs: Sequence[str] = ("mu", "logvar"), *, kind: str = "nelbo",
+              samples: int | None = None, seed: int = 0, column: str = DEFAULT_COLUMN, concurrency: int = 2,
+              num_cpus: float | None = None, threads: int | None = None, batch_size: int | None = DEFAULT_BATCH_ROWS,
+              with_node: bool = False, **ray_remote_args: Any):
+    """The dataset with the model's outputs added (mu, logvar, score, flag: as `vae-infer batch`), lazily.
+
+    ds: a Ray dataset with images in `column` ((h, w) or (h*w,) per row, uint8 or floats in [0, 1]); its other
+    columns pass through. Sampled scores (kind nelbo, iwae, ic) need `row` (and `source` or `path`) columns:
+    their noise is keyed by (seed, source, row), as in vae_infer.batch. concurrency: actors; num_cpus: CPUs
+    reserved per actor (default: default_num_cpus); threads: onnxruntime threads per actor (default: the
+    reserved CPUs, at least one); batch_size: rows per call; with_node: add a node_id column (the Ray node that
+    computed each row, to see how the work spread). ray_remote_args go to map_batches
+    (resources=..., scheduling_strategy=...)."""
+    ray = require_ray()
+    from .batch.options import BatchOptions
+
+    options = BatchOptions(outputs=tuple(outputs), kind=kind, samples=samples, seed=seed)
+    payload, digest = package_payload(package)
+    ref = ray.put(payload)
+    if num_cpus is None:
+        num_cpus = default_num_cpus(concurrency)
+    threads = threads or max(1, int(round(num_cpus)))
+    args = ([ref], digest, options.to_dict(), threads, column, with_node)  # [ref]: fetched in the actor, not here
+    pool = ray.data.ActorPoolStrategy(size=concurrency)
+    return ds.map_batches(ModelMapper, fn_constructor_args=args, compute=pool, num_cpus=num_cpus,
+                          batch_size=batch_size, batch_format="numpy",
+                          **ray_remote_args)
+
+
+@contextlib.contextmanager
+def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Ray for the length of a job: the cluster this process is already connected to; or the one at `address`
+    (an existing cluster: "auto", "ray://host:10001", "host:6379"; its token, when token authentication is on,
+    comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); or a local one started now and shut
+    down afterwards."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        raise VaeInferError(f"cannot start or reach {where}: {e}") from e
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
