@@ -1,0 +1,72 @@
+"""The serve command: the model over HTTP and the explorer page (needs the `serve` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from .base import main
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback needs --token or --insecure.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
+@click.option("--token", envvar="VAE_SERVE_TOKEN", default=None, metavar="TOKEN",
+              help="Require `Authorization: Bearer TOKEN` on every request but health checks and the page's files "
+                   "(or set VAE_SERVE_TOKEN; the page asks for it).")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without a token (trusted networks only).")
+@click.option("--web-assets", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+              help="An installed onnxruntime-web (its dist/ folder, the package folder, or a folder with "
+                   "node_modules) for decoding in the browser.  [default: the copy `make web` installs beside the "
+                   "page; without one the page decodes through the API]")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=16 * 1024 * 1024, show_default=True,
+              help="Largest request body; larger ones get 413.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Most images or codes per request; more get 413.")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Requests admitted at once; more get 503 with Retry-After.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a request may take before it gets 503 (its computation still finishes).")
+@click.option("--compute-threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Threads running model calls side by side; 0: the cores this process may use.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="onnxruntime intra-op threads per call.")
+@click.option("--drain", "drain_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="On SIGTERM, seconds to keep serving with /readyz false before closing.")
+@click.option("--examples", default="fashion-mnist", show_default=True, metavar="DATA",
+              help="Test images the page offers (a data set: name, IDX folder, .npy/.npz); 'none' for none.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
+              show_default=True)
+def serve(model: Path, host: str, port: int, token: str | None, insecure: bool, web_assets: Path | None,
+          max_body_bytes: int, max_rows: int, max_in_flight: int, timeout_s: float, compute_threads: int,
+          threads: int, drain_s: float, examples: str, log_level: str) -> None:
+    """Serve MODEL over HTTP: the JSON/.npy API (/v1/..., /docs), health checks, /metrics and the
+    latent-space explorer page at /.
+
+    Binds to 127.0.0.1 unless told otherwise. Stops on Ctrl-C or SIGTERM: /readyz turns false, requests in
+    flight finish."""
+    from ..serve import ServeConfig, create_app, require_extra
+
+    require_extra()
+    if web_assets is not None and not web_assets.is_dir():
+        raise InputError(f"--web-assets {web_assets}: no such folder")
+    config = ServeConfig(host=host, port=port, token=token, insecure=insecure, max_body_bytes=max_body_bytes,
+                         max_rows=max_rows, max_in_flight=max_in_flight, request_timeout_s=timeout_s,
+                         compute_threads=compute_threads, threads=threads, web_assets=web_assets,
+                         examples=None if examples.lower() == "none" else examples)
+    app = create_app(model, config)
+    from ..serve.server import bind, run
+
+    sock = bind(config)
+    bound = sock.getsockname()[1]
+    state = app.state.vae
+    shown = f"[{host}]" if ":" in host else host
+    browser = "in the browser (onnxruntime-web)" if state.ort_dist is not None else \
+        "through the API (onnxruntime-web not installed: `make web`, or --web-assets DIR)"
+    click.echo(f"serving {state.model.manifest.name} on http://{shown}:{bound}/  (API docs: /docs; the page "
+               f"decodes {browser}; Ctrl-C stops)", err=True)
+    run(app, config, drain_s=drain_s, log_level=log_level, sock=sock)

@@ -1,0 +1,99 @@
+"""What the server reads once besides the model: the files the page fetches (model.json, decoder.onnx), the
+latent map, the test images the page offers, and where the page's own files and onnxruntime-web lie."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, ModelPackageError
+from ..manifest import MANIFEST_NAME
+from ..package import read_verified
+
+WEB_DIR = Path(__file__).with_name("web")
+ORT_ENTRY = "ort.min.mjs"  # the ES module build of onnxruntime-web; it loads its ort-wasm-* files beside it
+EXAMPLES_SEED = 0
+
+
+def find_ort_dist(web_assets: Path | None) -> Path | None:
+    """The dist/ folder of an installed onnxruntime-web: --web-assets (the dist folder, the package folder, or a
+    folder with node_modules), else the copy `npm ci` put beside the page. None when there is none."""
+    roots = [Path(web_assets)] if web_assets is not None else [WEB_DIR]
+    for root in roots:
+        for candidate in (root, root / "dist", root / "node_modules" / "onnxruntime-web" / "dist"):
+            if (candidate / ORT_ENTRY).is_file():
+                return candidate
+    return None
+
+
+class Resources:
+    """Files served as they are, read and sha256-checked once; the map and the examples on first use."""
+
+    def __init__(self, model, examples: str | None, examples_count: int) -> None:
+        self.model = model
+        man = model.manifest
+        self.files: dict[str, bytes] = {
+            MANIFEST_NAME: (Path(model.path) / MANIFEST_NAME).read_bytes(),
+            man.decoder.file: read_verified(model.path, man, man.decoder.file),
+        }
+        self.examples_spec = examples
+        self.examples_count = examples_count
+        self._lock = threading.Lock()
+        self._latent_map: dict[str, Any] | None = None
+        self._examples: dict[str, Any] | None = None
+
+    def latent_map(self) -> dict[str, Any]:
+        """Codes (and labels) of a sample of a data set: the package's latent_map section, or else the nodes of
+        its latent index (no labels). Blocking (reads files): call it on a compute thread."""
+        with self._lock:
+            if self._latent_map is None:
+                self._latent_map = _read_latent_map(self.model)
+            return self._latent_map
+
+    def examples(self) -> dict[str, Any]:
+        with self._lock:
+            if self._examples is None:
+                self._examples = _read_examples(self.model, self.examples_spec, self.examples_count)
+            return self._examples
+
+
+def _read_latent_map(model) -> dict[str, Any]:
+    man = model.manifest
+    if getattr(man, "latent_map", None):
+        from .. import latent_map
+
+        m = latent_map.read_latent_map(model)
+        return {"z": np.asarray(m.codes, np.float32), "labels": None if m.labels is None else np.asarray(m.labels),
+                "class_names": list(m.class_names) if m.class_names else None, "source": str(m.source)}
+    if man.latent_index:
+        from ..latent_index import read_index
+
+        index = read_index(model)
+        return {"z": index.codes, "labels": None, "class_names": None,
+                "source": f"latent index nodes ({index.n_nodes} of {index.n_codes} codes; no class labels)"}
+    raise ModelPackageError(
+        f"{model.path} has no latent_map (or latent_index) section, so there is no map to draw; add one with "
+        f"`vae-infer index build {model.path} --data DATASET` or `vae-infer calibrate {model.path} --data DATASET`"
+    )
+
+
+def _read_examples(model, spec: str | None, count: int) -> dict[str, Any]:
+    if spec is None:
+        raise DataError("this server offers no example images (started with --examples none)")
+    from ..datasets import CLASS_NAMES
+    from ..sources import open_source
+
+    source = open_source(spec, split="test")
+    n = len(source)
+    pick = np.sort(np.random.default_rng(EXAMPLES_SEED).choice(n, size=min(count, n), replace=False))
+    images = np.stack([source.read(int(i), int(i) + 1)[0] for i in pick])  # a few rows: read one by one
+    labels = source.labels()
+    labels = None if labels is None else np.asarray(labels)[pick]
+    x = model.as_images(images)  # validated like any input; sent back as uint8 so the page shows them exactly
+    pixels = np.clip(np.round(x * model.manifest.input_scale), 0, 255).astype(np.uint8)
+    names = CLASS_NAMES.get(str(spec))
+    return {"images": pixels, "labels": labels, "class_names": list(names) if names and labels is not None else None,
+            "source": f"{source.name} (test split, {len(pixels)} images)"}
