@@ -24,13 +24,15 @@ from pathlib import Path
 from ..errors import DeviceError
 from ..machine import cache_dir as machine_cache_dir
 from ..machine import cpu_flags, cpu_identity
-from .codegen import GENERATOR, Sources
+from .abi import GENERATOR, Sources
 
 LIBRARY = "libvae.so"
 BUILD_RECORD = "build.json"
 WARNINGS = ["-Wall", "-Wextra", "-pedantic"]
 STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]  # what the tests compile with
 COMPILE_TIMEOUT_S = 600
+# the modules whose text decides the generated code: any change to them rebuilds cached libraries
+GENERATOR_MODULES = ("abi.py", "ctext.py", "graph.py", "kernels.py", "weights.py", "writer.py")
 
 
 class CompilerError(DeviceError):
@@ -102,7 +104,7 @@ def generator_digest() -> str:
     """sha256 of the generator's own source, so that any change to it rebuilds cached libraries."""
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for name in ("codegen.py", "graph.py"):
+    for name in GENERATOR_MODULES:
         try:
             h.update((here / name).read_bytes())
         except OSError:  # running from a zip or frozen: the version string has to do

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DeviceError, InputError, ModelPackageError, VaeInferError
-from .codegen import LibraryFunction, parse_info
+from .abi import LibraryFunction, parse_info
 
 F32 = np.dtype(np.float32)
 SPLIT_MIN_ROWS = 48  # a thread gets at least this many rows (~0.2 ms of work for the course model)

@@ -1,0 +1,121 @@
+"""export-c: a model package as C99 sources for a target, with an example program, a Makefile and the
+memory report script.
+
+    export_c("models/fashion-mnist", "build/m4", weights="int8", target="cortex-m4", flash="1M", ram="64K")
+
+Linux targets get <prefix>.h, <prefix>.c, main.c (the example program), Makefile and memory.py;
+cortex-m4 also startup.c and link.ld.in (the board's memory map). A bare-metal target whose weight tables
+alone exceed its flash is refused here, before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError, ModelPackageError
+from ..manifest import GraphSpec
+from .abi import Sources
+from .factory import check_weights
+from .graph import read_graph
+from .targets import DEFAULT_TARGET, Target, get_target, parse_size
+from .writer import generate
+
+ROLES = {"encode": "encoder", "decode": "decoder"}
+
+
+@dataclass
+class Export:
+    out_dir: Path
+    files: list[Path]
+    weights: str
+    weight_bytes: int
+    functions: dict[str, str]
+    digests: dict[str, str] = field(default_factory=dict)
+    target: str = DEFAULT_TARGET
+    flash_bytes: int | None = None
+    ram_bytes: int | None = None
+
+
+def generate_package(package_dir: str | Path, weights: str = "fp32", prefix: str = "vae",
+                     block: int | None = None, rows: int | None = None) -> tuple[Sources, dict[str, str]]:
+    """C sources for a model package: <prefix>_encode and <prefix>_decode; returns (sources, sha256 per function)."""
+    from ..package import read_manifest, read_verified
+    from .weights import DEFAULT_BLOCK
+
+    check_weights(weights)
+    manifest = read_manifest(package_dir)
+    graphs, digests = {}, {}
+    for fname, role in ROLES.items():
+        spec: GraphSpec = getattr(manifest, role)
+        data = read_verified(package_dir, manifest, spec.file)
+        graphs[fname] = read_graph(data, str(Path(package_dir) / spec.file))
+        digests[fname] = hashlib.sha256(data).hexdigest()
+        declared = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
+        found = ([graphs[fname].input[0]], graphs[fname].output_names)
+        if declared != found:
+            raise ModelPackageError(f"{spec.file}: the graph's inputs and outputs are {found} but model.json "
+                                    f"declares {declared}; the package is mismatched")
+    try:
+        sources = generate(graphs, digests, weights=weights, prefix=prefix, block=block or DEFAULT_BLOCK,
+                           model_name=manifest.name, rows=rows)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    return sources, digests
+
+
+def check_flash(sources: Sources, target: Target, flash: int | None) -> None:
+    """Refuse a bare-metal export whose constant tables alone do not fit the flash."""
+    if target.bare_metal and flash is not None and sources.weight_bytes > flash:
+        raise InputError(
+            f"the model is too big for {target.name}: its {sources.weights} weight tables take "
+            f"{sources.weight_bytes:,} bytes but the flash holds {flash:,} (--flash); use smaller weights "
+            f"(--weights int8 stores a quarter of fp32) or a larger --flash"
+        )
+
+
+def export_c(package_dir: str | Path, out_dir: str | Path, weights: str = "fp32", prefix: str = "vae",
+             block: int | None = None, rows: int | None = None, target: str = DEFAULT_TARGET,
+             flash: int | str | None = None, ram: int | str | None = None) -> Export:
+    """Write the C sources, the example program, a Makefile and memory.py for a model package and a target
+    into out_dir (created if missing; these files are replaced, others are left alone).
+
+    block: outputs per weight block (default: the target's; 64 suits SIMD CPUs, 1 gives plain dot products
+    for scalar microcontrollers); rows: a default VAE_ROWS (rows per tile) instead of the target's choice.
+    flash, ram: bytes (or "1M", "64K") for bare-metal targets, defaulting to the board's; refused elsewhere."""
+    from ..atomic import write_atomically
+    from . import firmware, memory_report
+    from .example import example_main
+    from .makefile import makefile
+
+    t = get_target(target)
+    flash_bytes, ram_bytes = parse_size(flash, "--flash"), parse_size(ram, "--ram")
+    if not t.bare_metal and (flash_bytes is not None or ram_bytes is not None):
+        raise InputError(f"--flash and --ram set a bare-metal target's budget; {t.name} runs under Linux "
+                         f"(use --target cortex-m4)")
+    if t.bare_metal:
+        flash_bytes = flash_bytes or t.flash_bytes
+        ram_bytes = ram_bytes or t.ram_bytes
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; expected a folder for the C sources")
+    sources, digests = generate_package(package_dir, weights, prefix, block or t.block,
+                                        rows if rows is not None else t.rows)
+    check_flash(sources, t, flash_bytes)
+    model = str(Path(package_dir).resolve())
+    texts = {
+        f"{prefix}.h": sources.header,
+        f"{prefix}.c": sources.source,
+        "main.c": firmware.firmware_main(sources, prefix) if t.bare_metal else example_main(sources, prefix),
+        "Makefile": makefile(prefix, t, model, weights, flash_bytes, ram_bytes),
+        "memory.py": Path(memory_report.__file__).read_text(),
+    }
+    if t.bare_metal:
+        texts["startup.c"] = firmware.STARTUP
+        texts["link.ld.in"] = firmware.LINKER_TEMPLATE
+    files = []
+    for name, text in texts.items():
+        data = text.encode()
+        files.append(write_atomically(out / name, lambda f, data=data: f.write(data)))
+    return Export(out, files, weights, sources.weight_bytes, sources.functions, digests, t.name, flash_bytes,
+                  ram_bytes)

@@ -1,0 +1,74 @@
+"""The one place the C backend builds a runner for a graph: from a prebuilt library matched by sha256, from
+the per-user build cache, or by generating and compiling the graph into that cache.
+
+    runner = create_runner(onnx_bytes, spec, threads=2, weights="int8")   # an InferenceSession look-alike"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..errors import InputError, ModelPackageError
+from ..manifest import GraphSpec
+from .build import cached_library, compile_library, find_compiler, no_compiler_error, tuning
+from .graph import read_graph
+from .runner import NativeRunner, open_library
+from .weights import WEIGHT_FORMATS
+from .writer import generate
+
+RUN_FUNCTION = "run"  # the one function of a library built for one graph by create_runner
+
+
+def check_weights(weights: str) -> str:
+    if weights not in WEIGHT_FORMATS:
+        raise InputError(f"unknown weight format {weights!r}: expected one of {', '.join(WEIGHT_FORMATS)}")
+    return weights
+
+
+def create_runner(onnx_bytes: bytes, spec: GraphSpec | None = None, threads: int | None = None,
+                  weights: str | None = None, library: str | Path | None = None,
+                  cache_dir: str | Path | None = None, cc: str | None = None, block: int | None = None,
+                  rows: int | None = None, native: bool = True) -> NativeRunner:
+    """A runner for one ONNX graph (its bytes), compiled to C, with InferenceSession's run/get_inputs/
+    get_outputs/get_providers.
+
+    weights: "fp32" (default, exact), "fp16" or "int8". library: a prebuilt library (for example
+    `make libvae.so` in an export-c folder) holding a function generated from this very graph (matched by
+    sha256); otherwise the library is built into the cache (cache_dir, default $XDG_CACHE_HOME or ~/.cache
+    under vae-infer/native) with the C compiler cc (default $CC, cc, gcc, clang). native=False builds
+    portable code instead of code for this CPU. block, rows: the register blocking (outputs per weight block,
+    rows per tile); by default tuned for this CPU (vae_infer.native.build.tuning)."""
+    weights = check_weights(weights or "fp32")
+    digest = hashlib.sha256(onnx_bytes).hexdigest()
+    where = spec.file if spec is not None else "graph"
+    if library is not None:
+        return _prebuilt(Path(library), digest, where, threads)
+    tuned_block, tuned_rows = tuning(native)
+    block = block or tuned_block
+    rows = rows if rows is not None else (tuned_rows if block == tuned_block else None)
+    folder, lib = cached_library(digest, weights, block, rows, "vae", cache_dir, native)
+    if lib is None:
+        graph = read_graph(onnx_bytes, where)  # an unsupported graph is refused before anything else
+        if find_compiler(cc) is None:
+            raise no_compiler_error(cc)
+        try:
+            sources = generate({RUN_FUNCTION: graph}, {RUN_FUNCTION: digest}, weights=weights, block=block,
+                               model_name=where, rows=rows)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        lib = compile_library(sources, folder, cc=cc, native=native)
+    runner = NativeRunner(lib, RUN_FUNCTION, threads=threads)
+    if runner.function.sha256 != digest or runner.weights != weights:
+        raise ModelPackageError(f"{lib} was built from another graph or weight format ({runner.function.sha256[:16]}"
+                                f"..., {runner.weights}); delete {folder} and load again")
+    return runner
+
+
+def _prebuilt(path: Path, digest: str, where: str, threads: int | None) -> NativeRunner:
+    _, _, functions = open_library(path)
+    for name, fn in functions.items():
+        if fn.sha256 == digest:
+            return NativeRunner(path, name, threads=threads)
+    found = ", ".join(f"vae_{name} from {fn.sha256[:16]}..." for name, fn in functions.items())
+    raise ModelPackageError(f"{path} was not generated from {where} (sha256 {digest[:16]}...): it holds {found}; "
+                            f"export the library again from this model package")

@@ -1,0 +1,333 @@
+"""The C kernels the writer instantiates: dense layers with register blocking for fp32, fp16 and int8
+weights, the int8 layer with integer dot products, elementwise functions, and the helpers every generated
+file starts with (rows per tile by target, fused multiply-add, exp, sigmoid, tanh, half to float).
+
+Only text templates live here; which kernel each layer uses is the writer's choice (vae_infer.native.writer)."""
+
+from __future__ import annotations
+
+K_CHUNK = 128  # inputs per partial sum in layers with more inputs than this
+WEIGHT_CTYPE = {"fp32": "float", "fp16": "int16_t", "int8": "int8_t"}
+WEIGHT_CONVERT = {"fp32": "{w}", "fp16": "vae_half({w})", "int8": "(float)({w})"}
+
+
+def kernel_name(weights: str, k: int, width: int, act: str | None, stored: int | None = None) -> str:
+    pad = f"_{stored}" if stored is not None and stored != width else ""
+    return f"dense_{weights}_{k}x{width}{pad}" + (f"_{act}" if act else "")
+
+
+def kernel_source(weights: str, k: int, width: int, act: str | None, stored: int | None = None) -> str:
+    """y[r][0:stored] = act(x[r][0:k] . w + bias) for rows r < rows (rows <= VAE_ROWS); w input-major
+    (k, width), where the last width - stored columns are zero padding (computed, not stored)."""
+    stored = width if stored is None else stored
+    wt = WEIGHT_CTYPE[weights]
+    conv = WEIGHT_CONVERT[weights]
+    scaled = weights == "int8"
+    scale_param = ", const float *scale, const float *columns" if scaled else ""
+    x_in = "x[r * K + i] * columns[i]" if scaled else "x[r * K + i]"
+
+    def epilogue(acc: str) -> str:
+        v = f"{acc} * scale[k] + bias[k]" if scaled else f"{acc} + bias[k]"
+        if act is None:
+            return v
+        return f"vae_{act}({v})" if act != "relu" else f"vae_relu({v})"
+
+    name = kernel_name(weights, k, width, act, stored)
+    if weights == "fp32":
+        block_weights = "            const float *wf = w + (size_t)i * W;\n"
+    else:
+        # int8: the input's column scale goes into the converted weights (W multiplies per input, shared by
+        # the tile's rows), so that the rows' inputs stay plain broadcasts from memory
+        col = " * columns[i]" if scaled else ""
+        block_weights = (
+            f"            const {wt} *wi = w + (size_t)i * W;\n"
+            f"            float wf[W];\n"
+            f"            for (k = 0; k < W; k++)\n"
+            f"                wf[k] = {conv.format(w='wi[k]')}{col};\n"
+        )
+    block_weights_chunked = "".join("    " + line + "\n" for line in block_weights.splitlines())
+    if k <= K_CHUNK:
+        return f"""\
+static void {name}(const float *x, float *y, int ldy, int rows, const {wt} *w, const float *bias{scale_param})
+{{
+    enum {{ K = {k}, W = {width}, V = {stored} }}; /* inputs, outputs computed, outputs stored */
+    int i, k, r;
+    if (rows == VAE_ROWS) {{
+        /* register block: VAE_ROWS rows x W outputs of accumulators; each weight loaded once per tile */
+        float acc[VAE_ROWS][W];
+        for (r = 0; r < VAE_ROWS; r++)
+            for (k = 0; k < W; k++)
+                acc[r][k] = 0.0f;
+        for (i = 0; i < K; i++) {{
+            float xr[VAE_ROWS]; /* (a separate loop keeps compilers from interchanging i and r) */
+{block_weights}            for (r = 0; r < VAE_ROWS; r++)
+                xr[r] = x[r * K + i];
+            for (r = 0; r < VAE_ROWS; r++)
+                for (k = 0; k < W; k++)
+                    acc[r][k] = VAE_MADD(acc[r][k], xr[r], wf[k]);
+        }}
+        for (r = 0; r < VAE_ROWS; r++)
+            for (k = 0; k < V; k++)
+                y[r * ldy + k] = {epilogue("acc[r][k]")};
+        return;
+    }}
+    for (r = 0; r < rows; r++) {{
+        float acc[W];
+        for (k = 0; k < W; k++)
+            acc[k] = 0.0f;
+        for (i = 0; i < K; i++) {{
+            const {wt} *wi = w + (size_t)i * W;
+            const float xv = {x_in};
+            for (k = 0; k < W; k++)
+                acc[k] = VAE_MADD(acc[k], xv, {conv.format(w="wi[k]")});
+        }}
+        for (k = 0; k < V; k++)
+            y[r * ldy + k] = {epilogue("acc[k]")};
+    }}
+}}
+"""
+    return f"""\
+static void {name}(const float *x, float *y, int ldy, int rows, const {wt} *w, const float *bias{scale_param})
+{{
+    enum {{ K = {k}, W = {width}, V = {stored}, KC = {K_CHUNK} }}; /* inputs, outputs computed and stored, chunk */
+    int i, i0, k, r;
+    if (rows == VAE_ROWS) {{
+        /* register block: VAE_ROWS rows x W outputs of accumulators; each weight loaded once per tile.
+           Sums over chunks of KC inputs are added up separately, which halves the rounding error. */
+        float acc[VAE_ROWS][W];
+        for (r = 0; r < VAE_ROWS; r++)
+            for (k = 0; k < W; k++)
+                acc[r][k] = 0.0f;
+        for (i0 = 0; i0 < K; i0 += KC) {{
+            const int i1 = K - i0 < KC ? K : i0 + KC;
+            float part[VAE_ROWS][W];
+            for (r = 0; r < VAE_ROWS; r++)
+                for (k = 0; k < W; k++)
+                    part[r][k] = 0.0f;
+            for (i = i0; i < i1; i++) {{
+                float xr[VAE_ROWS]; /* (a separate loop keeps compilers from interchanging i and r) */
+{block_weights_chunked}                for (r = 0; r < VAE_ROWS; r++)
+                    xr[r] = x[r * K + i];
+                for (r = 0; r < VAE_ROWS; r++)
+                    for (k = 0; k < W; k++)
+                        part[r][k] = VAE_MADD(part[r][k], xr[r], wf[k]);
+            }}
+            for (r = 0; r < VAE_ROWS; r++)
+                for (k = 0; k < W; k++)
+                    acc[r][k] += part[r][k];
+        }}
+        for (r = 0; r < VAE_ROWS; r++)
+            for (k = 0; k < V; k++)
+                y[r * ldy + k] = {epilogue("acc[r][k]")};
+        return;
+    }}
+    for (r = 0; r < rows; r++) {{
+        float acc[W];
+        for (k = 0; k < W; k++)
+            acc[k] = 0.0f;
+        for (i0 = 0; i0 < K; i0 += KC) {{
+            const int i1 = K - i0 < KC ? K : i0 + KC;
+            float part[W];
+            for (k = 0; k < W; k++)
+                part[k] = 0.0f;
+            for (i = i0; i < i1; i++) {{
+                const {wt} *wi = w + (size_t)i * W;
+                const float xv = {x_in};
+                for (k = 0; k < W; k++)
+                    part[k] = VAE_MADD(part[k], xv, {conv.format(w="wi[k]")});
+            }}
+            for (k = 0; k < W; k++)
+                acc[k] += part[k];
+        }}
+        for (k = 0; k < V; k++)
+            y[r * ldy + k] = {epilogue("acc[k]")};
+    }}
+}}
+"""
+
+
+def int8_dot_kernel_name(k: int, n: int, act: str | None) -> str:
+    return f"dense_w8a8_{k}x{n}" + (f"_{act}" if act else "")
+
+
+INT8_DOT_ALIGN = 64  # inputs are padded with zeros to a multiple of this: no remainder loop after the vectors
+
+
+def int8_dot_padded(k: int) -> int:
+    return -(-k // INT8_DOT_ALIGN) * INT8_DOT_ALIGN
+
+
+def int8_dot_kernel_source(k: int, n: int, act: str | None) -> str:
+    """An int8 layer as integer dot products: each input row is quantized to uint8 (per row, asymmetric:
+    x * columns ~= step * a + lo), then y[o] = scale[o] * (step * sum(a * q[o]) + lo * rowsum[o]) + bias[o].
+    The sums are exact int32 arithmetic, which compilers map to 4-way byte dot products (AVX-512 VNNI
+    vpdpbusd, AVX2 vpmaddwd, Arm sdot/smlad): 4 to 6 times the multiply-adds per instruction of fp32."""
+    out = "v" if act is None else f"vae_{act}(v)"
+    return f"""\
+static void {int8_dot_kernel_name(k, n, act)}(const float *x, float *y, int rows, const int8_t *w, const float *scale,
+    const float *columns, const int32_t *rowsum, const float *bias)
+{{
+    enum {{ K = {k}, KP = {int8_dot_padded(k)}, N = {n}, L = 16 }}; /* inputs (padded), outputs, lanes */
+    uint8_t a[VAE_ROWS][KP];
+    float step[VAE_ROWS], lo[VAE_ROWS];
+    int i, j, o, r;
+    for (r = 0; r < rows; r++) {{
+        const float *xr = x + r * K;
+        float lo_l[L], hi_l[L], low = 0.0f, high = 0.0f, inv;
+        for (j = 0; j < L; j++)
+            lo_l[j] = hi_l[j] = 0.0f;
+        for (i = 0; i + L <= K; i += L) /* in lanes, so that it vectorizes without reassociation */
+            for (j = 0; j < L; j++) {{
+                const float v = xr[i + j] * columns[i + j];
+                lo_l[j] = v < lo_l[j] ? v : lo_l[j];
+                hi_l[j] = v > hi_l[j] ? v : hi_l[j];
+            }}
+        for (; i < K; i++) {{
+            const float v = xr[i] * columns[i];
+            low = v < low ? v : low;
+            high = v > high ? v : high;
+        }}
+        for (j = 0; j < L; j++) {{
+            low = lo_l[j] < low ? lo_l[j] : low;
+            high = hi_l[j] > high ? hi_l[j] : high;
+        }}
+        step[r] = (high - low) / 255.0f;
+        lo[r] = low;
+        inv = step[r] > 0.0f ? 1.0f / step[r] : 0.0f;
+        for (i = 0; i < K; i++) {{
+            /* one operation per statement: no contraction into fused multiply-adds, so that every
+               compiler rounds exactly like the Python reference */
+            const float v = xr[i] * columns[i];
+            const float d = v - low;
+            float q = d * inv;
+            q = q + 0.5f;
+            q = q < 0.0f ? 0.0f : q;
+            q = q > 255.0f ? 255.0f : q;
+            a[r][i] = (uint8_t)q;
+        }}
+        for (; i < KP; i++)
+            a[r][i] = 0;
+    }}
+    for (o = 0; o < N; o++) {{ /* each output's weights are read once per tile and reused for its rows */
+        const int8_t *wo = w + (size_t)o * KP;
+        for (r = 0; r < rows; r++) {{
+            int32_t acc = 0;
+            float v;
+            for (i = 0; i < KP; i++)
+                acc += (int32_t)a[r][i] * (int32_t)wo[i];
+            v = scale[o] * (step[r] * (float)acc + lo[r] * (float)rowsum[o]) + bias[o];
+            y[r * N + o] = {out};
+        }}
+    }}
+}}
+"""
+
+
+ELEMENTWISE_SOURCE = {
+    "relu": "vae_relu(x[j])",
+    "sigmoid": "vae_sigmoid(x[j])",
+    "tanh": "vae_tanh(x[j])",
+    "identity": "x[j]",
+}
+
+
+def elementwise_source(op: str) -> str:
+    return f"""\
+static void ew_{op}(const float *x, float *y, int count)
+{{
+    int j;
+    for (j = 0; j < count; j++)
+        y[j] = {ELEMENTWISE_SOURCE[op]};
+}}
+"""
+
+
+ROWS_BY_TARGET = """\
+/* Rows per tile. Intermediate activations take VAE_ROWS * width floats of stack each, and a tile of rows
+   shares each weight load: 6 rows x 64 outputs of accumulators fill 24 of the 32 AVX-512 registers (best
+   with -mprefer-vector-width=512). Define VAE_ROWS=1 for the smallest stack (microcontrollers). */
+#ifndef VAE_ROWS
+#if defined(__AVX512F__)
+#define VAE_ROWS 6
+#else
+#define VAE_ROWS 1
+#endif
+#endif
+"""
+
+PREAMBLE = """\
+/* Intermediate activations: on the stack (every function reentrant), or with -DVAE_STATIC_ACTIVATIONS in
+   static RAM (bare metal: a small stack, one caller at a time; the RAM then shows in .bss). */
+#ifdef VAE_STATIC_ACTIVATIONS
+#define VAE_ACTIVATIONS static
+#else
+#define VAE_ACTIVATIONS
+#endif
+
+/* a + x * w, fused into one rounding where the target has a fused multiply-add instruction */
+#if defined(FP_FAST_FMAF) || defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+#define VAE_MADD(a, x, w) fmaf((x), (w), (a))
+#else
+#define VAE_MADD(a, x, w) ((a) + (x) * (w))
+#endif
+
+typedef union { uint32_t u; float f; } vae_bits;
+"""
+
+RELU_HELPER = """
+static float vae_relu(float v)
+{
+    return v > 0.0f ? v : 0.0f;
+}
+"""
+
+EXP_HELPER = """
+/* exp(x) for float, branch-free so that loops over it vectorize: Cephes' expf polynomial after range
+   reduction x = n ln2 + r, |relative error| < 2e-7 on [-87, 88]; the input is clamped to that range. */
+static float vae_exp(float x)
+{
+    vae_bits s;
+    float t, n, r, p;
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    t = x * 1.44269504088896341f + 12582912.0f; /* + 1.5 * 2^23 rounds to the nearest integer */
+    n = t - 12582912.0f;
+    r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    s.u = (uint32_t)((int32_t)n + 127) << 23;
+    return p * s.f;
+}
+"""
+
+SIGMOID_HELPER = """
+static float vae_sigmoid(float v)
+{
+    return 1.0f / (1.0f + vae_exp(-v));
+}
+"""
+
+TANH_HELPER = """
+static float vae_tanh(float v)
+{
+    return 2.0f / (1.0f + vae_exp(-2.0f * v)) - 1.0f;
+}
+"""
+
+HALF_HELPER = """
+/* IEEE half (its bits, stored as int16_t) to float: sign-extend, move exponent and mantissa into place,
+   clear the sign copies, and rescale by 2^112 (the difference of the exponent biases). Exact for zero and
+   every normal half; the generator stores no subnormal halves (they would make the multiply slow). */
+static float vae_half(int16_t h)
+{
+    vae_bits b;
+    b.u = ((uint32_t)(int32_t)h << 13) & 0x8fffe000u;
+    return b.f * 5.192296858534827628530496329220096e33f;
+}
+"""
