@@ -12,6 +12,7 @@ RUN_DIR ?= runs/demo
 SYSTEM_PACKAGES := dataset-fashion-mnist:$(FASHION_DIR)/train-images-idx3-ubyte.gz \
 	chromium:/usr/bin/chromium wrk:/usr/bin/wrk \
 	gcc-aarch64-linux-gnu:/usr/bin/aarch64-linux-gnu-gcc libc6-dev-arm64-cross:/usr/aarch64-linux-gnu/include/stdio.h \
+	gcc-arm-linux-gnueabihf:/usr/bin/arm-linux-gnueabihf-gcc libc6-dev-armhf-cross:/usr/arm-linux-gnueabihf/include/stdio.h \
 	qemu-user:/usr/bin/qemu-aarch64 \
 	gcc-arm-none-eabi:/usr/bin/arm-none-eabi-gcc libnewlib-arm-none-eabi:/usr/lib/arm-none-eabi/newlib \
 	qemu-system-arm:/usr/bin/qemu-system-arm
