@@ -303,8 +303,13 @@ def test_bad_calibration_and_detect_options(calibrated_tiny, tiny_images):
 
 def test_tampered_calibration_file_is_refused(calibrated_tiny, tiny_images):
     path = calibrated_tiny.path / anomaly.CALIBRATION_FILE
-    path.write_bytes(path.read_bytes()[:-10])
+    good = path.read_bytes()
+    path.write_bytes(good[:-10])
+    with pytest.raises(ModelPackageError, match="calibration.npz does not match model.json"):
+        vae_infer.load(calibrated_tiny.path, threads=1)  # load verifies every file the manifest lists
+    path.write_bytes(good)
     model = vae_infer.load(calibrated_tiny.path, threads=1)
+    path.write_bytes(good[:-10])  # changed after loading: caught when it is read for use
     with pytest.raises(ModelPackageError, match="calibration.npz does not match model.json"):
         model.detect(tiny_images)
     with pytest.raises(ModelPackageError, match="does not match model.json"):

@@ -41,18 +41,22 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import likelihood
+from .calibration_schema import (  # noqa: F401  (validate_calibration, load_calibration_arrays: public here too)
+    CALIBRATION_VERSION,
+    DOSE_STATISTICS,
+    MIN_CALIBRATION_IMAGES,
+    SCORE_KINDS,
+    STOCHASTIC_KINDS,
+    load_calibration_arrays,
+    validate_calibration,
+)
 from .errors import InputError, ModelPackageError
 from .inputs import as_count, as_seed
 
-SCORE_KINDS = ("nelbo", "recon", "mse", "iwae", "excess", "ic", "dose")
 DEFAULT_KIND = "dose"  # detect's default: chosen by measurement (benchmarks/anomaly.md)
 DEFAULT_QUANTILE = 0.99
 DEFAULT_IW_SAMPLES = 64  # k of the iwae score when calibrating
 CALIBRATION_FILE = "calibration.npz"
-CALIBRATION_VERSION = 1
-DOSE_STATISTICS = ("log1p_recon_plus_kl", "log1p_png_bits", "log1p_excess")
-STOCHASTIC_KINDS = ("nelbo", "iwae", "ic")  # the kinds that draw z; the others are deterministic
-MIN_CALIBRATION_IMAGES = 10
 KDE_BLOCK = 1024  # rows per block of the kernel density sums: a (block, reference) float64 matrix
 
 Scores = NDArray[np.float64]
@@ -80,21 +84,31 @@ def score(model, images: object, kind: str = "nelbo", samples: int | None = None
     deterministic and ignore it. seed: the draws' seed (None: fresh randomness). Large inputs stream through
     in chunks of model.chunk_size."""
     kind = check_kind(kind)
-    x = model.as_images(images)
+    rows = model.check_images(images)  # converted to float32 a chunk at a time below: memory stays bounded
     k = default_samples(kind) if samples is None else as_count(samples, "samples")
     rng = np.random.default_rng(as_seed(seed))
-    out = np.empty(len(x))
-    if kind == "nelbo":  # one encoder pass and k decoder passes, nothing else
-        for s in range(0, len(x), model.chunk_size):
-            chunk = x[s : s + model.chunk_size]
+    reference = _dose_reference(model) if kind == "dose" else None
+    out = np.empty(len(rows))
+    for s in range(0, len(rows), model.chunk_size):
+        chunk = model.to_float32(rows[s : s + model.chunk_size])
+        if kind == "nelbo":  # one encoder pass and k decoder passes, nothing else
             mu, logvar = model.encode_rows(chunk)
             out[s : s + len(chunk)] = likelihood.negative_elbo(model.decode_logits, chunk, mu, logvar, k, rng)
-        return out
-    reference = _dose_reference(model) if kind == "dose" else None
-    for s in range(0, len(x), model.chunk_size):
-        out[s : s + model.chunk_size] = _scores_chunk(model, x[s : s + model.chunk_size], (kind,), k, k, rng,
-                                                      reference)[kind]
-    return out
+        else:
+            out[s : s + len(chunk)] = _scores_chunk(model, chunk, (kind,), k, k, rng, reference)[kind]
+    return _finite(out, model, kind)
+
+
+def _finite(scores: Scores, model, kind: str) -> Scores:
+    """Scores of validated images are finite unless the package is broken: a NaN would flag nothing."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        rows = np.nonzero(bad)[0]
+        raise ModelPackageError(
+            f"{model.path}: the {kind} score of {len(rows)} image(s) is not finite (first at row {int(rows[0])}); "
+            f"the package's graphs or calibration give NaN or inf for valid images: re-export or calibrate again"
+        )
+    return scores
 
 
 def _scores_chunk(model, x: NDArray[np.float32], kinds: tuple[str, ...], samples: int, iw_samples: int,
@@ -198,7 +212,11 @@ def kde_score(features: NDArray, reference: dict, exclude_self: bool = False) ->
 
 
 def _calibration(model) -> dict[str, Any] | None:
-    return model.manifest.calibration
+    """The manifest's calibration section, validated (None when the model is not calibrated)."""
+    cal = model.manifest.calibration
+    if cal is not None:
+        validate_calibration(cal, where=str(model.path / "model.json"))
+    return cal or None
 
 
 def _require_calibration(model, what: str) -> dict[str, Any]:
@@ -209,11 +227,6 @@ def _require_calibration(model, what: str) -> dict[str, Any]:
             f"--data SOURCE` (or vae_infer.anomaly.calibrate) on held-out images of the training data, "
             f"or pass a threshold"
         )
-    if cal.get("version") != CALIBRATION_VERSION:
-        raise ModelPackageError(
-            f"{model.path}: calibration version {cal.get('version')!r}, this vae_infer reads {CALIBRATION_VERSION}; "
-            f"calibrate the model again"
-        )
     return cal
 
 
@@ -221,15 +234,11 @@ def _calibration_arrays(model) -> dict[str, NDArray]:
     from .package import read_verified
 
     cal = _require_calibration(model, "this score")
-    name = cal.get("reference_file")
-    if not name:
-        raise ModelPackageError(f"{model.path}: model.json's calibration names no reference_file")
+    name = cal["reference_file"]
     data = read_verified(model.path, model.manifest, name)
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
-        raise ModelPackageError(f"{model.path / name}: cannot read the calibration arrays: {e}") from e
+    arrays = load_calibration_arrays(data, str(model.path / name))
+    validate_calibration(cal, arrays, where=str(model.path / "model.json"))
+    return arrays
 
 
 def _dose_reference(model) -> dict:
@@ -239,7 +248,6 @@ def _dose_reference(model) -> dict:
             f"the dose score needs a calibrated model and {model.path} has no dose calibration: run "
             f"`vae-infer calibrate {model.path} --data SOURCE` first"
         )
-    _require_calibration(model, "dose")
     arrays = _calibration_arrays(model)
     dose = cal["dose"]
     return {
@@ -317,6 +325,7 @@ def calibrate(model, images: object, quantile: float = DEFAULT_QUANTILE, kinds: 
         arrays["dose_statistics"] = scores["_dose_statistics"]
         section["dose"] = {"statistics": list(DOSE_STATISTICS), "mean": ref["mean"].tolist(),
                            "std": ref["std"].tolist(), "bandwidth": ref["bandwidth"], "kernel": "gaussian"}
+    validate_calibration(section, arrays, where=f"{model.path}: the new calibration")  # no NaN reaches the disk
     if write:
         from .package import update_package
 
@@ -330,7 +339,7 @@ def threshold(model, kind: str | None = None, quantile: float | None = None) -> 
     """(kind, threshold) that detect uses: the calibrated threshold of `kind` (default: the calibration's
     default kind), or the `quantile` of its stored calibration scores."""
     cal = _require_calibration(model, "detect")
-    kind = check_kind(kind or cal.get("default_kind", DEFAULT_KIND))
+    kind = check_kind(kind or cal["default_kind"])
     if kind not in cal["thresholds"]:
         raise ModelPackageError(
             f"{model.path} was calibrated for {', '.join(cal['thresholds'])}, not {kind!r}; calibrate again "
@@ -339,10 +348,7 @@ def threshold(model, kind: str | None = None, quantile: float | None = None) -> 
     if quantile is None:
         return kind, float(cal["thresholds"][kind])
     q = _check_quantile(quantile)
-    stored = _calibration_arrays(model).get(f"scores_{kind}")
-    if stored is None:
-        raise ModelPackageError(f"{model.path}: calibration.npz holds no scores for {kind!r}; calibrate again")
-    return kind, float(np.quantile(stored, q))
+    return kind, float(np.quantile(_calibration_arrays(model)[f"scores_{kind}"], q))
 
 
 def detect(model, images: object, kind: str | None = None, quantile: float | None = None,

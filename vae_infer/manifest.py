@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from .errors import ModelPackageError
@@ -56,6 +58,7 @@ class Manifest:
     # Optional sections added after export (each names its files, which must be listed in `files`):
     latent_index: dict[str, Any] | None = None  # the latent graph for graph-based interpolation
     calibration: dict[str, Any] | None = None  # anomaly-score thresholds from validation data
+    latent_map: dict[str, Any] | None = None  # codes and labels of a data sample, for the explorer page
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. "int8": other encoder/decoder files
     format_version: int = FORMAT_VERSION
 
@@ -85,15 +88,17 @@ class Manifest:
             if graph.file not in self.files:
                 raise ModelPackageError(f"model.json: no sha256 listed for the {role} file {graph.file!r}")
         for section, name in self.referenced_files():
+            check_file_name(name, section)
             if name not in self.files:
                 raise ModelPackageError(f"model.json: {section} names the file {name!r} but no sha256 is listed for it")
 
     def referenced_files(self) -> list[tuple[str, str]]:
         """(section, file name) for every file an optional section names under a key ending in "file"."""
-        sections = [("latent_index", self.latent_index), ("calibration", self.calibration)]
+        sections = [("latent_index", self.latent_index), ("calibration", self.calibration),
+                    ("latent_map", self.latent_map)]
         sections += [(f"variants.{k}", v) for k, v in self.variants.items()]
         return [
-            (section, str(value))
+            (section, value if isinstance(value, str) else repr(value))
             for section, body in sections
             if body
             for key, value in body.items()
@@ -127,40 +132,137 @@ class Manifest:
             "tools": self.tools,
             **({"latent_index": self.latent_index} if self.latent_index else {}),
             **({"calibration": self.calibration} if self.calibration else {}),
+            **({"latent_map": self.latent_map} if self.latent_map else {}),
             **({"variants": self.variants} if self.variants else {}),
         }
 
     @classmethod
     def from_dict(cls, d: Any) -> Manifest:
+        """The manifest from parsed model.json, checked field by field: exact types (no "1" for 1, no true
+        for 1, no 2.7 for an integer), ranges, shapes, and file names confined to the package folder.
+        Anything else is a ModelPackageError naming the field."""
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             found = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ModelPackageError(f"model.json: expected format {FORMAT_NAME!r}, found {found!r}")
-        try:
-            graphs = {
-                role: GraphSpec(
-                    file=str(g["file"]),
-                    inputs=tuple(TensorSpec(str(t["name"]), tuple(t["shape"])) for t in g["inputs"]),
-                    outputs=tuple(TensorSpec(str(t["name"]), tuple(t["shape"])) for t in g["outputs"]),
-                )
-                for role, g in d["graphs"].items()
-            }
-            return cls(
-                name=str(d["name"]),
-                image_shape=tuple(int(s) for s in d["input"]["image_shape"]),
-                latent_size=int(d["latent_size"]),
-                encoder=graphs["encoder"],
-                decoder=graphs["decoder"],
-                files={name: str(v["sha256"]) for name, v in d["files"].items()},
-                opset=int(d["opset"]),
-                likelihood=str(d["likelihood"]),
-                input_scale=float(d["input"].get("uint8_scale", 255.0)),
-                hidden_size=d.get("hidden_size"),
-                training=dict(d.get("training", {})),
-                tools=dict(d.get("tools", {})),
-                latent_index=d.get("latent_index"),
-                calibration=d.get("calibration"),
-                variants=dict(d.get("variants", {})),
-                format_version=int(d["format_version"]),
+        version = _field(d, "format_version", int)
+        if version != FORMAT_VERSION:
+            raise ModelPackageError(
+                f"model.json has format_version {version}; this vae_infer reads version "
+                f"{FORMAT_VERSION}. Re-export the model or install a matching vae_infer"
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ModelPackageError(f"model.json is missing or has a malformed field: {e!r}") from e
+        inp = _field(d, "input", dict)
+        shape = _field(inp, "image_shape", list, "input.")
+        if len(shape) != 2 or not all(_is_int(s) and 1 <= s <= MAX_SIDE for s in shape):
+            raise ModelPackageError(f"model.json: input.image_shape must be [height, width], two integers in "
+                                    f"1..{MAX_SIDE}, found {shape!r}")
+        scale = inp.get("uint8_scale", 255.0)
+        if not _is_number(scale) or not math.isfinite(scale) or scale <= 0:
+            raise ModelPackageError(f"model.json: input.uint8_scale must be a finite number > 0 (uint8 pixels are "
+                                    f"divided by it; 255 for [0, 1]), found {scale!r}")
+        latent_size = _field(d, "latent_size", int)
+        hidden = d.get("hidden_size")
+        if hidden is not None and (not _is_int(hidden) or hidden < 1):
+            raise ModelPackageError(f"model.json: hidden_size must be a positive integer or null, found {hidden!r}")
+        files_raw = _field(d, "files", dict)
+        files = {}
+        for name, entry in files_raw.items():
+            check_file_name(name, "files")
+            digest = entry.get("sha256") if isinstance(entry, dict) else None
+            if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ModelPackageError(f"model.json: files[{name!r}] must be {{\"sha256\": 64 hex digits}}, "
+                                        f"found {entry!r}")
+            files[name] = digest
+        graphs = _field(d, "graphs", dict)
+        specs = {role: _graph_spec(graphs.get(role), role) for role in ("encoder", "decoder")}
+        sections = {}
+        for key in ("latent_index", "calibration", "latent_map"):
+            body = d.get(key)
+            if body is not None and not isinstance(body, dict):
+                raise ModelPackageError(f"model.json: {key} must be an object or absent, found {type(body).__name__}")
+            sections[key] = body
+        variants = d.get("variants", {})
+        if not isinstance(variants, dict):
+            raise ModelPackageError(f"model.json: variants must be an object, found {type(variants).__name__}")
+        for vname, body in variants.items():
+            if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in VARIANT_FILES):
+                raise ModelPackageError(f"model.json: variants[{vname!r}] must name {' and '.join(VARIANT_FILES)}, "
+                                        f"found {body!r}")
+        for key in ("training", "tools"):
+            if not isinstance(d.get(key, {}), dict):
+                raise ModelPackageError(f"model.json: {key} must be an object, found {type(d.get(key)).__name__}")
+        return cls(
+            name=_field(d, "name", str),
+            image_shape=(shape[0], shape[1]),
+            latent_size=latent_size,
+            encoder=specs["encoder"],
+            decoder=specs["decoder"],
+            files=files,
+            opset=_field(d, "opset", int),
+            likelihood=_field(d, "likelihood", str),
+            input_scale=float(scale),
+            hidden_size=hidden,
+            training=dict(d.get("training", {})),
+            tools=dict(d.get("tools", {})),
+            latent_index=sections["latent_index"],
+            calibration=sections["calibration"],
+            latent_map=sections["latent_map"],
+            variants=dict(variants),
+            format_version=version,
+        )
+
+
+MAX_SIDE = 4096  # largest image side a manifest may declare
+VARIANT_FILES = ("encoder_file", "decoder_file")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _field(d: dict, key: str, kind: type, where: str = "") -> Any:
+    """d[key], which must be of exactly `kind` (ints: not bool; positive where they are sizes)."""
+    if key not in d:
+        raise ModelPackageError(f"model.json: the field {where}{key} is missing")
+    v = d[key]
+    ok = _is_int(v) and v >= 1 if kind is int else isinstance(v, kind)
+    if not ok:
+        what = "a positive integer" if kind is int else {str: "a string", dict: "an object", list: "a list"}[kind]
+        raise ModelPackageError(f"model.json: {where}{key} must be {what}, found {v!r}")
+    return v
+
+
+def check_file_name(name: object, where: str) -> str:
+    """A file name a manifest may use: a relative path inside the package folder (no absolute path, no
+    '..', no empty part). read_verified also refuses symlinks that lead outside and non-regular files."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ModelPackageError(f"model.json: {where}: a file name must be a non-empty string, found {name!r}")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or name.startswith("\\") or ".." in pure.parts or "\\" in name or ":" in name:
+        raise ModelPackageError(f"model.json: {where}: the file {name!r} is outside the package folder; file names "
+                                f"must be relative paths inside it")
+    return name
+
+
+def _graph_spec(g: object, role: str) -> GraphSpec:
+    if not isinstance(g, dict):
+        raise ModelPackageError(f"model.json: graphs.{role} must be an object, found {g!r}")
+
+    def tensors(key: str) -> tuple[TensorSpec, ...]:
+        items = g.get(key)
+        if not isinstance(items, list):
+            raise ModelPackageError(f"model.json: graphs.{role}.{key} must be a list, found {items!r}")
+        out = []
+        for t in items:
+            if not (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("shape"), list)
+                    and all(s == BATCH_AXIS or _is_int(s) for s in t["shape"])):
+                raise ModelPackageError(f"model.json: graphs.{role}.{key} entries must be {{name: str, shape: "
+                                        f"[{BATCH_AXIS!r} or integers]}}, found {t!r}")
+            out.append(TensorSpec(t["name"], tuple(t["shape"])))
+        return tuple(out)
+
+    file = check_file_name(g.get("file"), f"graphs.{role}.file")
+    return GraphSpec(file=file, inputs=tensors("inputs"), outputs=tensors("outputs"))

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InputError, ModelPackageError, VaeInferError
-from .inputs import as_count, as_images, as_latents, as_seed
+from .errors import DeviceError, InputError, ModelPackageError, VaeInferError
+from .inputs import (
+    as_count,
+    as_images,
+    as_latents,
+    as_seed,
+    check_images,
+    check_output_rows,
+    images_to_float32,
+)
 from .manifest import BATCH_AXIS, GraphSpec, Manifest
-from .package import read_manifest, read_verified
+from .package import read_manifest, read_verified, verify_all
 from .sessions import create_backend
 
 Array = NDArray[np.float32]
@@ -33,6 +42,12 @@ class VAEModel:
         variant: str | None = None,
         weights: str = "fp32",
     ) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise InputError(f"path must be a model package folder (str or os.PathLike), got {type(path).__name__}")
+        if not isinstance(spinning, bool):
+            raise DeviceError(f"spinning must be True or False, got {spinning!r}")
+        if variant is not None and not isinstance(variant, str):
+            raise ModelPackageError(f"variant must be a name such as 'int8' or None, got {variant!r}")
         self.path = Path(path)
         self.backend = backend
         self.manifest: Manifest = read_manifest(self.path)
@@ -45,11 +60,13 @@ class VAEModel:
         self.chunk_size = as_count(chunk_size, "chunk_size")
         devices = set()
         self._sessions = {}
+        graph_files = []
         for role in ("encoder", "decoder"):
             spec: GraphSpec = getattr(self.manifest, role)
             if variant is not None:
                 spec = dataclasses.replace(spec, file=self.manifest.variants[variant][f"{role}_file"])
             data = read_verified(self.path, self.manifest, spec.file)
+            graph_files.append(spec.file)
             try:
                 session, got = create_backend(data, spec, backend, device, threads, spinning, weights)
             except VaeInferError:
@@ -59,6 +76,9 @@ class VAEModel:
             _check_session_matches(session, spec, self.path / spec.file)
             self._sessions[role] = session
             devices.add(got)
+        # Every other file (calibration, latent index, other variants) is checked now too, as the README says;
+        # each is checked again when it is read for use.
+        verify_all(self.path, self.manifest, skip=tuple(graph_files))
         self.device = "cuda" if devices == {"cuda"} else "cpu"
         self._enc_in = self.manifest.encoder.inputs[0].name
         self._enc_out = [t.name for t in self.manifest.encoder.outputs]  # mu, logvar
@@ -89,7 +109,17 @@ class VAEModel:
 
     # -- validation at the edge ------------------------------------------------------------------
     def as_images(self, images: object) -> Array:
+        """Validated float32 rows (n, features) in [0, 1] from uint8 or float images; InputError otherwise."""
         return as_images(images, self.manifest.image_shape, self.manifest.input_scale)
+
+    def check_images(self, images: object) -> np.ndarray:
+        """Validated rows (n, features) in the caller's dtype, not yet converted: large inputs (memory-mapped
+        files) are converted to float32 a chunk at a time by to_float32, so memory stays bounded."""
+        return check_images(images, self.manifest.image_shape, self.manifest.input_scale)
+
+    def to_float32(self, rows: np.ndarray) -> Array:
+        """Rows from check_images as the float32 the graphs take."""
+        return images_to_float32(rows, self.manifest.input_scale)
 
     # -- the graphs, in chunks -------------------------------------------------------------------
     def _run(self, role: str, outputs: list[str], feed: str, x: Array) -> list[Array]:
@@ -114,12 +144,27 @@ class VAEModel:
 
     def decode_rows(self, z: Array) -> Array:
         """The decoded images sigmoid(logits), (n, features) float32, for validated codes (n, latent_size)."""
-        return self._run("decoder", [self._x_hat], self._dec_in, z)[0]
+        check_output_rows(len(z), self.manifest.features, "decode")
+        x_hat = self._run("decoder", [self._x_hat], self._dec_in, z)[0]
+        if not np.isfinite(x_hat).all():  # a graph that overflows inside, even for codes within LATENT_BOUND
+            row = int(np.nonzero(~np.isfinite(x_hat).all(axis=1))[0][0])
+            raise InputError(f"the decoder gave non-finite pixels for the latent code at row {row} "
+                             f"({z[row].tolist()}); codes that far from the prior cannot be decoded by this model")
+        return x_hat
 
     # -- public API ------------------------------------------------------------------------------
     def encode(self, images: object) -> tuple[Array, Array]:
-        """(mu, logvar) of q(z|x), each (n, latent_size) float32."""
-        return self.encode_rows(self.as_images(images))
+        """(mu, logvar) of q(z|x), each (n, latent_size) float32. Inputs are converted to float32 one chunk
+        at a time, so a large uint8 or memory-mapped input never becomes one big float32 copy."""
+        rows = self.check_images(images)
+        if len(rows) <= self.chunk_size:
+            return self.encode_rows(self.to_float32(rows))
+        mu = np.empty((len(rows), self.latent_size), np.float32)
+        logvar = np.empty_like(mu)
+        for s in range(0, len(rows), self.chunk_size):
+            mu[s : s + self.chunk_size], logvar[s : s + self.chunk_size] = self.encode_rows(
+                self.to_float32(rows[s : s + self.chunk_size]))
+        return mu, logvar
 
     def decode(self, z: object) -> Array:
         """Decoded images (n, features) float32 in [0, 1]: the Bernoulli means sigmoid(logits)."""
@@ -133,6 +178,7 @@ class VAEModel:
     def sample(self, n: int, seed: int | None = None) -> Array:
         """n images decoded from z ~ N(0, I), (n, features). The same seed gives the same images."""
         n = as_count(n, "n")
+        check_output_rows(n, self.manifest.features, "sample")
         z = np.random.default_rng(as_seed(seed)).standard_normal((n, self.latent_size)).astype(np.float32)
         return self.decode(z)
 

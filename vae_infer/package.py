@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -19,28 +20,78 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+MAX_MANIFEST_BYTES = 16 << 20  # model.json is a few KB; a larger one is refused before it is parsed
+MAX_FILE_BYTES = 1 << 30  # any one package file (the course model's graphs are 1.6 MB each)
+
+
+def read_package_file(package_dir: str | Path, name: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of one file of a package, read safely: it must resolve to a regular file inside the
+    package folder (no symlink out of it, no FIFO or device, which would hang or never end) and hold at
+    most `limit` bytes; it is opened without blocking and read up to its size as fstat gave it."""
+    package_dir = Path(package_dir)
+    path = package_dir / name
+    try:
+        root = package_dir.resolve(strict=True)
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise ModelPackageError(f"cannot read {path}: {e}; the model package is incomplete") from e
+    if real != root and root not in real.parents:
+        raise ModelPackageError(f"{path} leads outside the package folder (to {real}); package files must lie "
+                                f"inside {root}")
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise ModelPackageError(f"cannot read {path}: {e}; the model package is incomplete") from e
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelPackageError(f"{path} is not a regular file (a FIFO, device or folder); the package is "
+                                    f"damaged or was tampered with")
+        if info.st_size > limit:
+            raise ModelPackageError(f"{path} holds {info.st_size} bytes, more than the {limit} a package file may "
+                                    f"have; the package is damaged or was tampered with")
+        chunks, left = [], info.st_size
+        while left > 0:
+            block = os.read(fd, min(left, 1 << 24))
+            if not block:
+                break
+            chunks.append(block)
+            left -= len(block)
+        return b"".join(chunks)
+    except OSError as e:
+        raise ModelPackageError(f"cannot read {path}: {e}") from e
+    finally:
+        os.close(fd)
+
+
 def read_manifest(package_dir: str | Path) -> Manifest:
     package_dir = Path(package_dir)
     path = package_dir / MANIFEST_NAME
     if not package_dir.is_dir():
         raise ModelPackageError(f"no model package at {package_dir}: expected a folder holding {MANIFEST_NAME}")
-    if not path.is_file():
+    if not path.exists():
         raise ModelPackageError(f"{package_dir} is not a model package: {MANIFEST_NAME} is missing")
+    raw = read_package_file(package_dir, MANIFEST_NAME, MAX_MANIFEST_BYTES)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
         raise ModelPackageError(f"{path} is not valid JSON ({e}); the file is corrupt or truncated") from e
+    except RecursionError as e:
+        raise ModelPackageError(f"{path} is nested too deeply to be a manifest; the file is corrupt") from e
     return Manifest.from_dict(data)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number (model.json holds only finite numbers)")
 
 
 def read_verified(package_dir: str | Path, manifest: Manifest, file_name: str) -> bytes:
     """The bytes of one package file, after checking them against the manifest's sha256.
     The checked bytes are what gets used, so the file cannot change between check and use."""
     path = Path(package_dir) / file_name
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelPackageError(f"cannot read {path}: {e}; the model package is incomplete") from e
+    if file_name not in manifest.files:
+        raise ModelPackageError(f"{path}: model.json lists no sha256 for {file_name!r}")
+    data = read_package_file(package_dir, file_name)
     digest = sha256_bytes(data)
     if digest != manifest.files[file_name]:
         raise ModelPackageError(
@@ -48,6 +99,14 @@ def read_verified(package_dir: str | Path, manifest: Manifest, file_name: str) -
             f"{manifest.files[file_name][:16]}...; the file is corrupt, truncated or was changed. Re-export the model"
         )
     return data
+
+
+def verify_all(package_dir: str | Path, manifest: Manifest, skip: tuple[str, ...] = ()) -> None:
+    """Check every file model.json lists against its sha256 (load() does, so a damaged calibration,
+    index or variant is found when the package loads, not at first use)."""
+    for name in manifest.files:
+        if name not in skip:
+            read_verified(package_dir, manifest, name)
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -4,6 +4,8 @@ check both create theirs through create_backend."""
 
 from __future__ import annotations
 
+import numbers
+
 import onnxruntime as ort
 
 from .errors import DeviceError
@@ -20,8 +22,10 @@ def session_options(threads: int | None = None, spinning: bool = False) -> ort.S
     several times slower. One inter-op thread: our graphs are a chain with nothing to run in parallel.
     Spinning off by default: spinning threads burn a core between calls, which hurts the application
     embedding us; turn it on for back-to-back batch work."""
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise DeviceError(f"threads must be a positive integer, got {threads!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                or threads < 1):
+        raise DeviceError(f"threads must be a positive integer or None (all available cores), got {threads!r}")
+    threads = None if threads is None else int(threads)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or available_cores()
     opts.inter_op_num_threads = 1
@@ -41,7 +45,7 @@ def create_session(
 
     device="cuda" never falls back silently: if CUDA is not the provider in use afterwards, it raises.
     device="auto" tries CUDA when onnxruntime offers it and otherwise uses the CPU."""
-    if device not in DEVICES:
+    if not isinstance(device, str) or device not in DEVICES:
         raise DeviceError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
     opts = session_options(threads, spinning)
     if model_bytes[4:8] == b"ORTM":  # the ORT flatbuffer format (a minimal-build model) rather than ONNX protobuf
