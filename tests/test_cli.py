@@ -382,3 +382,26 @@ def test_write_array_round_trips_and_keeps_permissions(tmp_path):
     with pytest.raises(vae_infer.InputError, match=r"ending in \.npy or \.npz, found '\.json'"):
         vio.write_array(tmp_path / "c.json", np.ones(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.npz"]
+
+
+def test_decode_reads_the_npz_that_encode_writes(tiny_package, tiny_images, tmp_path):
+    np.save(tmp_path / "x.npy", tiny_images[:5])
+    ok(run("encode", tiny_package, tmp_path / "x.npy", "--out", tmp_path / "z.npz"))
+    ok(run("decode", tiny_package, tmp_path / "z.npz", "--out", tmp_path / "d.npy"))
+    with np.load(tmp_path / "z.npz") as z:
+        want = vae_infer.load(tiny_package, threads=1).decode(z["mu"])
+    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), want, atol=1e-6)
+
+
+def test_info_lists_the_optional_sections(tiny_package):
+    shipped = ok(CliRunner().invoke(cli.main, ["info", "models/fashion-mnist", "--json"]))
+    info = json.loads(shipped.output)
+    assert set(info["variants"]) == {"int8", "fp16", "ort"}
+    assert info["variants"]["int8"]["encoder_file"] == "encoder.int8.onnx"
+    assert info["calibration"]["default_kind"] == "dose" and "dose" in info["calibration"]["kinds"]
+    assert info["latent_index"]["file"] == "latent_index.npz"
+    text = ok(CliRunner().invoke(cli.main, ["info", str(tiny_package)])).output
+    assert "variants:     none (make them with: python -m train export" in text
+    assert "calibration:  none (vae-infer calibrate" in text
+    shipped_text = ok(CliRunner().invoke(cli.main, ["info", "models/fashion-mnist"])).output
+    assert "variants:     int8 (variant='int8'), fp16 (variant='fp16'), ort (variant='ort')" in shipped_text

@@ -57,6 +57,12 @@ def read_latents(path: str | Path) -> np.ndarray:
         raise InputError(
             f"{file}: expected latent codes in a .npy or .npz file, found suffix {file.suffix.lower()!r}"
         )
+    if key is None and file.suffix.lower() == ".npz" and file.is_file():
+        try:  # the .npz that `vae-infer encode` writes holds mu and logvar: decode the means
+            with np.load(file, allow_pickle=False) as npz:
+                key = "mu" if "mu" in npz.files and len(npz.files) > 1 else None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+            pass  # _read_array reports the damage
     return _read_array(file, key, "latent codes")
 
 

@@ -36,18 +36,20 @@ from .base import (
 def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
     """Describe a model package and verify its files.
 
-    Prints the name, image shape, latent size, likelihood, ONNX opset, the training figures recorded in
-    model.json, the sha256 of every file (all verified while loading) and the device and onnxruntime
-    providers in use."""
+    Prints the name, image shape, latent size, likelihood, ONNX opset, the optional sections the package
+    carries (variants, to load with variant=NAME; calibration, for detect; the latent index, for graph
+    interpolation; the latent map), the training figures recorded in model.json, the sha256 of every file
+    (all verified while loading) and the device and onnxruntime providers in use."""
     m = open_model(model, device, threads)
     man = m.manifest
+    sections = package_sections(man)
     if as_json:
         echo_json({
             "name": man.name, "path": str(model), "format_version": man.format_version,
             "image_shape": list(man.image_shape), "features": man.features, "latent_size": man.latent_size,
             "hidden_size": man.hidden_size, "likelihood": man.likelihood, "input_scale": man.input_scale,
             "opset": man.opset, "training": man.training, "tools": man.tools, "files": dict(sorted(man.files.items())),
-            "device": m.device, "providers": m.providers,
+            "device": m.device, "providers": m.providers, **sections,
         })
         return
     h, w = man.image_shape
@@ -59,6 +61,8 @@ def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
     ]
     for k, v in rows:
         click.echo(f"{k + ':':<13} {v}")
+    for k, text in section_lines(sections):
+        click.echo(f"{k + ':':<13} {text}")
     click.echo("files (sha256, verified):")
     for name, digest in sorted(man.files.items()):
         click.echo(f"  {name}  {digest}")
@@ -66,6 +70,36 @@ def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
         click.echo("training:")
         for k, v in flatten(man.training):
             click.echo(f"  {k}: {fmt(v)}")
+
+
+def package_sections(man) -> dict:
+    """The optional sections a package carries, as info reports them (JSON-ready)."""
+    cal = man.calibration
+    return {
+        "variants": {name: {k: body.get(k) for k in ("encoder_file", "decoder_file", "bytes", "test_nelbo_change")
+                            if k in body} for name, body in man.variants.items()},
+        "calibration": None if not cal else {
+            "default_kind": cal.get("default_kind"), "quantile": cal.get("quantile"),
+            "kinds": sorted(cal.get("thresholds", {})), "examples": cal.get("examples")},
+        "latent_index": None if not man.latent_index else {
+            k: man.latent_index.get(k) for k in ("file", "n_nodes", "n_edges", "k", "metric") if k in man.latent_index},
+        "latent_map": None if not man.latent_map else {
+            k: man.latent_map.get(k) for k in ("file", "points", "source") if k in man.latent_map},
+    }
+
+
+def section_lines(sections: dict) -> list[tuple[str, str]]:
+    variants = sections["variants"]
+    cal, index, lmap = sections["calibration"], sections["latent_index"], sections["latent_map"]
+    return [
+        ("variants", ", ".join(f"{n} (variant={n!r})" for n in variants) if variants else
+         "none (make them with: python -m train export PKG --quantize int8)"),
+        ("calibration", f"{len(cal['kinds'])} kinds, default {cal['default_kind']}, quantile {cal['quantile']} "
+         f"({cal['examples']} images)" if cal else "none (vae-infer calibrate PKG --data ...; needed by detect)"),
+        ("latent index", ", ".join(f"{k} {v}" for k, v in index.items()) if index else
+         "none (vae-infer index build PKG --data ...; needed by graph interpolation)"),
+        ("latent map", ", ".join(f"{k} {v}" for k, v in lmap.items()) if lmap else "none"),
+    ]
 
 
 @main.command()
