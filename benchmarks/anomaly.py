@@ -38,13 +38,14 @@ import time
 import zipfile
 from pathlib import Path
 
+import common  # the repository on sys.path, the environment record, report writing
 import numpy as np
+from common import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import vae_infer  # noqa: E402
-from vae_infer import anomaly, corruptions  # noqa: E402
+import vae_infer
+from vae_infer import anomaly, corruptions
+from vae_infer.datasets import CLASS_NAMES as DATASET_CLASSES
+from vae_infer.datasets import validation_split
 
 CORRUPTED_N = 2000  # test images each corruption is applied to
 FONT_N = 2000
@@ -54,8 +55,7 @@ NOISES = (("gaussian", 0.1), ("gaussian", 0.2), ("gaussian", 0.3), ("salt-pepper
 TRAIN_NOISE = "gaussian:0-0.35,salt-pepper:0-0.25"  # the denoising VAE's training noise
 DENOISE_STEPS = (1, 3)
 SEMANTIC_SHIFTS = ("upside down", "rotated 90 degrees")  # the test images' own pixels, moved: harder, reported apart
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot")
+CLASS_NAMES = DATASET_CLASSES["fashion-mnist"]
 
 
 # -- metrics -------------------------------------------------------------------------------------------------
@@ -282,12 +282,10 @@ def train_package(out: Path, dataset, epochs: int, threads: int, noise: str | No
 
 
 def validation_images(train_images: np.ndarray, training: dict) -> np.ndarray:
-    """The validation split a run held out of training (train.data.split_validation with its config)."""
-    from train.data import split_validation
-
+    """The validation split a run held out of training (vae_infer.datasets.validation_split with its config)."""
     config = training["config"]
     images = train_images[: config.get("train_limit") or None]
-    _, val = split_validation(len(images), config["validation_size"], config["seed"])
+    _, val = validation_split(len(images), config["validation_size"], config["seed"])
     return images[val]
 
 
@@ -640,13 +638,13 @@ def main(argv: list[str] | None = None) -> dict:
             result[part]["seconds"] = time.perf_counter() - t0
     import onnxruntime
 
-    result["environment"] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    result["environment"] = {**common.environment(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                              "python": platform.python_version(), "numpy": np.__version__,
                              "onnxruntime": onnxruntime.__version__}
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        common.write_report(result, json_path=args.json)
     if args.markdown:
-        args.markdown.write_text(markdown(result))
+        common.write_report(result, markdown=markdown(result), markdown_path=args.markdown)
     if args.pictures and (sets or examples):
         for path in pictures(args.pictures, sets, scores, examples, result.get("ood", {}).get("thresholds")):
             print(f"wrote {path}", file=sys.stderr)

@@ -10,7 +10,6 @@ computed within the run, so a noisy machine moves both sides of each ratio toget
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -20,15 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import common  # the repository on sys.path, the environment record, report writing
 import numpy as np
+from common import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import vae_infer  # noqa: E402
-from vae_infer import bench  # noqa: E402
-from vae_infer.package import read_verified  # noqa: E402
-from vae_infer.sessions import session_options  # noqa: E402
+import vae_infer
+from vae_infer import bench
+from vae_infer.package import read_verified
+from vae_infer.sessions import session_options
 
 ENGINES = ("torch", "ort", "ort-spin", "ort-int8", "ort-fp16", "ort-ort")  # ort-spin: fp32, spinning threads
 COLD_START_RUNS = 5
@@ -289,9 +287,9 @@ def main() -> None:
     md = to_markdown(report)
     print(md)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        common.write_report(report, json_path=args.json)
     if args.markdown:
-        args.markdown.write_text(md)
+        common.write_report(report, markdown=md, markdown_path=args.markdown)
     if args.plot:
         bench.plot(report, args.plot)
 
