@@ -103,3 +103,42 @@ def fails(result: Result, *fragments: str, code: int = 1) -> str:
     for fragment in fragments:
         assert fragment in err, (fragment, err)
     return err
+
+
+# -- what onnxruntime reports about CUDA, on any machine ---------------------------------------------------
+
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+# What onnxruntime-gpu raises when its CUDA provider library cannot load (no driver, a missing CUDA library).
+MISSING_CUDA_LIBRARY = ("[ONNXRuntimeError] : 1 : FAIL : Failed to load library libonnxruntime_providers_cuda.so "
+                        "with error: libcublasLt.so.12: cannot open shared object file: No such file or directory")
+
+
+@pytest.fixture
+def onnxruntime_offers(monkeypatch):
+    """offer(cuda, session): make onnxruntime report CUDA as offered or not, whatever this machine has.
+    Sessions stay real CPU sessions; when one is asked for CUDA, session says what happens: "cpu" (made without
+    it, as onnxruntime-gpu does when its CUDA provider fails to register), "raises" (creation fails with
+    MISSING_CUDA_LIBRARY) or "cuda" (the session reports CUDA as its provider)."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    def offer(cuda: bool, session: str = "cpu") -> None:
+        monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER] if cuda
+                            else [CPU_PROVIDER])
+
+        class Session(real):
+            def __init__(self, model, sess_options=None, providers=None, *args, **kwargs):
+                self.asked_cuda = CUDA_PROVIDER in (providers or [])
+                if self.asked_cuda and session == "raises":
+                    raise RuntimeError(MISSING_CUDA_LIBRARY)
+                cpu_only = [p for p in providers or [CPU_PROVIDER] if p != CUDA_PROVIDER]
+                super().__init__(model, sess_options, cpu_only, *args, **kwargs)
+
+            def get_providers(self):
+                got = super().get_providers()
+                return [CUDA_PROVIDER, *got] if self.asked_cuda and session == "cuda" else got
+
+        monkeypatch.setattr(ort, "InferenceSession", Session)
+
+    return offer

@@ -77,13 +77,48 @@ def test_unknown_device(tiny_package):
         vae_infer.load(tiny_package, device="tpu")
 
 
-def test_cuda_never_falls_back_silently(tiny_package):
-    import onnxruntime as ort
+# The device="cuda" paths run on every machine: onnxruntime's report of its providers is patched
+# (tests/conftest.py onnxruntime_offers), the sessions stay real.
 
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this onnxruntime has CUDA; the refusal path cannot be exercised here")
-    with pytest.raises(DeviceError, match=r"device='cuda' but this onnxruntime offers only .*gpu extra"):
+
+def test_cuda_not_offered_is_refused(tiny_package, onnxruntime_offers):
+    onnxruntime_offers(cuda=False)
+    with pytest.raises(DeviceError, match=r"device='cuda' but this onnxruntime offers only \['CPUExecutionProvider'\]; "
+                                          r"install the gpu extra \(pip install 'vae-infer\[gpu\]'\) .*device='cpu'"):
         vae_infer.load(tiny_package, device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("session", "problem"),
+    [
+        ("cpu", r"onnxruntime made the session with \['CPUExecutionProvider'\] instead"),
+        ("raises", r"\[ONNXRuntimeError\] : 1 : FAIL : Failed to load library "
+                   r"libonnxruntime_providers_cuda\.so .*libcublasLt\.so\.12"),
+    ],
+)
+def test_cuda_offered_but_not_active_never_falls_back_silently(tiny_package, onnxruntime_offers, session, problem):
+    onnxruntime_offers(cuda=True, session=session)
+    with pytest.raises(DeviceError, match=r"^device='cuda' requested but CUDAExecutionProvider is not active: "
+                                          + problem):
+        vae_infer.load(tiny_package, device="cuda")
+
+
+@pytest.mark.parametrize(("cuda", "session"), [(False, "cpu"), (True, "cpu"), (True, "raises")])
+def test_auto_falls_back_to_the_cpu_and_says_so(tiny_package, tiny_model, tiny_images, onnxruntime_offers,
+                                                cuda, session):
+    onnxruntime_offers(cuda=cuda, session=session)
+    m = vae_infer.load(tiny_package, device="auto", threads=1)
+    assert m.device == "cpu"
+    assert m.providers == {"encoder": ["CPUExecutionProvider"], "decoder": ["CPUExecutionProvider"]}
+    np.testing.assert_array_equal(m.encode(tiny_images)[0], tiny_model.encode(tiny_images)[0])
+
+
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_an_active_cuda_provider_is_reported(tiny_package, onnxruntime_offers, device):
+    onnxruntime_offers(cuda=True, session="cuda")
+    m = vae_infer.load(tiny_package, device=device, threads=1)
+    assert m.device == "cuda"
+    assert m.providers["encoder"][0] == m.providers["decoder"][0] == "CUDAExecutionProvider"
 
 
 def test_auto_reports_what_it_got(tiny_package):

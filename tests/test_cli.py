@@ -289,12 +289,14 @@ def test_unknown_device_and_bad_counts(tmp_path, images_npy):
     assert not (tmp_path / "s.npy").exists()
 
 
-def test_cuda_that_is_not_there_is_an_error():
-    import onnxruntime
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("this onnxruntime offers CUDA")
+def test_cuda_that_is_not_there_is_an_error(onnxruntime_offers, tmp_path):
+    onnxruntime_offers(cuda=False)  # patched, so this runs on machines with and without CUDA
     fails(run("info", MODEL, "--device", "cuda"), "device='cuda'", "use device='cpu'")
+    onnxruntime_offers(cuda=True, session="cpu")
+    fails(run("encode", MODEL, f"{IMAGES}:images", "--device", "cuda", "--out", tmp_path / "never.npy"),
+          "Error: device='cuda' requested but CUDAExecutionProvider is not active: onnxruntime made the session "
+          "with ['CPUExecutionProvider'] instead")
+    assert not (tmp_path / "never.npy").exists()
 
 
 @pytest.mark.parametrize("command", ["encode", "reconstruct"])
