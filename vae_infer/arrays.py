@@ -6,6 +6,7 @@ never left half-written."""
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from .errors import InputError
 
 IMAGE_SUFFIXES = (".npy", ".npz", ".png")
 ARRAY_SUFFIXES = (".npy", ".npz")
+NPY_MAGIC = b"\x93NUMPY"
+# The command line reads a whole array into memory: larger ones (or .npz members that unpack larger) are
+# refused before reading. `vae-infer batch` reads bigger data by row ranges.
+MAX_READ_BYTES = 4 << 30
+PICKLED = "it holds Python objects (pickled data), which vae-infer never loads; save numeric arrays instead"
 
 
 def split_key(path: str | Path) -> tuple[Path, str | None]:
@@ -40,6 +46,7 @@ def read_images(path: str | Path, image_shape: tuple[int, int]) -> np.ndarray:
     if suffix == ".png":
         if key is not None:
             raise InputError(f"{path}: a key (:{key}) only applies to .npz files")
+        _require_file(file, "a .png image")
         from .viz import read_png
 
         return read_png(file, image_shape)[None]
@@ -47,6 +54,13 @@ def read_images(path: str | Path, image_shape: tuple[int, int]) -> np.ndarray:
     h, w = image_shape
     if arr.shape in ((h, w), (h * w,)):  # one image
         arr = arr[None]
+    elif not (arr.ndim == 2 and arr.shape[1] == h * w) and not (arr.ndim == 3 and arr.shape[1:] == (h, w)):
+        # said here, naming the file, so that no caller counts the rows of something that is not images
+        found = " (a 0-d array: a single number)" if arr.ndim == 0 else ""
+        hint = f"; one image is {h} x {w} or {h * w} values"
+        if arr.ndim == 4 and arr.shape[1:3] == (h, w):
+            hint = f"; pass grayscale {h}x{w} images (drop the channel axis, or convert colour to gray)"
+        raise InputError(f"{path}: expected images shaped (n, {h * w}) or (n, {h}, {w}), got {arr.shape}{found}{hint}")
     return arr
 
 
@@ -69,11 +83,12 @@ def read_latents(path: str | Path) -> np.ndarray:
 def _read_array(file: Path, key: str | None, what: str) -> np.ndarray:
     if file.suffix.lower() == ".npy" and key is not None:
         raise InputError(f"{file}:{key}: a key only applies to .npz files; a .npy file holds one array")
-    if not file.is_file():
-        raise InputError(f"{file}: no such file (expected a .npy or .npz file of {what})")
+    _require_file(file, f"a .npy or .npz file of {what}")
     try:
         if file.suffix.lower() == ".npy":
+            _check_npy_header(file, what)
             return _plain(np.load(file, allow_pickle=False), file, what)
+        _check_npz(file, what)
         with np.load(file, allow_pickle=False) as npz:
             keys = list(npz.files)
             if key is None:
@@ -88,9 +103,60 @@ def _read_array(file: Path, key: str | None, what: str) -> np.ndarray:
             return _plain(npz[key], file, what)
     except InputError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        # numpy reports pickled object arrays, bad headers and truncated data as ValueError/OSError/EOFError
-        raise InputError(f"{file}: expected a numpy {file.suffix.lower()} file of {what}, cannot read it: {e}") from e
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError, RuntimeError,
+            zlib.error) as e:
+        # numpy reports object arrays, bad headers and truncated data as ValueError/OSError/EOFError; its words
+        # for object arrays suggest loading them unsafely, which vae-infer never does, so they are not repeated
+        reason = PICKLED if "pickle" in str(e).lower() else f"{e}".strip() or type(e).__name__
+        raise InputError(f"{file}: expected a numpy {file.suffix.lower()} file of {what}, cannot read it "
+                         f"(corrupt or truncated?): {reason}") from e
+
+
+def _require_file(file: Path, expected: str) -> None:
+    """A regular file, or an InputError that says what the path is instead."""
+    if file.is_file():
+        return
+    if file.is_dir():
+        raise InputError(f"{file} is a folder; expected a file ({expected})")
+    if file.exists():
+        raise InputError(f"{file} is not a regular file (a device, FIFO or socket); expected {expected}")
+    raise InputError(f"{file}: no such file (expected {expected})")
+
+
+def _check_npy_header(file: Path, what: str) -> None:
+    """Refuse what is not a .npy file, holds objects, or is too large, before numpy reads it."""
+    with open(file, "rb") as f:
+        if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise InputError(f"{file}: expected a numpy .npy file of {what}, cannot read it: it does not start "
+                             f"with numpy's magic bytes (not a .npy file, or a damaged one)")
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        dtype = _header_dtype(f, version, file)
+    if dtype.hasobject:
+        raise InputError(f"{file}: expected a numpy .npy file of {what}, cannot read it: {PICKLED}")
+    if file.stat().st_size > MAX_READ_BYTES:
+        raise InputError(f"{file}: {file.stat().st_size / 2**30:.1f} GiB is more than the command line reads at once "
+                         f"({MAX_READ_BYTES >> 30} GiB); split it, or use `vae-infer batch`")
+
+
+def _header_dtype(f, version: tuple[int, int], file: Path) -> np.dtype:
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)[2]
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)[2]
+    raise InputError(f"{file}: .npy format version {version[0]}.{version[1]} is not read here; save it with np.save")
+
+
+def _check_npz(file: Path, what: str) -> None:
+    """Refuse what is not a zip archive, or unpacks to more than MAX_READ_BYTES, before numpy reads it."""
+    if not zipfile.is_zipfile(file):
+        raise InputError(f"{file}: expected a numpy .npz file of {what}, cannot read it: not a zip archive "
+                         f"(corrupt or truncated)")
+    with zipfile.ZipFile(file) as zf:
+        size = sum(info.file_size for info in zf.infolist())
+    if size > MAX_READ_BYTES:
+        raise InputError(f"{file}: unpacks to {size / 2**30:.1f} GiB, more than the command line reads at once "
+                         f"({MAX_READ_BYTES >> 30} GiB); split it, or use `vae-infer batch`")
 
 
 def _plain(arr: object, file: Path, what: str) -> np.ndarray:

@@ -208,6 +208,10 @@ def _memmap_idx(path: Path) -> np.ndarray:
 
 
 def _memmap_npy(file: Path) -> np.ndarray:
+    with open(file, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # else numpy would call any garbage "pickled data"
+            raise DataError(f"{file}: not a .npy file (it does not start with numpy's magic bytes); expected a "
+                            f"numeric array as np.save writes")
     try:
         arr = np.load(file, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
@@ -281,8 +285,10 @@ def _npz_member(file: Path, info: zipfile.ZipInfo) -> np.ndarray:
     except DataError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        # numpy's own words for object arrays urge unsafe loading: not repeated
+        reason = "it holds Python objects" if "pickle" in str(e).lower() else str(e)
         raise DataError(f"{file}:{info.filename[:-4]}: cannot read the array (corrupt or truncated, or it holds "
-                        f"pickled objects, which are never loaded): {e}") from e
+                        f"pickled objects, which are never loaded): {reason}") from e
 
 
 def _read_member(file: Path, info: zipfile.ZipInfo) -> np.ndarray:

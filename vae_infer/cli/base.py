@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,23 +23,81 @@ PNG_MAX = 64  # images shown in a --png grid of samples or decoded codes
 PNG_PAIRS = 16  # originals shown (above their reconstructions) in a reconstruct --png grid
 
 
-class _Group(click.Group):
-    """The one place where the library's errors become a one-line `Error: ...` and a non-zero exit."""
+TRACEBACK_ENV = "VAE_INFER_TRACEBACK"  # set to 1 to see the Python traceback of an unexpected error
+MESSAGE_LIMIT = 600  # characters of an error message shown on the one line
+
+
+class _Command(click.Command):
+    """A command whose unexpected errors name the paths the user gave it (its parameters are known here)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except VaeInferError as e:
-            raise click.ClickException(_one_line(str(e))) from e
-        except OSError as e:
-            if e.errno == errno.EPIPE:  # click handles a closed stdout (| head) itself
-                raise
-            text = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
-            raise click.ClickException(_one_line(text)) from e
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            raise _as_click_error(e, ctx) from e
+
+
+class _Group(click.Group):
+    """The one place where errors become a one-line `Error: ...` and a non-zero exit, for any input: the
+    library's named errors as they are, file system errors naming the file, anything unexpected (a
+    ValueError, MemoryError, RecursionError) as its kind and message with the paths the command was given.
+    No traceback, unless VAE_INFER_TRACEBACK=1."""
+
+    command_class = _Command
+    group_class = type  # subgroups (`index`) are _Groups, so their commands are _Commands too
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # raised while parsing (option callbacks) or by a plain click.Command
+            raise _as_click_error(e, ctx) from e
+
+
+def _as_click_error(e: Exception, ctx: click.Context) -> Exception:
+    if isinstance(e, OSError) and e.errno == errno.EPIPE:
+        return e  # click handles a closed stdout (| head) itself
+    if os.environ.get(TRACEBACK_ENV) == "1" and not isinstance(e, VaeInferError):
+        return e
+    if isinstance(e, VaeInferError):
+        text = str(e)
+    elif isinstance(e, OSError):
+        name = e.filename or _user_paths(ctx)
+        reason = e.strerror or str(e) or type(e).__name__
+        text = f"{name}: {reason}" if name else reason
+    elif isinstance(e, MemoryError):
+        text = (f"out of memory{_while(ctx)}: the input or the request is too large for this machine; "
+                f"use fewer rows (or `vae-infer batch` for large jobs)")
+    else:
+        text = (f"unexpected {type(e).__name__}{_while(ctx)}: {e or 'no message'}; the input is damaged or "
+                f"not what the command expects (rerun with {TRACEBACK_ENV}=1 to see where)")
+    return click.ClickException(_one_line(text))
+
+
+def _user_paths(ctx: click.Context | None) -> str:
+    """The files and folders the user named on the command line (its path arguments and options)."""
+    found: list[str] = []
+    while ctx is not None:
+        for value in ctx.params.values():
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(v, Path) or (isinstance(v, str) and v and os.path.exists(v.rsplit(":", 1)[0])):
+                    found.append(str(v))
+        ctx = ctx.parent
+    return ", ".join(dict.fromkeys(found))
+
+
+def _while(ctx: click.Context) -> str:
+    paths = _user_paths(ctx)
+    name = ctx.command_path.removeprefix("vae-infer ").strip() or ctx.info_name or "vae-infer"
+    return f" in `{name}`" + (f" on {paths}" if paths else "")
 
 
 def _one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip()) or "failed"
+    line = "; ".join(part.strip() for part in text.strip().splitlines() if part.strip()) or "failed"
+    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 3] + "..."
 
 
 @click.group(cls=_Group, name="vae-infer", context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,7 +179,25 @@ def save_grid(images: np.ndarray, model: VAEModel, path: Path, ncols: int | None
 
 
 def echo_json(obj: dict) -> None:
-    click.echo(json.dumps(obj, indent=2))
+    """Print one JSON object. JSON has no NaN or infinity: such numbers are printed as null (so the output
+    is always valid JSON); numpy scalars and arrays are printed as numbers and lists."""
+    click.echo(json.dumps(_json_safe(obj), indent=2, allow_nan=False))
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _json_safe(v.tolist())
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return v
 
 
 def shape_text(a: np.ndarray) -> str:
