@@ -1,96 +1,93 @@
-"""The C backend against onnxruntime, through vae_infer's Python API: latency at batch 1, throughput at large
-batches, accuracy and test -ELBO per weight format, and the size of the generated library.
+"""The C path side by side with torch eager and onnxruntime, its footprint per target, and its parity under
+emulation, in one run:
 
-    python benchmarks/native.py models/fashion-mnist --threads 2 \
-        --json benchmarks/native.json --markdown benchmarks/native.md
+    python benchmarks/native.py models/fashion-mnist --json benchmarks/native.json --markdown benchmarks/native.md
 
-Latency: the backends are timed in interleaved rounds (each round times every backend for the same number of
-calls, in a rotating order), so that a busy machine slows them alike; the figures are medians of single calls.
-Accuracy: all 10,000 Fashion-MNIST test images when they are installed (else the 32 in tests/fixtures)."""
+- Speed (this x86 machine, through vae_infer's Python API): torch eager, onnxruntime fp32 as shipped
+  (`vae_infer.load` defaults) and its int8 variant, the C backend with fp32, fp16 and int8 weights
+  (`load(backend="c", weights=...)`); encode and decode at batch 1 (median latency), 256 and 4096 (median
+  throughput). Backends are timed in interleaved rounds, so that a busy machine slows them alike. The
+  limits come from the same run: batch 1 from the weights' bytes over the measured bandwidth (numpy's
+  float32 matrix-vector product over the same bytes), large batches from numpy's large matmul FLOP/s.
+- Footprint per target and weight format: flash, RAM and worst-case stack from memory.json, which the
+  exported Makefile computes from the built objects (targets whose cross compiler is missing are left out).
+- Parity under emulation: each target's example program on real test images against onnxruntime, and the
+  test -ELBO of the Cortex-M4 builds on --elbo-images images against onnxruntime fp32 (one draw, seed 0).
+  Cycle counts from qemu are not speed; no speed is reported for emulated runs."""
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
-import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common
 import numpy as np
-import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import vae_infer  # noqa: E402
-from vae_infer import native  # noqa: E402
-from vae_infer.native import build  # noqa: E402
+import vae_infer
+from vae_infer import bench, likelihood, native
+from vae_infer.machine import available_cores
+from vae_infer.native import check, targets
 
 FORMATS = ("fp32", "fp16", "int8")
-TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+BATCHES = (1, 256, 4096)
+OPERATIONS = ("encode", "decode")
 
 
-def test_images() -> tuple[np.ndarray, str]:
-    if TEST_IMAGES.is_file():
-        with gzip.open(TEST_IMAGES) as f:
-            return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784), "Fashion-MNIST test set"
-    with np.load(ROOT / "tests" / "fixtures" / "tiny-images.npz") as z:
-        return z["images"].reshape(-1, 784), "tests/fixtures/tiny-images.npz"
+class TorchEager:
+    """The package's weights in torch eager modules (benchmarks/run.py), with encode/decode on numpy."""
+
+    def __init__(self, model: vae_infer.VAEModel, threads: int) -> None:
+        import torch
+        from run import torch_modules
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.encoder, self.logits = torch_modules(model)
+
+    def encode(self, x: np.ndarray):
+        with self.torch.inference_mode():
+            mu, logvar = self.encoder(self.torch.from_numpy(x))
+            return mu.numpy(), logvar.numpy()
+
+    def decode(self, z: np.ndarray):
+        with self.torch.inference_mode():
+            return self.torch.sigmoid(self.logits(self.torch.from_numpy(z))).numpy()
 
 
-def load_models(model_dir: str, threads: int) -> tuple[dict, dict]:
-    models, load_s = {}, {}
-    t0 = time.perf_counter()
-    models["onnxruntime"] = vae_infer.load(model_dir, threads=threads)
-    load_s["onnxruntime"] = time.perf_counter() - t0
-    models["onnxruntime, 1 thread"] = vae_infer.load(model_dir, threads=1)
-    for w in FORMATS:
-        vae_infer.load(model_dir, backend="c", weights=w, threads=threads)  # builds into the cache if needed
-        t0 = time.perf_counter()
-        models[f"C {w}"] = vae_infer.load(model_dir, backend="c", weights=w, threads=threads)
-        load_s[f"C {w}"] = time.perf_counter() - t0
-    return models, load_s
-
-
-def cold_build_seconds(model_dir: str) -> dict:
-    """Generation + compilation of both graphs into an empty cache, per weight format."""
-    out = {}
-    old = os.environ.get("XDG_CACHE_HOME")
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["XDG_CACHE_HOME"] = tmp
+def load_backends(model_dir: str, with_torch: bool) -> dict:
+    backends = {}
+    reference = vae_infer.load(model_dir)  # onnxruntime as shipped: vae_infer.load defaults
+    if with_torch:
         try:
-            for w in FORMATS:
-                t0 = time.perf_counter()
-                vae_infer.load(model_dir, backend="c", weights=w, threads=1)
-                out[w] = time.perf_counter() - t0
-        finally:
-            if old is None:
-                os.environ.pop("XDG_CACHE_HOME", None)
-            else:
-                os.environ["XDG_CACHE_HOME"] = old
-    return out
+            backends["torch eager"] = TorchEager(reference, available_cores())
+        except ImportError:
+            pass
+    backends["onnxruntime fp32"] = reference
+    backends["onnxruntime int8"] = vae_infer.load(model_dir, variant="int8")
+    for w in FORMATS:
+        backends[f"C {w}"] = vae_infer.load(model_dir, backend="c", weights=w)
+    return backends
 
 
-def interleaved_latency(models: dict, ops: dict, rounds: int, calls: int) -> dict:
-    """{(backend, op): [per-call seconds]}: every round times `calls` calls of each backend and operation."""
-    names = list(models)
-    times: dict = {(b, op): [] for b in names for op in ops}
+def interleaved(backends: dict, feeds: dict, rounds: int, calls: int) -> dict:
+    """{(backend, operation): [seconds per call]}; every round times each backend in a rotating order."""
+    names = list(backends)
+    times: dict = {(b, op): [] for b in names for op in feeds}
     for name in names:  # warm up: caches, thread pools, page faults
-        for method, arg in ops.values():
-            for _ in range(50):
-                getattr(models[name], method)(arg)
+        for op, arg in feeds.items():
+            for _ in range(max(3, calls // 4)):
+                getattr(backends[name], op)(arg)
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
-        for op, (method, arg) in ops.items():
+        for op, arg in feeds.items():
             for name in order:
-                fn = getattr(models[name], method)
-                bucket = times[(name, op)]
+                fn, bucket = getattr(backends[name], op), times[(name, op)]
                 for _ in range(calls):
                     t0 = time.perf_counter()
                     fn(arg)
@@ -98,218 +95,236 @@ def interleaved_latency(models: dict, ops: dict, rounds: int, calls: int) -> dic
     return times
 
 
-def throughput(models: dict, batch: int, rounds: int, rng: np.random.Generator) -> list[dict]:
-    x = rng.random((batch, 784), dtype=np.float32)
-    z = rng.standard_normal((batch, 2)).astype(np.float32)
+def speed(backends: dict, features: int, latent: int, rounds: int) -> list[dict]:
+    rng = np.random.default_rng(0)
     rows = []
-    names = [n for n in models if n != "onnxruntime, 1 thread"]
-    best: dict = {}
-    for name in names:  # warm up
-        models[name].encode(x)
-        models[name].decode(z)
-    for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for op, method, arg in (("encode", "encode", x), ("decode", "decode", z)):
-            for name in order:
-                fn = getattr(models[name], method)
-                t0 = time.perf_counter()
-                fn(arg)
-                dt = time.perf_counter() - t0
-                best.setdefault((name, op), []).append(dt)
-    for (name, op), ts in best.items():
-        ts = np.array(ts)
-        rows.append({"backend": name, "operation": op, "batch": batch, "calls": len(ts),
-                     "examples_per_second_median": batch / float(np.median(ts)),
-                     "examples_per_second_best": batch / float(ts.min())})
+    for batch in BATCHES:
+        feeds = {"encode": rng.random((batch, features), dtype=np.float32),
+                 "decode": rng.standard_normal((batch, latent)).astype(np.float32)}
+        calls = {1: 100, 256: 10, 4096: 2}[batch]
+        for (name, op), ts in interleaved(backends, feeds, rounds, calls).items():
+            median = float(np.median(ts))
+            rows.append({"backend": name, "operation": op, "batch": batch, "calls": len(ts),
+                         "median_us": median * 1e6, "examples_per_second": batch / median})
     return rows
 
 
-def accuracy(models: dict, images: np.ndarray) -> list[dict]:
-    ref = models["onnxruntime"]
-    mu0, lv0 = ref.encode(images)
-    x0 = ref.reconstruct(images)
-    s0 = ref.score(images, samples=1, seed=0)
-    rows = [{"backend": "onnxruntime", "nelbo_mean": float(s0.mean())}]
-    for w in FORMATS:
-        m = models[f"C {w}"]
-        mu, lv = m.encode(images)
-        xr = m.reconstruct(images)
-        s = m.score(images, samples=1, seed=0)
-        logits0, logits = ref._decode_logits(mu0), m._decode_logits(mu0)
-        rows.append({
-            "backend": f"C {w}",
-            "mu_max_abs_diff": float(np.abs(mu - mu0).max()),
-            "logvar_max_abs_diff": float(np.abs(lv - lv0).max()),
-            "x_hat_max_abs_diff": float(np.abs(xr - x0).max()),
-            "x_hat_mean_abs_diff": float(np.abs(xr - x0).mean()),
-            "logits_max_rel_diff": float((np.abs(logits - logits0) / np.maximum(1, np.abs(logits0))).max()),
-            "nelbo_mean": float(s.mean()),
-            "nelbo_change": float(s.mean() - s0.mean()),
-            "nelbo_max_abs_change_per_image": float(np.abs(s - s0).max()),
-        })
-    return rows
+def limits(model_dir: str) -> dict:
+    """What this machine allows: bandwidth over the encoder's fp32 weight bytes, and large-matmul FLOP/s."""
+    model = vae_infer.load(model_dir)
+    hidden, features = model.manifest.hidden_size, model.manifest.features
+    w = np.random.default_rng(0).random((hidden, features), dtype=np.float32)
+    v = np.random.default_rng(1).random(features, dtype=np.float32)
+    gemv = bench.time_calls(lambda: w @ v, min_calls=200, min_seconds=1.0, warmup=20)
+    dst = np.empty_like(w)
+    copy = bench.time_calls(lambda: np.copyto(dst, w), min_calls=200, min_seconds=1.0, warmup=20)
+    mm = bench.matmul_flops(2048)
+    return {"weight_bytes_fp32_per_graph": int(w.nbytes),
+            "gemv_bytes_per_second": w.nbytes / float(np.median(gemv)),
+            "copy_bytes_per_second": 2 * w.nbytes / float(np.median(copy)),
+            "matmul_flop_per_second": mm["flop_per_second"],
+            "flop_per_example": 2 * hidden * features}
 
 
-def section_sizes(obj: Path) -> dict[str, int]:
-    """{section: bytes} from `size -A` (binutils)."""
-    out = subprocess.run(["size", "-A", "-d", str(obj)], capture_output=True, text=True, check=True).stdout
-    sizes = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
-            sizes[parts[0]] = int(parts[1])
-    return sizes
+def speed_targets(rows: list[dict], lim: dict) -> list[dict]:
+    def get(backend, op, batch):
+        return next(r for r in rows if (r["backend"], r["operation"], r["batch"]) == (backend, op, batch))
+
+    out = []
+    floor_us = lim["weight_bytes_fp32_per_graph"] / lim["gemv_bytes_per_second"] * 1e6
+    ceiling = lim["matmul_flop_per_second"] / lim["flop_per_example"]
+    for op in OPERATIONS:
+        c, o = get("C fp32", op, 1), get("onnxruntime fp32", op, 1)
+        out.append({"what": f"{op} batch 1 latency, C fp32 / onnxruntime", "target": "<= 0.5",
+                    "value": c["median_us"] / o["median_us"], "met": c["median_us"] <= 0.5 * o["median_us"],
+                    "limit": f"weights {lim['weight_bytes_fp32_per_graph'] / 1e6:.2f} MB / bandwidth = "
+                             f"{floor_us:.1f} us (C: {c['median_us']:.1f} us)"})
+        for b in (256, 4096):
+            c, o = get("C fp32", op, b), get("onnxruntime fp32", op, b)
+            out.append({"what": f"{op} batch {b} throughput, C fp32 / onnxruntime", "target": ">= 1.0",
+                        "value": c["examples_per_second"] / o["examples_per_second"],
+                        "met": c["examples_per_second"] >= o["examples_per_second"],
+                        "limit": f"matmul FLOP/s / FLOP per example = {ceiling:,.0f}/s (C: "
+                                 f"{c['examples_per_second'] / ceiling:.0%} of it)"})
+    c, o = get("C int8", "encode", 256), get("onnxruntime int8", "encode", 256)
+    out.append({"what": "encode batch 256 throughput, C int8 / onnxruntime int8", "target": ">= 1.0",
+                "value": c["examples_per_second"] / o["examples_per_second"],
+                "met": c["examples_per_second"] >= o["examples_per_second"], "limit": ""})
+    return out
 
 
-def size_table(model_dir: str, models: dict) -> list[dict]:
-    cc = build.find_compiler()
+def footprint(model_dir: str) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for w in FORMATS:
-            out = Path(tmp) / w
-            export = native.export_c(model_dir, out, weights=w)
-            row = {"weights": w, "tables_bytes": export.weight_bytes,
-                   "source_bytes": (out / "vae.c").stat().st_size,
-                   "backend_libraries_bytes": sum(models[f"C {w}"]._sessions[r].library.stat().st_size
-                                                  for r in ("encoder", "decoder"))}
-            header = (out / "vae.h").read_text()
-            for fn in ("ENCODE", "DECODE"):
-                key = f"VAE_{fn}_STACK_FLOATS_PER_ROW "
-                row[f"{fn.lower()}_stack_floats_per_row"] = int(header.split(key)[1].split()[0])
-            if cc and shutil.which("size"):
-                for label, flags in (("O2", ["-O2"]), ("Os", ["-Os"])):
-                    obj = out / f"vae_{label}.o"
-                    subprocess.run([cc, *build.STRICT_FLAGS, *flags, "-c", "-o", str(obj), str(out / "vae.c")],
-                                   check=True)
-                    s = section_sizes(obj)
-                    row[f"code_bytes_{label}"] = s.get(".text", 0)
-                    row[f"rodata_bytes_{label}"] = sum(v for k, v in s.items() if k.startswith(".rodata"))
-                    row[f"data_bss_bytes_{label}"] = s.get(".data", 0) + s.get(".bss", 0)
+        for name, t in targets.TARGETS.items():
+            if shutil.which(t.cc) is None:
+                continue
+            for w in FORMATS:
+                out = Path(tmp) / f"{name}-{w}"
+                export = native.export_c(model_dir, out, weights=w, target=name)
+                done = subprocess.run(["make", "-C", str(out)], capture_output=True, text=True)
+                if done.returncode != 0:
+                    rows.append({"target": name, "weights": w, "error": done.stderr.strip().splitlines()[-1]})
+                    continue
+                mem = json.loads((out / "memory.json").read_text())
+                rows.append({"target": name, "weights": w, "tables_bytes": export.weight_bytes,
+                             "flash_bytes": mem["flash_bytes"], "ram_bytes": mem["ram_bytes"],
+                             "worst_case_stack_bytes": mem["stack_bytes"]["worst_case_bytes"],
+                             "scope": "firmware image" if t.bare_metal else "library object"})
+    return rows
+
+
+def emulated_parity(model_dir: str, images: np.ndarray, elbo_images: int) -> list[dict]:
+    """Each emulated target's example program against onnxruntime on real test images; for cortex-m4 also
+    the test -ELBO (one draw, seed 0) of the program's own encode and decode, beside onnxruntime fp32's."""
+    rows = []
+    model = vae_infer.load(model_dir, threads=1)
+    x = model.as_images(images[:elbo_images])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, w in (("aarch64-linux", "fp32"), ("armv7-linux", "fp32"), ("cortex-m4", "fp32"),
+                        ("aarch64-linux", "int8"), ("cortex-m4", "int8")):
+            t = targets.TARGETS[name]
+            if shutil.which(t.cc) is None or shutil.which(t.emulator[0]) is None:
+                continue
+            out = Path(tmp) / f"{name}-{w}"
+            native.export_c(model_dir, out, weights=w, target=name)
+            report = check.check_export(model_dir, out, weights=w, images=images[:50], target=name)
+            row = {"target": name, "weights": w, "images": 50, "vs_onnxruntime": report["vs_onnxruntime"]}
+            if name == "cortex-m4":
+                row.update(target_elbo(model_dir, out, t, x))
             rows.append(row)
     return rows
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def target_elbo(model_dir: str, out: Path, t, x: np.ndarray) -> dict:
+    """-ELBO per image with the target program's encode and decode (one draw, seed 0), and onnxruntime's."""
+    program = out / t.program
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        mu, logvar = check.run_example(program, "encode", x, [2, 2], work, t)
+
+        def target_logits(z):
+            return check.run_example(program, "decode", z, [x.shape[1], x.shape[1]], work, t)[1]
+
+        ours = likelihood.negative_elbo(target_logits, x, mu, logvar, 1, np.random.default_rng(0))
+        seconds = time.perf_counter() - t0
+    ref = vae_infer.load(model_dir, threads=1)
+    mu0, logvar0 = ref.encode_rows(x)
+    fp32 = likelihood.negative_elbo(ref.decode_logits, x, mu0, logvar0, 1, np.random.default_rng(0))
+    return {"elbo_images": len(x), "nelbo_target": float(ours.mean()), "nelbo_onnxruntime_fp32": float(fp32.mean()),
+            "nelbo_change": float(ours.mean() - fp32.mean()), "emulation_seconds": seconds}
 
 
-def run(model_dir: str, threads: int, rounds: int, calls: int, batches: list[int]) -> dict:
-    load0 = os.getloadavg()
-    cold = cold_build_seconds(model_dir)
-    models, load_s = load_models(model_dir, threads)
-    images, source = test_images()
-    rng = np.random.default_rng(0)
-    one_image, one_code = images[:1], rng.standard_normal((1, 2)).astype(np.float32)
-    lat = interleaved_latency(models, {"encode": ("encode", one_image), "decode": ("decode", one_code),
-                                       "reconstruct": ("reconstruct", one_image)}, rounds, calls)
-    latency = []
-    for (name, op), ts in lat.items():
-        ts = np.array(ts)
-        latency.append({"backend": name, "operation": op, "batch": 1, "calls": len(ts),
-                        "p50_us": float(np.percentile(ts, 50) * 1e6), "p90_us": float(np.percentile(ts, 90) * 1e6),
-                        "min_us": float(ts.min() * 1e6)})
-    ort_p50 = {r["operation"]: r["p50_us"] for r in latency if r["backend"] == "onnxruntime"}
-    ort1_p50 = {r["operation"]: r["p50_us"] for r in latency if r["backend"] == "onnxruntime, 1 thread"}
-    for r in latency:
-        r["ratio_to_onnxruntime"] = r["p50_us"] / ort_p50[r["operation"]]
-        r["ratio_to_onnxruntime_1_thread"] = r["p50_us"] / ort1_p50[r["operation"]]
-    tput = [row for b in batches for row in throughput(models, b, max(5, rounds // 2), rng)]
-    acc = accuracy(models, images)
-    sizes = size_table(model_dir, models)
-    cc = build.find_compiler()
-    return {
-        "model": model_dir, "threads": threads, "rounds": rounds, "calls_per_round": calls,
-        "accuracy_images": f"{len(images)} images from {source}",
-        "latency": latency, "throughput": tput, "accuracy": acc, "sizes": sizes,
-        "load_seconds_cached": load_s, "cold_build_seconds": cold,
-        "environment": {
-            "cpu": cpu_model(), "cores_available": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "onnxruntime": ort.__version__, "numpy": np.__version__, "compiler": cc and build.compiler_version(cc),
-            "library_flags": build.library_flags(), "tuning_block_rows": list(build.tuning()),
-            "load_average_before": list(load0), "load_average_after": list(os.getloadavg()),
-        },
-    }
+def accuracy(backends: dict, images: np.ndarray) -> list[dict]:
+    ref = backends["onnxruntime fp32"]
+    x = ref.as_images(images)
+    mu0, lv0 = ref.encode_rows(x)
+    x0 = ref.decode_rows(mu0)
+    s0 = ref.score(images, samples=1, seed=0)
+    rows = [{"backend": "onnxruntime fp32", "nelbo_mean": float(s0.mean())}]
+    for name in ("onnxruntime int8", *(f"C {w}" for w in FORMATS)):
+        m = backends[name]
+        mu, lv = m.encode_rows(x)
+        s = m.score(images, samples=1, seed=0)
+        rows.append({"backend": name, "mu_max_abs_diff": float(np.abs(mu - mu0).max()),
+                     "logvar_max_abs_diff": float(np.abs(lv - lv0).max()),
+                     "x_hat_max_abs_diff": float(np.abs(m.decode_rows(mu0) - x0).max()),
+                     "nelbo_mean": float(s.mean()), "nelbo_change": float(s.mean() - s0.mean())})
+    return rows
+
+
+def fmt_speed(r: dict) -> str:
+    return f"{r['median_us']:.1f} µs" if r["batch"] == 1 else f"{r['examples_per_second']:,.0f}/s"
 
 
 def to_markdown(report: dict) -> str:
-    env = report["environment"]
+    env, lim = report["environment"], report["limits"]
+    names = report["backends"]
     lines = [
-        f"Model `{report['model']}` on {env['cpu']} ({env['cores_available']} cores available; load average "
-        f"{env['load_average_before'][0]:.1f} before, {env['load_average_after'][0]:.1f} after: a shared machine), "
-        f"onnxruntime {env['onnxruntime']} with {report['threads']} intra-op threads, C backend built by "
-        f"{env['compiler']} with `{' '.join(env['library_flags'])}` (register blocks: "
-        f"{env['tuning_block_rows'][0]} outputs x {env['tuning_block_rows'][1]} rows), {report['threads']} threads "
-        f"for large batches.",
+        f"CPU {env['cpu']} ({env['cores_available']} cores available; load average {env['load_average'][0]:.1f} "
+        f"at the start, {report['load_average_end'][0]:.1f} at the end), onnxruntime {env['onnxruntime']}, C backend "
+        f"built with `{' '.join(report['library_flags'])}`. Every backend with its defaults ({env['cores_available']} "
+        f"threads); batch 1: median latency, batches 256 and 4096: median throughput; {report['rounds']} "
+        f"interleaved rounds.",
         "",
-        f"### Latency at batch 1 through the Python API ({report['rounds']} interleaved rounds of "
-        f"{report['calls_per_round']} calls)",
+        "### Speed side by side (this x86 machine, through the Python API)",
         "",
-        "| backend | operation | p50 µs | p90 µs | p50 / onnxruntime | p50 / onnxruntime 1 thread |",
-        "|---|---|---:|---:|---:|---:|",
     ]
-    for r in sorted(report["latency"], key=lambda r: (r["operation"], r["backend"])):
-        lines.append(f"| {r['backend']} | {r['operation']} | {r['p50_us']:.1f} | {r['p90_us']:.1f} | "
-                     f"{r['ratio_to_onnxruntime']:.2f} | {r['ratio_to_onnxruntime_1_thread']:.2f} |")
-    lines += ["", "### Throughput (examples/s; median and best of interleaved calls)", "",
-              "| backend | operation | batch | median | best | median / onnxruntime |", "|---|---|---:|---:|---:|---:|"]
-    base = {(r["operation"], r["batch"]): r["examples_per_second_median"] for r in report["throughput"]
-            if r["backend"] == "onnxruntime"}
-    for r in sorted(report["throughput"], key=lambda r: (r["batch"], r["operation"], r["backend"])):
-        lines.append(f"| {r['backend']} | {r['operation']} | {r['batch']} | {r['examples_per_second_median']:,.0f} | "
-                     f"{r['examples_per_second_best']:,.0f} | "
-                     f"{r['examples_per_second_median'] / base[(r['operation'], r['batch'])]:.2f} |")
-    lines += ["", f"### Accuracy against onnxruntime ({report['accuracy_images']}; -ELBO with 1 draw, seed 0)", "",
-              "| backend | mu max abs | logvar max abs | x_hat max abs | x_hat mean abs | logits max rel "
-              "| test -ELBO | change | max change per image |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report["accuracy"]:
-        if r["backend"] == "onnxruntime":
-            lines.append(f"| onnxruntime | | | | | | {r['nelbo_mean']:.4f} | | |")
-            continue
-        lines.append(f"| {r['backend']} | {r['mu_max_abs_diff']:.2g} | {r['logvar_max_abs_diff']:.2g} | "
-                     f"{r['x_hat_max_abs_diff']:.2g} | {r['x_hat_mean_abs_diff']:.2g} | "
-                     f"{r['logits_max_rel_diff']:.2g} | {r['nelbo_mean']:.4f} | {r['nelbo_change']:+.4f} | "
-                     f"{r['nelbo_max_abs_change_per_image']:.3g} |")
-    lines += ["", "### Size of the generated library (vae.c: encoder + decoder; gcc, no -march)", "",
-              "| weights | tables (weights, scales, biases) | code -O2 | .rodata -O2 | code -Os | .rodata -Os | "
-              "data+bss | vae.c source | stack floats per row (encode / decode) | backend .so files |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report["sizes"]:
-        lines.append(f"| {r['weights']} | {r['tables_bytes']:,} | {r.get('code_bytes_O2', 0):,} | "
-                     f"{r.get('rodata_bytes_O2', 0):,} | {r.get('code_bytes_Os', 0):,} | "
-                     f"{r.get('rodata_bytes_Os', 0):,} | "
-                     f"{r.get('data_bss_bytes_O2', 0)} | {r['source_bytes']:,} | {r['encode_stack_floats_per_row']} / "
-                     f"{r['decode_stack_floats_per_row']} | {r['backend_libraries_bytes']:,} |")
-    cold = ", ".join(f"{k} {v:.1f} s" for k, v in report["cold_build_seconds"].items())
-    cached = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in report["load_seconds_cached"].items())
-    lines += ["", f"First load with an empty cache (generate + compile both graphs): {cold}. Loads from the cache: "
-              f"{cached}.", ""]
+    table = []
+    for op in OPERATIONS:
+        for b in BATCHES:
+            cells = {r["backend"]: fmt_speed(r) for r in report["speed"] if r["operation"] == op and r["batch"] == b}
+            table.append([f"{op}, batch {b}", *(cells.get(n, "") for n in names)])
+    lines.append(common.markdown_table(["", *names], table))
+    lines += ["### The issue's speed targets and this machine's limits", "",
+              f"Limits measured in the same run: bandwidth over the {lim['weight_bytes_fp32_per_graph'] / 1e6:.2f} "
+              f"MB of one graph's fp32 weights {lim['gemv_bytes_per_second'] / 1e9:.0f} GB/s (numpy float32 "
+              f"matrix-vector product; a one-thread copy: {lim['copy_bytes_per_second'] / 1e9:.0f} GB/s), numpy's "
+              f"2048² matmul {lim['matmul_flop_per_second'] / 1e9:.0f} GFLOP/s.", ""]
+    lines.append(common.markdown_table(
+        ["target", "wanted", "measured", "met", "this machine's limit"],
+        [[t["what"], t["target"], f"{t['value']:.2f}", "yes" if t["met"] else "no", t["limit"]]
+         for t in report["targets"]]))
+    lines += ["### Footprint per target (memory.json, from the built objects)", "",
+              "Flash: code, constant weight tables and .data's initial values; RAM: .data, .bss and (cortex-m4) "
+              "the reserved stack. Linux targets: the library object only; cortex-m4: the whole firmware image "
+              "with its semihosting example.", ""]
+    lines.append(common.markdown_table(
+        ["target", "weights", "tables", "flash", "RAM", "worst-case stack", "measured on"],
+        [[r["target"], r["weights"], f"{r['tables_bytes']:,}", f"{r['flash_bytes']:,}", f"{r['ram_bytes']:,}",
+          f"{r['worst_case_stack_bytes']:,}", r["scope"]] if "error" not in r
+         else [r["target"], r["weights"], "", "", "", "", r["error"]] for r in report["footprint"]]))
+    lines += ["### Parity under emulation (the example program vs onnxruntime on x86, 50 test images)", "",
+              "Logits: relative to max(1, |logit|). -ELBO: the Cortex-M4 program's own encode and decode on "
+              f"{report['elbo_images']} test images, one draw (seed 0), beside onnxruntime fp32.", ""]
+    lines.append(common.markdown_table(
+        ["target", "weights", "mu", "logvar", "x_hat", "logits", "test -ELBO", "onnxruntime fp32", "change"],
+        [[r["target"], r["weights"], *(f"{r['vs_onnxruntime'][k]:.2g}" for k in ("mu", "logvar", "x_hat", "logits")),
+          f"{r['nelbo_target']:.3f}" if "nelbo_target" in r else "",
+          f"{r['nelbo_onnxruntime_fp32']:.3f}" if "nelbo_target" in r else "",
+          f"{r['nelbo_change']:+.3f}" if "nelbo_target" in r else ""] for r in report["parity"]]))
+    lines += [f"### Accuracy through the Python API ({report['accuracy_images']} test images; -ELBO with 1 draw, "
+              f"seed 0)", ""]
+    lines.append(common.markdown_table(
+        ["backend", "mu max abs", "logvar max abs", "x_hat max abs", "test -ELBO", "change"],
+        [[r["backend"], f"{r.get('mu_max_abs_diff', 0):.2g}", f"{r.get('logvar_max_abs_diff', 0):.2g}",
+          f"{r.get('x_hat_max_abs_diff', 0):.2g}", f"{r['nelbo_mean']:.4f}", f"{r.get('nelbo_change', 0):+.4f}"]
+         for r in report["accuracy"]]))
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", nargs="?", default="models/fashion-mnist")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--calls", type=int, default=100, help="calls per backend and round at batch 1")
-    p.add_argument("--batch-sizes", default="256,4096")
+    p.add_argument("model", nargs="?", default=str(common.SHIPPED_MODEL))
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--elbo-images", type=int, default=1000)
+    p.add_argument("--accuracy-images", type=int, default=10000)
+    p.add_argument("--no-torch", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
     args = p.parse_args()
-    report = run(args.model, args.threads, args.rounds, args.calls, [int(b) for b in args.batch_sizes.split(",")])
+    environment = common.environment()
+    from vae_infer.datasets import load_images
+    from vae_infer.native import build
+
+    images, _ = load_images("fashion-mnist", split="test")
+    backends = load_backends(args.model, not args.no_torch)
+    model = backends["onnxruntime fp32"]
+    report = {"model": args.model, "rounds": args.rounds, "backends": list(backends), "environment": environment,
+              "library_flags": build.library_flags(), "tuning_block_rows": list(build.tuning())}
+    report["speed"] = speed(backends, model.manifest.features, model.latent_size, args.rounds)
+    report["limits"] = limits(args.model)
+    report["targets"] = speed_targets(report["speed"], report["limits"])
+    report["accuracy_images"] = min(args.accuracy_images, len(images))
+    report["accuracy"] = accuracy(backends, images[: args.accuracy_images])
+    report["footprint"] = footprint(args.model)
+    report["elbo_images"] = args.elbo_images
+    report["parity"] = emulated_parity(args.model, images, args.elbo_images)
+    report["load_average_end"] = list(os.getloadavg())
     md = to_markdown(report)
     print(md)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
-    if args.markdown:
-        args.markdown.write_text(md)
+    common.write_report(report, args.json, md, args.markdown)
 
 
 if __name__ == "__main__":
