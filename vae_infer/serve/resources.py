@@ -67,7 +67,8 @@ def _read_latent_map(model) -> dict[str, Any]:
 
         m = latent_map.read_latent_map(model)
         return {"z": np.asarray(m.codes, np.float32), "labels": None if m.labels is None else np.asarray(m.labels),
-                "class_names": list(m.class_names) if m.class_names else None, "source": str(m.source)}
+                "class_names": list(m.class_names) if m.class_names else None,
+                "source": m.source or "the package's latent_map section"}
     if man.latent_index:
         from ..latent_index import read_index
 
