@@ -4,6 +4,9 @@ resume equals an uninterrupted run; a diverging loss stops with the step named."
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +20,17 @@ import vae_infer  # noqa: E402
 from tests.conftest import needs_real_data  # noqa: E402
 from train.cli import main as train_cli  # noqa: E402
 from train.config import ModelConfig, TrainConfig  # noqa: E402
-from train.export import PARITY_TOLERANCE, export_package  # noqa: E402
+from train.export import PARITY_TOLERANCE, ExportError, export_package  # noqa: E402
 from train.fit import CHECKPOINT_NAME, TrainingDivergedError, fit, to_tensor  # noqa: E402
 
-pytestmark = needs_real_data
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "fashion-mnist"
 SMALL = dict(train_limit=3000, validation_size=500, iw_samples=5, threads=1)
+
+
+def trains(test):
+    """Tests that train on real data are slow and need Fashion-MNIST; the others (help, option checks) run
+    anywhere, so they are not skipped with them."""
+    return needs_real_data(pytest.mark.slow(test))
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +43,7 @@ def trained(tmp_path_factory):
     return result, out
 
 
+@trains
 def test_training_writes_history_and_figures(trained):
     result, _ = trained
     assert result.model_config == ModelConfig()  # the course's architecture
@@ -47,6 +57,7 @@ def test_training_writes_history_and_figures(trained):
     assert result.train_examples == 2500 and result.validation_examples == 500
 
 
+@trains
 def test_exported_graphs_match_torch(trained):
     result, out = trained
     model = vae_infer.load(out, threads=1)
@@ -61,6 +72,7 @@ def test_exported_graphs_match_torch(trained):
     assert np.abs(model.reconstruct(images) - x_hat_t.numpy()).max() <= PARITY_TOLERANCE
 
 
+@trains
 def test_runtime_score_agrees_with_the_training_figure(trained):
     result, out = trained
     model = vae_infer.load(out, threads=1)
@@ -69,6 +81,7 @@ def test_runtime_score_agrees_with_the_training_figure(trained):
     assert model.score(result.dataset.test_images).mean() == pytest.approx(manifest_figure, rel=0.002)
 
 
+@trains
 def test_manifest_records_training(trained):
     _, out = trained
     record = json.loads((out / "model.json").read_text())["training"]
@@ -80,6 +93,7 @@ def test_manifest_records_training(trained):
     assert max(parity.values()) <= PARITY_TOLERANCE
 
 
+@trains
 def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
     config = TrainConfig(epochs=2, schedule="onecycle", **SMALL)
     whole = fit(config, run_dir=tmp_path / "whole", progress=False)
@@ -104,6 +118,7 @@ def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
     assert resumed.history == [{**r, "seconds": resumed.history[i]["seconds"]} for i, r in enumerate(whole.history)]
 
 
+@trains
 def test_resume_refuses_other_options_and_missing_checkpoint(tmp_path):
     with pytest.raises(vae_infer.VaeInferError, match=r"no checkpoint at .*run without --resume"):
         fit(TrainConfig(epochs=1, **SMALL), run_dir=tmp_path, resume=True, progress=False)
@@ -112,6 +127,7 @@ def test_resume_refuses_other_options_and_missing_checkpoint(tmp_path):
         fit(TrainConfig(epochs=1, lr=0.5, **SMALL), run_dir=tmp_path, resume=True, progress=False)
 
 
+@trains
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     real = fit_mod.negative_elbo
     steps = {"n": 0}
@@ -130,6 +146,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monke
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
 
 
+@trains
 def test_train_cli_fit_export_and_errors(tmp_path):
     runner = CliRunner()
     out, run = tmp_path / "model", tmp_path / "run"
@@ -160,6 +177,7 @@ def test_train_cli_help(command):
     assert expected[tuple(command)] in r.output
 
 
+@trains
 def test_denoising_training_is_seeded_and_differs_from_plain(tmp_path):
     base = dict(epochs=1, **SMALL)
     plain = fit(TrainConfig(**base), run_dir=tmp_path / "plain", progress=False)
@@ -173,6 +191,65 @@ def test_denoising_training_is_seeded_and_differs_from_plain(tmp_path):
     assert abs(noisy.test["nelbo"] - plain.test["nelbo"]) < 40
 
 
-def test_bad_noise_spec_is_refused():
-    with pytest.raises(ValueError, match=r"noise"):
-        TrainConfig(noise="speckle:0.3")
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("speckle:0.3", r"bad noise spec item 'speckle:0.3' .*KIND one of gaussian, salt-pepper"),
+        ("gaussian:-1", r"bad noise level '-1' in 'gaussian:-1'"),
+        ("gaussian:0.5-0.2", r"bad noise level '0.5-0.2' for gaussian .*expected 0 <= LO <= HI <= 1"),
+    ],
+)
+def test_bad_noise_spec_is_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(noise=spec)
+
+
+@trains
+def test_export_never_drops_a_packages_extras_silently(trained, tmp_path):
+    """Writing new weights over a package that holds variants, calibration and a latent index (made from the
+    old weights) is refused, in one line naming them and the flag, before any work; --drop-extras accepts it."""
+    result, exported = trained
+    run = exported.parent / "run"
+    target = tmp_path / "package"
+    shutil.copytree(SHIPPED, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    runner = CliRunner()
+
+    r = runner.invoke(train_cli, ["export", str(run), "--out", str(target)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    (line,) = r.output.strip().splitlines()
+    assert line.startswith(f"Error: {target} holds variants fp16, int8, ort, calibration, latent index, which "
+                           "exporting new weights there would drop; pass --drop-extras to accept that"), line
+    # the variants asked for again are made from the new weights, so only the other sections are named
+    r = runner.invoke(train_cli, ["export", str(run), "--out", str(target), "--quantize", "int8", "--fp16",
+                                  "--ort-format"])
+    assert r.exit_code == 1 and f"Error: {target} holds calibration, latent index, which" in r.output, r.output
+    # fit refuses before it trains: no run folder appears
+    r = runner.invoke(train_cli, ["fit", "--train-limit", "2000", "--epochs", "1", "--quiet", "--no-pictures",
+                                  "--run-dir", str(tmp_path / "new-run"), "--out", str(target)])
+    assert r.exit_code == 1 and "--drop-extras" in r.output and not (tmp_path / "new-run").exists(), r.output
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("not a model package")
+    with pytest.raises(ExportError, match=r"holds 1 file model.json does not list \(notes.txt\), .*--drop-extras"):
+        export_package(result.model, notes, to_tensor(result.dataset.test_images))
+
+    # torch.onnx logs "torchvision is not installed. Skipping torchvision::<op>" 4 times per graph through its
+    # own handler; export filters it at that logger while it runs. A handler there sees what gets through.
+    logger, seen = logging.getLogger("torch.onnx._internal.exporter._registration"), []
+    catch = logging.Handler()
+    catch.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(catch)
+    try:
+        r = runner.invoke(train_cli, ["export", str(run), "--out", str(target), "--drop-extras"])
+        assert r.exit_code == 0, r.output
+        assert "torchvision" not in r.output and not [m for m in seen if "torchvision" in m], seen
+        logger.error("torchvision is not installed. (the filter is gone after the export)")
+        assert seen[-1].endswith("(the filter is gone after the export)")
+    finally:
+        logger.removeHandler(catch)
+    manifest = vae_infer.load(target).manifest
+    assert (manifest.variants, manifest.calibration, manifest.latent_index) == ({}, None, None)
+    assert sorted(p.name for p in target.iterdir()) == ["decoder.onnx", "encoder.onnx", "model.json"]

@@ -17,6 +17,8 @@ from .config import SCHEDULES, ModelConfig, TrainConfig
 
 DEFAULTS = TrainConfig()
 MODEL_DEFAULTS = ModelConfig()
+DROP_HELP = ("Replace an existing package at --out even though its variants, calibration and latent index "
+             "(made from the old weights) are lost. Without it, export refuses and lists them.")
 
 
 def _errors_as_one_line(fn):
@@ -63,14 +65,16 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint.")
 @click.option("--pictures/--no-pictures", default=True, show_default=True, help="Write pictures (matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--drop-extras", is_flag=True, help=DROP_HELP)
 @_errors_as_one_line
-def fit(data_dir, hidden_size, latent_size, run_dir, out, resume, pictures, quiet, **options) -> None:
+def fit(data_dir, hidden_size, latent_size, run_dir, out, resume, pictures, quiet, drop_extras, **options) -> None:
     """Train a VAE, export it to --out, and report its test figures (nats per example)."""
-    from .export import export_package
+    from .export import check_replaceable, export_package
     from .fit import fit as run_fit
     from .fit import to_tensor
 
     config = TrainConfig(**options)
+    check_replaceable(out, drop_extras)  # before training, not after it
     run_dir = run_dir or Path("runs") / out.name
     model_config = ModelConfig(hidden_size=hidden_size, latent_size=latent_size)
     result = run_fit(config, model_config, run_dir=run_dir, resume=resume, data_dir=data_dir, progress=not quiet)
@@ -78,7 +82,8 @@ def fit(data_dir, hidden_size, latent_size, run_dir, out, resume, pictures, quie
     argv = [a for a in sys.argv[1:] if a != "--resume"]
     command = "python -m train " + shlex.join(argv) if argv[:1] == ["fit"] else None
     record = result.record(command)
-    export_package(result.model, out, to_tensor(result.dataset.test_images), training=record)
+    export_package(result.model, out, to_tensor(result.dataset.test_images), training=record,
+                   drop_extras=drop_extras)
     _finish(result, out, run_dir, pictures)
 
 
@@ -90,13 +95,15 @@ def fit(data_dir, hidden_size, latent_size, run_dir, out, resume, pictures, quie
 @click.option("--ort-format", is_flag=True, help="Add an ORT-format variant (for onnxruntime's minimal builds).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding named datasets (else VAE_DATA_DIR).")
 @click.option("--pictures/--no-pictures", default=False, show_default=True, help="Write the pictures again.")
+@click.option("--drop-extras", is_flag=True, help=DROP_HELP)
 @_errors_as_one_line
-def export(source, out, quantize, fp16, ort_format, data_dir, pictures) -> None:
+def export(source, out, quantize, fp16, ort_format, data_dir, pictures, drop_extras) -> None:
     """Export a model package, or add variants to one.
 
     SOURCE is a finished run folder (its best checkpoint is exported to --out) or a model package (the
     variants asked for are added to it in place). Each variant's test -ELBO change is measured and
-    written to model.json."""
+    written to model.json. A package already at --out is replaced only when nothing in it would be lost
+    (variants not asked for again, calibration, latent index), or with --drop-extras."""
     from vae_infer.manifest import MANIFEST_NAME
 
     from .data import load_dataset
@@ -112,13 +119,14 @@ def export(source, out, quantize, fp16, ort_format, data_dir, pictures) -> None:
         return
     if out is None:
         raise click.UsageError("SOURCE is a run folder: --out names the model package to write")
-    from .export import export_package
+    from .export import check_replaceable, export_package
     from .fit import load_run, to_tensor
 
+    check_replaceable(out, drop_extras, rebuilt_variants=tuple(kinds))  # the variants asked for are made again
     result = load_run(source, data_dir)
     old = _old_record(out)
     export_package(result.model, out, to_tensor(result.dataset.test_images),
-                   training=result.record(old.get("command")))
+                   training=result.record(old.get("command")), drop_extras=True)  # checked just above
     if kinds:
         _report_variants(add_variants(out, kinds, result.dataset.test_images))
     _finish(result, out, source, pictures)

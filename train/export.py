@@ -5,7 +5,10 @@ onnxruntime sessions, written atomically, and finally loaded back with vae_infer
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import logging
 import platform
 import tempfile
 import warnings
@@ -18,7 +21,7 @@ import torch
 
 import vae_infer
 from vae_infer.errors import VaeInferError
-from vae_infer.manifest import BATCH_AXIS, GraphSpec, Manifest, TensorSpec
+from vae_infer.manifest import BATCH_AXIS, MANIFEST_NAME, GraphSpec, Manifest, TensorSpec
 from vae_infer.package import sha256_bytes, write_package
 from vae_infer.sessions import create_backend
 
@@ -29,6 +32,7 @@ OPSET = 18  # the one ONNX opset every exported graph uses; onnxruntime >= 1.14 
 PARITY_TOLERANCE = 1e-5  # max abs difference between torch and onnxruntime on the images and latent codes
 PARITY_ROWS = 512  # real inputs compared at export
 ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
+DROP_FLAG = "--drop-extras"  # the command-line flag that accepts losing what an existing package holds
 
 
 class ExportError(VaeInferError):
@@ -50,9 +54,67 @@ def graph_specs(config: ModelConfig) -> tuple[GraphSpec, GraphSpec]:
     return encoder, decoder
 
 
+def what_would_be_dropped(out: str | Path, rebuilt_variants: tuple[str, ...] = ()) -> list[str]:
+    """What writing a new export to `out` would lose: the optional sections of the package there (variants,
+    calibration, latent index: all made from the old weights, so wrong for new ones) and files in the folder
+    that model.json does not list. Variants in rebuilt_variants are made again from the new weights."""
+    out = Path(out)
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        return [f"the file {out.name}"]
+    try:
+        data = json.loads((out / MANIFEST_NAME).read_text())
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):  # not a package (or a corrupt one): every file in the folder would go
+        data = {}
+    dropped = []
+    variants = sorted(set(data.get("variants") or {}) - set(rebuilt_variants))
+    if variants:
+        dropped.append(f"variant{'s' if len(variants) > 1 else ''} {', '.join(variants)}")
+    dropped += [label for key, label in (("calibration", "calibration"), ("latent_index", "latent index"))
+                if data.get(key)]
+    listed = set(data.get("files") or {}) | ({MANIFEST_NAME} if data else set())
+    stray = sorted(p.name for p in out.iterdir() if p.name not in listed)
+    if stray:
+        dropped.append(f"{len(stray)} file{'s' if len(stray) > 1 else ''} model.json does not list "
+                       f"({', '.join(stray[:4])}{', ...' if len(stray) > 4 else ''})")
+    return dropped
+
+
+def check_replaceable(out: str | Path, drop_extras: bool = False, rebuilt_variants: tuple[str, ...] = ()) -> None:
+    """Refuse (ExportError, one line) to replace a package whose extras would be lost, unless drop_extras."""
+    dropped = what_would_be_dropped(out, rebuilt_variants)
+    if dropped and not drop_extras:
+        raise ExportError(
+            f"{out} holds {', '.join(dropped)}, which exporting new weights there would drop; pass {DROP_FLAG} "
+            f"to accept that (then rebuild them from the new weights: python -m train export {out} --quantize "
+            f"int8 ..., vae-infer calibrate, vae-infer index build), or write to another --out"
+        )
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """torch.onnx's exporter logs "torchvision is not installed. Skipping torchvision::<op>" for each
+    torchvision op in its registry, on every export; these graphs use no torchvision op, so it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notice = _NoTorchvisionNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def _to_onnx(module: torch.nn.Module, example: torch.Tensor, spec: GraphSpec) -> bytes:
     batch = torch.export.Dim(BATCH_AXIS)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         path = Path(tmp) / spec.file
         torch.onnx.export(
@@ -115,12 +177,16 @@ def tool_versions() -> dict[str, str]:
 
 
 def export_package(
-    model: VAE, out: str | Path, parity_inputs: torch.Tensor, name: str | None = None, training: dict | None = None
+    model: VAE, out: str | Path, parity_inputs: torch.Tensor, name: str | None = None, training: dict | None = None,
+    drop_extras: bool = False,
 ) -> Path:
     """Export `model` to a model package at `out` (replaced atomically if it exists); returns `out`.
 
-    parity_inputs: real images (n, features) in [0, 1]; the first PARITY_ROWS are compared."""
+    parity_inputs: real images (n, features) in [0, 1]; the first PARITY_ROWS are compared.
+    An existing package's variants, calibration and latent index were made from other weights: export refuses
+    to replace it (ExportError naming them) unless drop_extras."""
     out = Path(out)
+    check_replaceable(out, drop_extras)
     config = model.config
     model = model.eval()
     enc_spec, dec_spec = graph_specs(config)
