@@ -297,6 +297,7 @@ def real_fashion():
         return load_dataset(FASHION, download=False)
 
 
+@pytest.mark.slow
 def test_real_fashion_mnist_idx_files(real_fashion):
     labels = read_idx(REAL_FASHION_DIR / f"{SPLIT_FILES['test_labels']}.gz")
     images = read_idx(REAL_FASHION_DIR / f"{SPLIT_FILES['test_images']}.gz")
@@ -306,6 +307,7 @@ def test_real_fashion_mnist_idx_files(real_fashion):
     np.testing.assert_array_equal(labels, real_fashion.test_labels)
 
 
+@pytest.mark.slow
 def test_real_fashion_mnist_dataset(real_fashion):
     ds = real_fashion
     assert ds.source == str(REAL_FASHION_DIR)

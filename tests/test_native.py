@@ -440,6 +440,7 @@ def test_block_layout_pads_only_awkward_tails():
 # -- the course model: parity on real images, fp16 / int8 bounds, size ---------------------------------------
 
 
+@pytest.mark.slow
 @needs_gcc
 def test_shipped_model_fp32_matches_onnxruntime_on_real_test_images(tiny_images):
     ort_model = vae_infer.load(SHIPPED, threads=1)
@@ -462,6 +463,7 @@ FORMAT_BOUNDS = {
 }
 
 
+@pytest.mark.slow
 @needs_gcc
 @pytest.mark.parametrize("weights", ["fp16", "int8"])
 def test_shipped_model_fp16_and_int8_stay_within_the_stated_bounds(weights, tiny_images):
