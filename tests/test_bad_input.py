@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -140,10 +142,28 @@ def test_bad_chunk_size(tiny_package):
         vae_infer.load(tiny_package, chunk_size=0)
 
 
-def test_all_errors_share_one_base():
-    for cls in (vae_infer.InputError, vae_infer.ModelPackageError, vae_infer.DeviceError, vae_infer.DataError,
-                vae_infer.MissingExtraError):
-        assert issubclass(cls, vae_infer.VaeInferError)
+def test_one_except_clause_catches_every_kind_of_bad_call(tiny_package, tmp_path, monkeypatch):
+    """What each kind of mistake really raises is caught by `except vae_infer.VaeInferError`, as an
+    application (and the CLI's one error handler) relies on."""
+    from vae_infer.datasets import read_idx
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no cached C library to fall back on
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the C backend's extra, missing
+    calls = {
+        vae_infer.InputError: lambda: vae_infer.load(tiny_package).encode(np.zeros((2, 3), np.float32)),
+        vae_infer.ModelPackageError: lambda: vae_infer.load(tmp_path / "nowhere"),
+        vae_infer.DeviceError: lambda: vae_infer.load(tiny_package, threads=0),
+        vae_infer.DataError: lambda: read_idx(tmp_path / "absent-idx3-ubyte.gz"),
+        vae_infer.MissingExtraError: lambda: vae_infer.load(tiny_package, backend="c"),
+    }
+    for kind, call in calls.items():
+        try:
+            call()
+        except vae_infer.VaeInferError as e:
+            assert isinstance(e, kind), (kind, e)
+            assert str(e) and "\n" not in str(e)  # one line that says what went wrong
+        else:
+            raise AssertionError(f"{kind.__name__} expected")
 
 
 def test_unknown_backend_and_c_on_gpu(tiny_package):
