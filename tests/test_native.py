@@ -344,6 +344,38 @@ def test_threads_split_rows_without_changing_results_and_calls_are_thread_safe(t
 
 
 @needs_gcc
+def test_few_rows_split_large_layers_with_a_worker_thread_and_give_identical_results():
+    """The shipped encoder's 784 -> 512 layer is large: with threads >= 2 a call of few rows gives half of its
+    output blocks to the library's worker thread (or takes them back when the worker is busy elsewhere)."""
+    data, spec = graph_bytes(SHIPPED, "encoder")
+    one = native.create_runner(data, spec, threads=1)
+    two = native.create_runner(data, spec, threads=2)
+    assert two._fn_one is not two._fn and one._fn_one is one._fn
+    x = np.random.default_rng(2).random((64, 784), dtype=np.float32)
+    for n in (1, 5, 7, 64):
+        for got, want in zip(two.run(None, {"x": x[:n]}), one.run(None, {"x": x[:n]}), strict=True):
+            np.testing.assert_array_equal(got, want)  # the same blocks, the same arithmetic
+    want = one.run(["mu"], {"x": x})[0]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(50):
+                results[i] = two.run(["mu"], {"x": x[i : i + 1]})[0]
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and all(not t.is_alive() for t in threads)
+    for i, got in results.items():
+        np.testing.assert_array_equal(got, want[i : i + 1])
+
+
+@needs_gcc
 def test_the_cache_is_keyed_by_sha256_and_reused_without_compiler_or_onnx(tiny_package, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     data, spec = graph_bytes(tiny_package, "encoder")

@@ -331,3 +331,123 @@ static float vae_half(int16_t h)
     return b.f * 5.192296858534827628530496329220096e33f;
 }
 """
+
+
+LAYER_HELPER = """
+/* a dense layer over all of its output blocks (part < 0), or one half of them (part 0 or 1) */
+typedef void (*vae_layer)(const float *x, float *y, int rows, int part);
+"""
+
+# Two threads for one call: the calling thread computes the first half of a large layer's output blocks
+# while a worker computes the second, each streaming half the weights (from its own core's cache when
+# they fit). Built only with -DVAE_THREADS (the Python backend's library): POSIX threads and GCC atomics,
+# the one place with mutable global state. The worker spins for a while after each job, then sleeps.
+THREADS_HELPER = """
+#ifdef VAE_THREADS
+#include <pthread.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define VAE_PAUSE() __builtin_ia32_pause()
+#elif defined(__aarch64__) || defined(__arm__)
+#define VAE_PAUSE() __asm__ volatile("yield")
+#else
+#define VAE_PAUSE() ((void)0)
+#endif
+#ifndef VAE_SPIN
+#define VAE_SPIN 50000 /* pauses before the idle worker sleeps (about a millisecond) */
+#endif
+
+/* One job at a time: the caller publishes it (gen), then both the worker and the caller, once done with the
+   first half, try to take the second half (taken: 0 free, 1 the worker's, 2 the caller's). The caller
+   never waits for a worker that has not started: a sleeping or descheduled worker costs nothing. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_once_t once;
+    int started, busy, sleeping, taken;
+    unsigned gen, job, done;
+    vae_layer fn;
+    const float *x;
+    float *y;
+    int rows;
+} vae_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_ONCE_INIT, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0};
+
+static void *vae_worker(void *arg)
+{
+    unsigned seen = 0;
+    (void)arg;
+    for (;;) {
+        long spins = 0;
+        int free_ = 0;
+        while (__atomic_load_n(&vae_pool.gen, __ATOMIC_ACQUIRE) == seen) {
+            if (++spins < VAE_SPIN) {
+                VAE_PAUSE();
+                continue;
+            }
+            pthread_mutex_lock(&vae_pool.lock);
+            __atomic_store_n(&vae_pool.sleeping, 1, __ATOMIC_SEQ_CST);
+            while (__atomic_load_n(&vae_pool.gen, __ATOMIC_SEQ_CST) == seen)
+                pthread_cond_wait(&vae_pool.wake, &vae_pool.lock);
+            __atomic_store_n(&vae_pool.sleeping, 0, __ATOMIC_SEQ_CST);
+            pthread_mutex_unlock(&vae_pool.lock);
+            spins = 0;
+        }
+        seen = __atomic_load_n(&vae_pool.gen, __ATOMIC_ACQUIRE);
+        if (__atomic_compare_exchange_n(&vae_pool.taken, &free_, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            const unsigned job = vae_pool.job; /* the job it took (published before taken was freed) */
+            vae_pool.fn(vae_pool.x, vae_pool.y, vae_pool.rows, 1);
+            __atomic_store_n(&vae_pool.done, job, __ATOMIC_RELEASE);
+        }
+    }
+    return NULL;
+}
+
+static void vae_start(void)
+{
+    pthread_t t;
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0)
+        return;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    vae_pool.started = pthread_create(&t, &attr, vae_worker, NULL) == 0;
+    pthread_attr_destroy(&attr);
+}
+
+static void vae_run_layer(vae_layer fn, const float *x, float *y, int rows, int par)
+{
+    int idle = 0, free_ = 0;
+    unsigned g;
+    if (!par || pthread_once(&vae_pool.once, vae_start) != 0 || !vae_pool.started ||
+        !__atomic_compare_exchange_n(&vae_pool.busy, &idle, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        fn(x, y, rows, -1); /* one thread: no worker, or another caller has it */
+        return;
+    }
+    vae_pool.fn = fn;
+    vae_pool.x = x;
+    vae_pool.y = y;
+    vae_pool.rows = rows;
+    g = vae_pool.job + 1;
+    vae_pool.job = g;
+    __atomic_store_n(&vae_pool.taken, 0, __ATOMIC_RELEASE); /* the job's fields before it can be taken */
+    __atomic_store_n(&vae_pool.gen, g, __ATOMIC_SEQ_CST); /* then the wake-up */
+    if (__atomic_load_n(&vae_pool.sleeping, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&vae_pool.lock);
+        pthread_cond_signal(&vae_pool.wake);
+        pthread_mutex_unlock(&vae_pool.lock);
+    }
+    fn(x, y, rows, 0);
+    if (__atomic_compare_exchange_n(&vae_pool.taken, &free_, 2, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        fn(x, y, rows, 1); /* the worker did not start on it: do it here */
+    else
+        while (__atomic_load_n(&vae_pool.done, __ATOMIC_ACQUIRE) != g)
+            VAE_PAUSE();
+    __atomic_store_n(&vae_pool.busy, 0, __ATOMIC_RELEASE);
+}
+#else
+static void vae_run_layer(vae_layer fn, const float *x, float *y, int rows, int par)
+{
+    (void)par;
+    fn(x, y, rows, -1);
+}
+#endif
+"""

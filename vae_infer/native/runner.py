@@ -70,6 +70,7 @@ class NativeRunner:
         fn.argtypes = [ctypes.c_void_p] * (1 + n_out) + [ctypes.c_int]
         fn.restype = ctypes.c_int
         self._fn = fn
+        self._fn_one = fn  # what a call that is not split across Python threads uses
         rows = getattr(self._lib, f"{prefix}_rows")
         rows.argtypes, rows.restype = [], ctypes.c_int
         self.tile_rows = int(rows())
@@ -87,6 +88,13 @@ class NativeRunner:
 
             threads = available_cores()
         self.threads = threads
+        if threads >= 2:  # few rows: large layers split between the caller and the library's worker thread
+            try:
+                parallel = getattr(self._lib, f"{prefix}_{function}_parallel")
+                parallel.argtypes, parallel.restype = fn.argtypes, ctypes.c_int
+                self._fn_one = parallel
+            except AttributeError:  # built without -DVAE_THREADS
+                pass
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -143,7 +151,7 @@ class NativeRunner:
     def _call(self, x: np.ndarray, outs: list[np.ndarray | None], n: int) -> None:
         parts = self._split(n)
         if len(parts) == 1 and n <= MAX_ROWS_PER_CALL:
-            rc = self._fn(self._address(x), *[None if o is None else self._address(o) for o in outs], n)
+            rc = self._fn_one(self._address(x), *[None if o is None else self._address(o) for o in outs], n)
             if rc != 0:
                 self._fail(rc)
             return

@@ -30,11 +30,13 @@ from .graph import Dense, Elementwise, Graph
 from .kernels import (
     EXP_HELPER,
     HALF_HELPER,
+    LAYER_HELPER,
     PREAMBLE,
     RELU_HELPER,
     ROWS_BY_TARGET,
     SIGMOID_HELPER,
     TANH_HELPER,
+    THREADS_HELPER,
     elementwise_source,
     int8_dot_kernel_name,
     int8_dot_kernel_source,
@@ -43,6 +45,11 @@ from .kernels import (
     kernel_source,
 )
 from .weights import DEFAULT_BLOCK, WEIGHT_FORMATS, block_layout, pack, quantize_int8, to_fp16, uses_int8_dot
+
+WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+# a layer is split between two threads for small batches when it has this many weight bytes and blocks
+PARALLEL_MIN_BYTES = 128 * 1024
+PARALLEL_MIN_BLOCKS = 2
 
 
 @dataclass
@@ -75,6 +82,7 @@ class _Writer:
         self.activations: set[str] = set()
         self.weight_bytes = 0
         self.functions: list[_Function] = []
+        self.parallel: set[str] = set()  # layers large enough to split between two threads
         for fname, g in graphs.items():
             taken: set[str] = set()
             args = [c_identifier(g.input[0], taken)] + [c_identifier(o, taken) for o in g.output_names]
@@ -124,17 +132,26 @@ class _Writer:
         if len(full) > 1:
             width = full[0][2]
             body += [
+                f"    const int h = {len(full) // 2}, b0 = part == 1 ? h : 0, b1 = part == 0 ? h : {len(full)};",
                 "    int b;",
-                f"    for (b = 0; b < {len(full)}; b++)",
+                "    for (b = b0; b < b1; b++)",
                 f"        {full[0][3]}(x, y + b * {width}, {n}, rows, {base}_w + (size_t)b * {k * width}, "
                 f"{base}_b + b * {width}" + (f", {base}_s + b * {width}, {base}_c" if self.weights == "int8" else "")
                 + ");",
             ]
             rest = calls[len(full):]
-        for b0, _, _, kname, scale, off in rest:
-            body.append(f"    {kname}(x, y + {b0}, {n}, rows, {base}_w + {off}, {base}_b + {b0}{scale});")
+            if len(full) >= PARALLEL_MIN_BLOCKS and k * n * WEIGHT_BYTES[self.weights] >= PARALLEL_MIN_BYTES:
+                self.parallel.add(base)
+        else:
+            body.append("    (void)part;")
+        if rest:
+            body.append("    if (part != 0) {" if len(full) > 1 else "    {")
+            for b0, _, _, kname, scale, off in rest:
+                body.append(f"        {kname}(x, y + {b0}, {n}, rows, {base}_w + {off}, {base}_b + {b0}{scale});")
+            body.append("    }")
         self.layers.append(
-            f"/* {what} */\nstatic void {base}(const float *x, float *y, int rows)\n{{\n" + "\n".join(body) + "\n}\n"
+            f"/* {what}; part < 0: every output block, 0 or 1: the first or second half of them */\n"
+            f"static void {base}(const float *x, float *y, int rows, int part)\n{{\n" + "\n".join(body) + "\n}\n"
         )
         return base
 
@@ -155,7 +172,7 @@ class _Writer:
         self.kernels.setdefault(kname, int8_dot_kernel_source(k, n, op.act))
         self.layers.append(
             f"/* {what}: int8 weights, inputs quantized per row to uint8, integer dot products */\n"
-            f"static void {base}(const float *x, float *y, int rows)\n{{\n"
+            f"static void {base}(const float *x, float *y, int rows, int part)\n{{\n    (void)part;\n"
             f"    {kname}(x, y, rows, {base}_w, {base}_s, {base}_c, {base}_r, {base}_b);\n}}\n"
         )
         return base
@@ -197,7 +214,9 @@ class _Writer:
                 t += 1
             src, dst = buffers[op.src], buffers[op.dst]
             if isinstance(op, Dense):
-                call = f"{self._dense(fn.name, index, op)}({src}, {dst}, rows);"
+                layer = self._dense(fn.name, index, op)
+                call = (f"vae_run_layer({layer}, {src}, {dst}, rows, par);" if layer in self.parallel
+                        else f"{layer}({src}, {dst}, rows, -1);")
             else:
                 assert isinstance(op, Elementwise)
                 self.elementwise.add(op.op)
@@ -208,17 +227,21 @@ class _Writer:
                 steps.append(f"    if ({cond})\n        {call}")
             else:
                 steps.append(f"    {call}")
-        params = ", ".join(["const float *x"] + [f"float *{a}" for a in fn.args[1:]] + ["int rows"])
-        tile = (f"/* {fn.name}: rows (<= VAE_ROWS) rows of {comment_text(in_name)} through the graph */\n"
-                f"static void {fn.name}_tile({params})\n{{\n" + "\n".join(decls + steps) + "\n}\n")
+        params = ", ".join(["const float *x"] + [f"float *{a}" for a in fn.args[1:]] + ["int rows", "int par"])
+        tile = (f"/* {fn.name}: rows (<= VAE_ROWS) rows of {comment_text(in_name)} through the graph; par: large "
+                f"layers on two threads (with -DVAE_THREADS) */\n"
+                f"static void {fn.name}_tile({params})\n{{\n" + "\n".join(decls + ["    (void)par;"] + steps) + "\n}\n")
         x = fn.args[0]
         out_args = fn.args[1:]
         offsets = ", ".join(
             f"{a} != NULL ? {a} + (size_t)r0 * {w} : NULL" for a, (_, w) in zip(out_args, g.outputs, strict=True)
         )
         all_null = " && ".join(f"{a} == NULL" for a in out_args)
+        run_params = ", ".join([f"const float *{x}"] + [f"float *{a}" for a in out_args] + ["int n", "int par"])
+        call_args = ", ".join([x, *out_args, "n"])
+        parallel_sig = fn.signature.replace(f"{self.prefix}_{fn.name}(", f"{self.prefix}_{fn.name}_parallel(", 1)
         public = f"""\
-{fn.signature}
+static int {fn.name}_run({run_params})
 {{
     int r0, rows;
     if (n < 0)
@@ -229,10 +252,23 @@ class _Writer:
         return {P}_ERR_NULL_OUTPUT;
     for (r0 = 0; r0 < n; r0 += rows) {{
         rows = n - r0 < VAE_ROWS ? n - r0 : VAE_ROWS;
-        {fn.name}_tile({x} + (size_t)r0 * {in_width}, {offsets}, rows);
+        {fn.name}_tile({x} + (size_t)r0 * {in_width}, {offsets}, rows, par);
     }}
     return {P}_OK;
 }}
+
+{fn.signature}
+{{
+    return {fn.name}_run({call_args}, 0);
+}}
+
+#ifdef VAE_THREADS
+/* the same, with each large layer split between this thread and a worker (batch-1 latency) */
+{parallel_sig}
+{{
+    return {fn.name}_run({call_args}, 1);
+}}
+#endif
 """
         self.stack[fn.name] = stack_floats
         return tile + "\n" + public
@@ -250,12 +286,16 @@ class _Writer:
         helpers += EXP_HELPER if used & {"sigmoid", "tanh"} else ""
         helpers += (SIGMOID_HELPER if "sigmoid" in used else "") + (TANH_HELPER if "tanh" in used else "")
         helpers += HALF_HELPER if self.weights == "fp16" else ""
+        helpers += LAYER_HELPER + (THREADS_HELPER if self.parallel else "")
         ew = [elementwise_source(op) for op in sorted(self.elementwise)]
         info = comment_text(self.info)
         source = "\n".join([
             f"/* {p}.c: {comment_text(self.model_name)} as plain C99, generated by {GENERATOR} from the ONNX graphs.",
             f"   Weights: {self.weights}. No dynamic allocation, no mutable global state (reentrant), only libm.",
             "   Do not edit: regenerate with `vae-infer export-c`. */",
+            "#ifdef VAE_THREADS",
+            "#define _POSIX_C_SOURCE 200112L /* pthreads under -std=c99 */",
+            "#endif",
             f'#include "{p}.h"',
             "",
             "#include <math.h>",
@@ -318,6 +358,9 @@ class _Writer:
                 f"not overlap.\n"
                 f"   Returns {P}_OK, or {P}_ERR_NULL_INPUT, {P}_ERR_NULL_OUTPUT, {P}_ERR_BATCH (n < 0); n = 0 does "
                 f"nothing. */\n{fn.signature};\n"
+                f"#ifdef VAE_THREADS\n/* the same, splitting large layers between the caller and one worker thread "
+                f"(built with -DVAE_THREADS -pthread) */\n"
+                f"{fn.signature.replace(f'{p}_{fn.name}(', f'{p}_{fn.name}_parallel(', 1)};\n#endif\n"
             )
         return "\n".join([
             f"/* {p}.h: {comment_text(self.model_name)} as a C99 library, generated by {GENERATOR}; do not edit.",
