@@ -1,0 +1,285 @@
+"""The README's figures equal the JSON they come from (models/fashion-mnist/model.json, benchmarks/*.json),
+rounded as the README writes them.
+
+Each row of FIGURES is a README fragment, the JSON file, the JSON path of each figure and its format. In the
+fragment `{}` marks a checked figure and `{*}` any number this row does not check. After a new benchmark run,
+write the new figures into the README; a row only changes when the README's wording or the JSON's layout does.
+To check another figure, copy its README line into a new row and replace its numbers with `{}`.
+
+Paths: keys joined by dots; `list[key=value&key=value]` picks the one list item with those values; a callable
+(data -> value) computes a figure from several (a median, the low end of a range). Formats: a format spec
+("{:.2f}", "{:,.0f}") or a callable (value -> str); scaled(1e6, "{:.2f}") divides first (bytes -> MB)."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+MODEL = "models/fashion-mnist/model.json"
+SPEED = "benchmarks/RESULTS.json"
+ANOMALY = "benchmarks/anomaly.json"
+INTERPOLATION = "benchmarks/interpolation.json"
+NATIVE = "benchmarks/native.json"
+
+NUMBER = r"[-+]?(?:\d[\d,]*)?\.?\d+(?:e[-+]?\d+)?"
+# How the README writes what a format spec cannot: typographic minus signs and spaces.
+TYPOGRAPHY = {"−": "-", "\u2009": " ", "\u202f": " ", "\xa0": " "}
+
+
+def scaled(divisor: float, spec: str) -> Callable[[float], str]:
+    return lambda v: spec.format(v / divisor)
+
+
+def split_path(path: str) -> list[tuple[str, str | None]]:
+    """(key, selector or None) per step of a path: keys joined by dots, "quoted" where a key holds a dot."""
+    steps, i = [], 0
+    while i < len(path):
+        if path[i] == '"':
+            end = path.index('"', i + 1)
+            key, i = path[i + 1 : end], end + 1
+        else:
+            key = re.match(r"[^.\[]*", path[i:]).group()
+            i += len(key)
+        selector = None
+        if path[i : i + 1] == "[":
+            end = path.index("]", i)
+            selector, i = path[i + 1 : end], end + 1
+        steps.append((key, selector))
+        if i < len(path):
+            if path[i] != ".":
+                raise ValueError(f"bad path {path!r} at {i}")
+            i += 1
+    return steps
+
+
+def get(data, path: str):
+    """The value at a path; `name[k=v&k2=v2]` selects the one list item with those values."""
+    value = data
+    for key, selector in split_path(path):
+        if key:
+            value = value[key]
+        if selector is not None:
+            wanted = dict(pair.split("=", 1) for pair in selector.split("&"))
+            hits = [item for item in value if all(str(item.get(k)) == v for k, v in wanted.items())]
+            if len(hits) != 1:
+                raise KeyError(f"{path}: {len(hits)} items match [{selector}]")
+            value = hits[0]
+    return value
+
+
+def sci(digits: int) -> Callable[[float], str]:
+    """1.4e-6 as the README writes it (Python writes 1.4e-06)."""
+    return lambda v: re.sub(r"e([-+]?)0*(\d)", lambda m: "e" + m.group(1).replace("+", "") + m.group(2),
+                            f"{v:.{digits}e}")
+
+
+def ratio(what: str) -> str:
+    return f"ratios[what={what}].value"
+
+
+def lowest(*paths: str) -> Callable:
+    return lambda d: min(get(d, p) for p in paths)
+
+
+def highest(*paths: str) -> Callable:
+    return lambda d: max(get(d, p) for p in paths)
+
+
+def speed(engine: str, operation: str, batch: int, field: str) -> str:
+    return f"results[engine={engine}&operation={operation}&batch={batch}].{field}"
+
+
+def c_latency(backend: str, operation: str) -> str:
+    return f"latency[backend={backend}&operation={operation}&batch=1]"
+
+
+ENGINES = ("torch", "ort", "ort-spin", "ort-int8")
+US, K = "{:.0f}", scaled(1e3, "{:,.0f}")
+MB = scaled(1e6, "{:.2f}")
+FP32_NELBO = lambda d: d["variants"]["int8"]["test_nelbo"] - d["variants"]["int8"]["test_nelbo_change"]  # noqa: E731
+SPIN_LATENCY = [ratio(f"{op} batch-1 p50 latency, ort-spin / torch") for op in ("encode", "decode")]
+ORT_LATENCY = [ratio(f"{op} batch-1 p50 latency, ort / torch") for op in ("encode", "decode")]
+
+FIGURES: list[tuple[str, str, str | Callable | tuple, str | Callable | tuple]] = [
+    # the shipped model (model.json, training and variants)
+    ("| test −ELBO | **{}** (target", MODEL, "training.test_nelbo", "{:.2f}"),
+    ("| reconstruction (BCE) | {} |", MODEL, "training.test_recon", "{:.2f}"),
+    ("| KL | {} |", MODEL, "training.test_kl", "{:.2f}"),
+    ("importance-weighted bound on −log p(x), k = {} | {} |", MODEL,
+     ("training.iw_samples", "training.test_iw_nll"), ("{}", "{:.2f}")),
+    ("| best validation −ELBO ({} held-out training images) | {} (epoch {} of {}) |", MODEL,
+     ("training.validation_examples", "training.validation_nelbo", "training.best_epoch", "training.epochs_run"),
+     ("{:,}", "{:.2f}", "{}", "{}")),
+    ("| fp32 | {} MB | {} | | |", MODEL, ("variants.int8.fp32_bytes", FP32_NELBO), (MB, "{:.2f}")),
+    *[(f"| {v} | {{}} MB | {{}} | {{}} | {{}}, {{}} |", MODEL,
+       tuple(f"variants.{v}.{k}" for k in ("bytes", "test_nelbo", "test_nelbo_change", "mean_abs_diff_vs_fp32.mu",
+                                             "mean_abs_diff_vs_fp32.x_hat")),
+       (MB, "{:.2f}", "{:+.3f}" if v != "ort" else "{:g}", "{:.2g}", "{:.2g}")) for v in ("int8", "fp16", "ort")],
+    # speed (benchmarks/run.py)
+    *[(f"| {op} p50 latency | 1 | {{}} µs | {{}} µs | {{}} µs | {{}} µs |", SPEED,
+       tuple(speed(e, op, 1, "latency_p50_us") for e in ENGINES), (US,) * 4) for op in ("encode", "decode")],
+    *[(f"| {op} examples/s | {b} | {{}}k | {{}}k | {{}}k | {{}}k |", SPEED,
+       tuple(speed(e, op, b, "examples_per_second") for e in ENGINES), (K,) * 4)
+      for b in (256, 4096) for op in ("encode", "decode")],
+    ("numpy's large-matmul FLOP/s ({} GFLOP/s)", SPEED, "matmul.flop_per_second", scaled(1e9, "{:.0f}")),
+    ("| ort {}–{}×; ort-spin {}–{}× | no", SPEED,
+     (lowest(*ORT_LATENCY), highest(*ORT_LATENCY), lowest(*SPIN_LATENCY), highest(*SPIN_LATENCY)), ("{:.1f}",) * 2
+     + ("{:.2f}",) * 2),
+    ("| encode {}×, decode {}×; {*} nats |", SPEED,
+     (ratio("encode batch-256 throughput, int8 / fp32"), ratio("decode batch-256 throughput, int8 / fp32")),
+     ("{:.2f}", "{:.2f}")),
+    ("| encode {*}×, decode {*}×; {} nats |", MODEL, "variants.int8.test_nelbo_change", "{:+.3f}"),
+    ("| {} ms ({} ms with interpreter start) |", SPEED,
+     ("cold_start.import_to_first_batch_s_median", "cold_start.process_wall_s_median"), (scaled(1e-3, "{:.0f}"),) * 2),
+    ("| {} MB vs {} MB ({}) |", SPEED,
+     ("footprint.bytes.runtime", "footprint.bytes.runtime+train", "footprint.ratio_runtime_to_train"),
+     (scaled(1e6, "{:,.0f}"), scaled(1e6, "{:,.0f}"), "{:.3f}")),
+    # anomaly scores (benchmarks/anomaly.py)
+    ("handwritten digits an AUROC of {}; dose {}.", ANOMALY,
+     ("ood.sets.handwritten digits.nelbo.auroc", "ood.sets.handwritten digits.dose.auroc"), ("{:.3f}",) * 2),
+    ("upside-down test images {}, rotated {},", ANOMALY,
+     ("ood.sets.upside down.dose.auroc", "ood.sets.rotated 90 degrees.dose.auroc"), ("{:.3f}",) * 2),
+    ("average {} against\n−ELBO's {}:", ANOMALY, ("holdout.mean.dose.auroc", "holdout.mean.nelbo.auroc"),
+     ("{:.3f}",) * 2),
+    ("+{} dB at Gaussian σ 0.3 and +{} dB at salt-and-pepper 0.2, but loses {} dB at σ 0.1", ANOMALY,
+     ('denoise.noises."gaussian 0.3"."denoising, steps 1".gain_db',
+      'denoise.noises."salt-pepper 0.2"."denoising, steps 1".gain_db',
+      lambda d: -get(d, 'denoise.noises."gaussian 0.1"."denoising, steps 1".gain_db')), ("{:.1f}",) * 3),
+    ("input ({} dB) is already better", ANOMALY, 'denoise.noises."gaussian 0.1".noisy_psnr', "{:.1f}"),
+    # graph interpolation (benchmarks/interpolation.py)
+    ("graph paths are {}× the linear paths' data-space length\nand {}× their realism distance", INTERPOLATION,
+     ("quality.graph.length_ratio", "quality.graph.realism_ratio"), ("{:.3f}",) * 2),
+    ("Index build {} s, {} MB on disk, {} MB in memory; a query (steps={*}) {} ms at p50", INTERPOLATION,
+     (lambda d: statistics.median(d["build"]["seconds"]), "build.bytes", "build.memory_bytes", "timing.graph.p50_ms"),
+     ("{:.2f}", MB, scaled(1e6, "{:.0f}"), "{:.0f}")),
+    ("cell ({} for the {} training codes)", INTERPOLATION, ("build.n_nodes", "build.n_codes"), ("{:,}",) * 2),
+    # the C backend (benchmarks/native.py)
+    ("| onnxruntime | | | {} / {} µs | 1 |", NATIVE,
+     tuple(f"{c_latency('onnxruntime', op)}.p50_us" for op in ("encode", "decode")), ("{:.1f}",) * 2),
+    *[(f"| {w} | {{}} MB | {{*}} KB | {{}} / {{}} µs | {{}} / {{}} |", NATIVE,
+       (f"sizes[weights={w}].tables_bytes",
+        *(f"{c_latency('C ' + w, op)}.p50_us" for op in ("encode", "decode")),
+        *(f"{c_latency('C ' + w, op)}.ratio_to_onnxruntime" for op in ("encode", "decode"))),
+       (MB, "{:.1f}", "{:.1f}", "{:.2f}", "{:.2f}")) for w in ("fp32", "fp16", "int8")],
+    ("(max |diff| from onnxruntime on the 10,000 test images: mu {}, x_hat {}; test", NATIVE,
+     ("accuracy[backend=C fp32].mu_max_abs_diff", "accuracy[backend=C fp32].x_hat_max_abs_diff"), (sci(1),) * 2),
+]
+
+
+def normalize(text: str) -> str:
+    for a, b in TYPOGRAPHY.items():
+        text = text.replace(a, b)
+    return text
+
+
+def _literal(part: str) -> str:
+    words = part.split()
+    if not words:
+        return r"\s+" if part else ""
+    return ((r"\s+" if part[0].isspace() else "") + r"\s+".join(map(re.escape, words))
+            + (r"\s+" if part[-1].isspace() else ""))
+
+
+def fragment_regex(fragment: str) -> re.Pattern:
+    """`{}` becomes a captured number, `{*}` an uncaptured one; the rest matches literally, any run of
+    whitespace matching any other (so a line break moved by an edit does not matter)."""
+    parts = re.split(r"(\{\*?\})", normalize(fragment))
+    return re.compile("".join(f"({NUMBER})" if p == "{}" else f"(?:{NUMBER})" if p == "{*}" else _literal(p)
+                              for p in parts))
+
+
+def expected_texts(data, paths, formats) -> list[str]:
+    paths = paths if isinstance(paths, tuple) else (paths,)
+    formats = formats if isinstance(formats, tuple) else (formats,)
+    assert len(paths) == len(formats), "one format per path"
+    texts = []
+    for path, fmt in zip(paths, formats, strict=True):
+        value = path(data) if callable(path) else get(data, path)
+        texts.append(normalize(fmt(value) if callable(fmt) else fmt.format(value)))
+    return texts
+
+
+def check(readme: str, rows, load: Callable[[str], dict]) -> list[str]:
+    """A line per problem: a fragment the README no longer has, a path the JSON no longer has, or a figure
+    that differs from its JSON value as rounded in the README."""
+    text = normalize(readme)
+    problems = []
+    for fragment, source, paths, formats in rows:
+        pattern = fragment_regex(fragment)
+        found = list(pattern.finditer(text))
+        if not found:
+            problems.append(f"README no longer has {fragment!r}: update its row in tests/test_readme.py")
+            continue
+        try:
+            want = expected_texts(load(source), paths, formats)
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            problems.append(f"{source} has no {e} (README {fragment!r})")
+            continue
+        for match in found:
+            got = list(match.groups())
+            if got != want:
+                problems.append(f"README {fragment!r} says {got}, {source} gives {want}")
+    return problems
+
+
+def load_json(source: str) -> dict:
+    return json.loads((ROOT / source).read_text())
+
+
+def test_readme_figures_equal_the_json_they_come_from():
+    assert check(README.read_text(), FIGURES, load_json) == []
+
+
+def test_every_figure_row_reads_a_file_that_exists():
+    assert {source for _, source, _, _ in FIGURES} == {MODEL, SPEED, ANOMALY, INTERPOLATION, NATIVE}
+    for source in {source for _, source, _, _ in FIGURES}:
+        assert isinstance(load_json(source), dict), source
+
+
+# -- the checker fails where it should ----------------------------------------------------------------------
+
+DATA = {"training": {"test_nelbo": 258.3098625, "epochs": 200},
+        "results": [{"engine": "ort", "batch": 1, "us": 76.4}, {"engine": "ort", "batch": 256, "us": 816.2}],
+        "bytes": 883952, "change": -0.00027}
+ROWS = [
+    ("| test −ELBO | **{}** (of {*} epochs) |", "m.json", "training.test_nelbo", "{:.2f}"),
+    ("latency {} µs and {} MB", "m.json", ("results[engine=ort&batch=1].us", "bytes"), ("{:.0f}", MB)),
+    ("change {} nats", "m.json", "change", "{:+.3f}"),
+]
+
+
+def test_the_checker_accepts_figures_that_match():
+    readme = "| test −ELBO | **258.31** (of 200 epochs) |\nlatency 76 µs\nand 0.88 MB, change −0.000 nats\n"
+    assert check(readme, ROWS, lambda source: DATA) == []
+
+
+@pytest.mark.parametrize(
+    ("readme", "problem"),
+    [
+        ("| test −ELBO | **258.35** (of 200 epochs) |\nlatency 76 µs and 0.88 MB, change −0.000 nats",
+         "README '| test −ELBO | **{}** (of {*} epochs) |' says ['258.35'], m.json gives ['258.31']"),
+        ("| test −ELBO | **258.31** (of 200 epochs) |\nlatency 76 µs and 0.88 MB, change −0.000 nats\n"
+         "and again: latency 77 µs and 0.88 MB", "says ['77', '0.88'], m.json gives ['76', '0.88']"),
+        ("| test −ELBO | **258.31** (of 200 epochs) |\nlatency 76 µs and 0.88 MB, change +0.000 nats",
+         "says ['+0.000'], m.json gives ['-0.000']"),
+        ("| test −ELBO | 258.31 |\nlatency 76 µs and 0.88 MB, change −0.000 nats",
+         "README no longer has '| test −ELBO | **{}** (of {*} epochs) |'"),
+    ],
+)
+def test_the_checker_reports_a_figure_that_differs_or_a_fragment_that_is_gone(readme, problem):
+    problems = check(readme, ROWS, lambda source: DATA)
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_the_checker_reports_a_path_the_json_lacks():
+    rows = [("latency {} µs", "m.json", "results[engine=torch&batch=1].us", "{:.0f}")]
+    assert check("latency 76 µs", rows, lambda source: DATA) == [
+        "m.json has no 'results[engine=torch&batch=1].us: 0 items match [engine=torch&batch=1]' "
+        "(README 'latency {} µs')"]
