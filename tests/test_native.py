@@ -376,6 +376,24 @@ def test_few_rows_split_large_layers_with_a_worker_thread_and_give_identical_res
 
 
 @needs_gcc
+@pytest.mark.parametrize("rows", [1, 5, 6, 50])
+def test_int8_dot_products_match_the_reference_on_this_cpu(rows, test_images_50):
+    """The runner's library is built for this CPU (with AVX-512 VNNI: the intrinsics kernel, 6-row register
+    blocks, and one row at a time for short tiles); it computes exactly what the int8 format stores."""
+    from vae_infer.native.reference import evaluate
+
+    for role in ("encoder", "decoder"):
+        data, spec = graph_bytes(SHIPPED, role)
+        runner = native.create_runner(data, spec, weights="int8", threads=1)
+        graph = read_graph(data)
+        x = (test_images_50.reshape(len(test_images_50), -1)[:rows] / np.float32(255) if role == "encoder" else
+             np.random.default_rng(rows).standard_normal((rows, 2)).astype(np.float32))
+        for got, want in zip(runner.run(None, {graph.input[0]: x.astype(np.float32)}), evaluate(graph, x, "int8"),
+                             strict=True):
+            assert (np.abs(got - want) / np.maximum(1, np.abs(want))).max() <= 1e-4
+
+
+@needs_gcc
 def test_the_cache_is_keyed_by_sha256_and_reused_without_compiler_or_onnx(tiny_package, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     data, spec = graph_bytes(tiny_package, "encoder")

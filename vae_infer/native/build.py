@@ -32,7 +32,7 @@ WARNINGS = ["-Wall", "-Wextra", "-pedantic"]
 STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]  # what the tests compile with
 COMPILE_TIMEOUT_S = 600
 # the modules whose text decides the generated code: any change to them rebuilds cached libraries
-GENERATOR_MODULES = ("abi.py", "ctext.py", "graph.py", "kernels.py", "weights.py", "writer.py")
+GENERATOR_MODULES = ("abi.py", "ctext.py", "graph.py", "kernels.py", "kernels_int8.py", "weights.py", "writer.py")
 
 
 class CompilerError(DeviceError):

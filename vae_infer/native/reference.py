@@ -22,7 +22,7 @@ def evaluate(graph: Graph, x: np.ndarray, weights: str = "fp32") -> list[np.ndar
     }
     for op in graph.ops:
         src = values[op.src]
-        if isinstance(op, Dense) and uses_int8_dot(weights, op.weight.shape[1]):
+        if isinstance(op, Dense) and uses_int8_dot(weights, op.weight.shape[1], op.weight.shape[0]):
             values[op.dst] = acts[op.act](int8_dot_dense(src, op.weight, op.bias))
         elif isinstance(op, Dense):
             w = effective_weight(op.weight, weights).astype(np.float64)

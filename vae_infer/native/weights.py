@@ -60,8 +60,13 @@ INT8_DOT_MIN_INPUTS = 32  # int8 layers with at least this many inputs use integ
 INT8_DOT_MAX_INPUTS = 66_000  # 255 * 127 * K must fit an int32 accumulator
 
 
-def uses_int8_dot(weights: str, k: int) -> bool:
-    return weights == "int8" and INT8_DOT_MIN_INPUTS <= k <= INT8_DOT_MAX_INPUTS
+INT8_DOT_MIN_OUTPUTS = 16  # narrower layers (the latent heads) multiply int8 weights in float: quantizing their
+# input row would cost more than their few dot products
+
+
+def uses_int8_dot(weights: str, k: int, n: int) -> bool:
+    """Whether an int8 layer of k inputs and n outputs uses integer dot products (inputs quantized to uint8)."""
+    return weights == "int8" and INT8_DOT_MIN_INPUTS <= k <= INT8_DOT_MAX_INPUTS and n >= INT8_DOT_MIN_OUTPUTS
 
 
 def quantize_activations(x: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

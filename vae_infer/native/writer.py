@@ -38,11 +38,16 @@ from .kernels import (
     TANH_HELPER,
     THREADS_HELPER,
     elementwise_source,
+    kernel_name,
+    kernel_source,
+)
+from .kernels_int8 import (
+    VNNI_HELPER,
     int8_dot_kernel_name,
     int8_dot_kernel_source,
     int8_dot_padded,
-    kernel_name,
-    kernel_source,
+    pack_int8_dot,
+    uses_vnni,
 )
 from .weights import DEFAULT_BLOCK, WEIGHT_FORMATS, block_layout, pack, quantize_int8, to_fp16, uses_int8_dot
 
@@ -83,6 +88,7 @@ class _Writer:
         self.weight_bytes = 0
         self.functions: list[_Function] = []
         self.parallel: set[str] = set()  # layers large enough to split between two threads
+        self.vnni = False  # an int8 layer with the AVX-512 VNNI kernel
         for fname, g in graphs.items():
             taken: set[str] = set()
             args = [c_identifier(g.input[0], taken)] + [c_identifier(o, taken) for o in g.output_names]
@@ -101,7 +107,7 @@ class _Writer:
         what = f"{comment_text(op.name)}: {k} -> {n}" + (f", {op.act}" if op.act else "")
         if op.act:
             self.activations.add(op.act)
-        if uses_int8_dot(self.weights, k):
+        if uses_int8_dot(self.weights, k, n):
             return self._int8_dot(base, what, op)
         if self.weights == "fp32":
             self._table("float", f"{base}_w", float_values(pack(op.weight, self.block)), 4,
@@ -160,14 +166,15 @@ class _Writer:
         q, scale, columns = quantize_int8(op.weight)
         padded = np.zeros((n, int8_dot_padded(k)), np.int8)
         padded[:, :k] = q
-        self._table("int8_t", f"{base}_w", [str(v) for v in padded.reshape(-1).tolist()], 1,
-                    f"{what}: weights, int8 (w = q * scale[out] * columns[in]), one row of "
-                    f"{padded.shape[1]} (zero-padded) per output")
+        self._table("int8_t", f"{base}_w", [str(v) for v in pack_int8_dot(padded).tolist()], 1,
+                    f"{what}: weights, int8 (w = q * scale[out] * columns[in]), {padded.shape[1]} (zero-padded) "
+                    f"inputs per output, in the kernel's layout")
         self._table("float", f"{base}_s", float_values(scale), 4, f"{what}: int8 scale per output")
         self._table("float", f"{base}_c", float_values(columns), 4, f"{what}: int8 scale per input")
         self._table("int32_t", f"{base}_r", [str(v) for v in q.astype(np.int64).sum(axis=1).tolist()], 4,
                     f"{what}: sum of each output's int8 weights")
         self._table("float", f"{base}_b", float_values(op.bias), 4, f"{what}: bias")
+        self.vnni = self.vnni or uses_vnni(n)
         kname = int8_dot_kernel_name(k, n, op.act)
         self.kernels.setdefault(kname, int8_dot_kernel_source(k, n, op.act))
         self.layers.append(
@@ -286,6 +293,7 @@ static int {fn.name}_run({run_params})
         helpers += EXP_HELPER if used & {"sigmoid", "tanh"} else ""
         helpers += (SIGMOID_HELPER if "sigmoid" in used else "") + (TANH_HELPER if "tanh" in used else "")
         helpers += HALF_HELPER if self.weights == "fp16" else ""
+        helpers += VNNI_HELPER if self.vnni else ""
         helpers += LAYER_HELPER + (THREADS_HELPER if self.parallel else "")
         ew = [elementwise_source(op) for op in sorted(self.elementwise)]
         info = comment_text(self.info)
@@ -301,6 +309,8 @@ static int {fn.name}_run({run_params})
             "#include <math.h>",
             "#include <stddef.h>",
             "#include <stdint.h>",
+            *(["#if defined(__AVX512VNNI__) && defined(__AVX512F__)", "#include <immintrin.h> /* vpdpbusd */",
+               "#endif"] if self.weights == "int8" else []),
             "",
             helpers,
             *ew,
