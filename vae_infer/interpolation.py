@@ -1,25 +1,29 @@
-"""Interpolation between two images through the latent space: linear, spherical (slerp), and graph-based.
+"""Interpolation through the latent space: linear, spherical (slerp), and graph-based; and path metrics.
 
-    path = model.interpolate(image_a, image_b, steps=10, method="graph")   # (steps, features)
-    info = model.path_metrics(path)                                         # length, largest step, realism
+    codes = interpolate_codes(model, z_a, z_b, steps=10, method="graph")  # (steps, latent) float32
+    path = model.interpolate(image_a, image_b, steps=10, method="graph")    # (steps, features), decoded
+    info = model.path_metrics(codes, reference=train_images)              # per frame and summarised
 
-method="linear" follows the straight line between the two latent means, "slerp" the spherical arc
-(great-circle direction, norm interpolated), and "graph" a shortest path through the latent graph index
-stored in the model package (vae_infer.latent_graph), refined afterwards:
+method="linear" follows the straight line between the two codes, "slerp" the spherical arc (great-circle
+direction, norm interpolated), and "graph" a shortest path through the latent graph index stored in the model
+package (vae_infer.latent_index, built by vae_infer.latent_build, searched by vae_infer.latent_search):
 
-1. Each endpoint's code attaches to its nearest graph nodes; networkx's A* (or Dijkstra) finds the
-   shortest path between them, edge weight = decoded distance * mean node cost ** realism_weight.
-2. Refinement ("relaxation"): the path, resampled to `refine_points` latent points, is moved to minimise
-   the discrete energy  sum_i c_i ** p * ||dec(z[i+1]) - dec(z[i])||^2  with p = 2 * realism_weight and c
-   the index's cost field (c ~ 1 near realistic decoded images, larger where decoded images look like
-   nothing in the data, largest off the data), by damped Gauss-Newton steps whose decoder Jacobians come
-   from finite differences in the latent space (two extra decodes per point). The endpoints stay fixed.
-   An energy minimiser moves at constant speed, so this shortens the path in data space and keeps it
-   where the decoded images are close to real ones.
-3. Every method's path is resampled to `steps` points at equal arc length in data space (spacing="data",
-   the default), so the steps look even; spacing="latent" gives equal steps in the latent space instead.
+1. The nodes are codes of real training images that decode well. Each endpoint attaches to its nearest nodes;
+   A* (or Dijkstra) finds the path of least weight, an edge weighing the chordal distance between the unit-length
+   decoded images of its ends (change of shape, not of brightness) times a realism cost from the index's cost
+   field (cosine distance of decoded images to the nearest real image nearby, with a penalty for faint ones) at
+   both ends and the midpoint, raised to realism_weight; nodes fainter than fade_floor times the dimmer endpoint
+   weigh more still, so the path does not fade through ghosts.
+2. Refinement (vae_infer.path_refine.relax): the path, resampled to `refine_points` codes, is moved to minimise
+   sum_i c_i ** (2 realism_weight) * ||u(z[i+1]) - u(z[i])||^2 (u: the unit-length decoded image, c: the cost
+   field), which shortens it in the decoder's metric while keeping it where decoded images look real. A step
+   that would take a point fainter than the searched path's faintest (or than 0.85 of the endpoints' blend), or
+   where the cost field is higher than anywhere on the searched path, is refused: the refinement may not cut
+   through faint regions nor leave the data.
+3. Every method's path is resampled to `steps` codes at equal arc length of the decoded images in data space
+   (spacing="data", the default), so the steps look even; spacing="latent" gives equal latent steps.
 
-The first and last codes are always exactly the two images' latent means (mu).
+The first and last codes are always exactly z_a and z_b (for images: their latent means mu).
 """
 
 from __future__ import annotations
@@ -32,14 +36,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import InputError
+from .path_refine import REFINE_ITERATIONS, relax
+from .realism import Reference, brightness_ratio, unit_rows
 
 METHODS = ("linear", "slerp", "graph")
 SPACINGS = ("data", "latent")
 FINE = 16  # subdivisions per segment when a path is decoded finely (arc length, length metric)
 REFINE_POINTS = 32
-REFINE_ITERATIONS = 6
-FD_STEP = 1e-2  # latent finite-difference step for the decoder Jacobian
-REALISM_CHUNK = 8192  # reference images per matrix product in realism distances
+REFINE_FLOOR = 0.85  # refinement keeps every point's brightness ratio above this (or the searched path's) ...
+FADE_SLACK = 0.02  # ... less this
+
+__all__ = ["METHODS", "SPACINGS", "Reference", "interpolate", "interpolate_codes", "linear_codes", "path_metrics",
+           "relax", "resample", "slerp_codes", "subdivide"]
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------
@@ -64,6 +72,20 @@ def _steps(steps: object) -> int:
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2:
         raise InputError(f"steps must be an integer >= 2 (the path includes both endpoints), got {steps!r}")
     return int(steps)
+
+
+def _code(model, z: object, name: str) -> NDArray[np.float32]:
+    """One latent code as a (latent_size,) float32 vector: accepts (latent_size,) or (1, latent_size)."""
+    from .inputs import as_latents
+
+    arr = np.asarray(z)
+    d = model.latent_size
+    if arr.shape not in ((d,), (1, d)):
+        raise InputError(f"{name}: expected one latent code shaped ({d},) or (1, {d}), got {arr.shape}")
+    try:
+        return as_latents(arr.reshape(1, d), d)[0]
+    except InputError as e:
+        raise InputError(f"{name}: {e}") from e
 
 
 # -- latent paths -------------------------------------------------------------------------------------------------
@@ -127,154 +149,95 @@ def resample(codes: NDArray, points: NDArray, n: int) -> NDArray[np.float32]:
     return out.astype(np.float32)
 
 
-# -- refinement ---------------------------------------------------------------------------------------------------
-
-
-def relax(to_points, codes: NDArray, cost=None, power: float = 0.0, iterations: int = REFINE_ITERATIONS,
-          h: float = FD_STEP, tol: float = 1e-4) -> tuple[NDArray[np.float32], dict[str, Any]]:
-    """Minimise E = sum_i w_i ||x[i+1] - x[i]||^2 over the inner codes, x = to_points(z) (the decoder), w_i the
-    mean of cost(z) ** power at the segment's two ends (cost(z, grad=True) -> (values, gradients)).
-
-    Damped Gauss-Newton (Levenberg-Marquardt): each residual s_i (x[i+1] - x[i]) is linearised with
-    finite-difference Jacobians of the decoder, so a step solves one small block-tridiagonal system. A step is
-    taken only when it lowers E. Returns the codes and {"energy_start", "energy", "iterations"}."""
-    z = np.asarray(codes, dtype=np.float64).copy()
-    n, d = z.shape
-    m = n - 2
-    if m < 1:
-        return z.astype(np.float32), {"energy_start": 0.0, "energy": 0.0, "iterations": 0}
-    weighted = cost is not None and power != 0
-
-    def evaluate(z):
-        x = to_points(z.astype(np.float32)).astype(np.float64)
-        if weighted:
-            c, gc = cost(z, grad=True)
-            rho = c**power
-            drho = (power * c ** (power - 1))[:, None] * gc  # (n, d)
-        else:
-            rho, drho = np.ones(n), np.zeros((n, d))
-        wbar = 0.5 * (rho[:-1] + rho[1:])
-        diff = np.diff(x, axis=0)
-        return float((wbar * (diff * diff).sum(1)).sum()), x, drho, wbar, diff
-
-    e, x, drho, wbar, diff = evaluate(z)
-    start, lam, done = e, 1e-3, 0
-    eye = np.eye(d)
-    jac = np.zeros((n, d, x.shape[1]))  # transposed Jacobians, zero at the fixed endpoints
-    for it in range(iterations):
-        inner = z[1:-1]
-        probes = np.concatenate([inner + h * eye[a] for a in range(d)]).astype(np.float32)
-        xp = to_points(probes).astype(np.float64).reshape(d, m, -1)
-        jac[1:-1] = np.swapaxes((xp - x[None, 1:-1]) / h, 0, 1)  # (m, d, features)
-        # The residual of segment i is r_i = s_i (x[i+1] - x[i]) with s_i = sqrt(w_i); its Jacobians are
-        # A_i = -s_i J_i + D_i u_i^T (on z_i) and B_i = s_i J_{i+1} + D_i v_i^T (on z_{i+1}), u, v = d s_i.
-        s = np.sqrt(wbar)
-        u = drho[:-1] / (4 * s[:, None])
-        v = drho[1:] / (4 * s[:, None])
-        jtj = jac @ np.swapaxes(jac, 1, 2)  # (n, d, d)
-        j01 = jac[:-1] @ np.swapaxes(jac[1:], 1, 2)  # J_i^T J_{i+1}
-        jda = (jac[:-1] @ diff[:, :, None])[..., 0]  # J_i^T D_i
-        jdb = (jac[1:] @ diff[:, :, None])[..., 0]  # J_{i+1}^T D_i
-        dd = (diff * diff).sum(1)
-        s2 = (s * s)[:, None, None]
-        sc = s[:, None, None]
-        out = lambda p, q: p[:, :, None] * q[:, None, :]  # noqa: E731  (batched outer product)
-        AA = s2 * jtj[:-1] - sc * (out(jda, u) + out(u, jda)) + dd[:, None, None] * out(u, u)
-        BB = s2 * jtj[1:] + sc * (out(jdb, v) + out(v, jdb)) + dd[:, None, None] * out(v, v)
-        AB = -s2 * j01 - sc * out(jda, v) + sc * out(u, jdb) + dd[:, None, None] * out(u, v)
-        ga = -(s * s)[:, None] * jda + (s * dd)[:, None] * u
-        gb = (s * s)[:, None] * jdb + (s * dd)[:, None] * v
-        H = np.zeros((n, d, n, d))
-        g = np.zeros((n, d))
-        idx = np.arange(n - 1)
-        H[idx, :, idx, :] += AA
-        H[idx + 1, :, idx + 1, :] += BB
-        H[idx, :, idx + 1, :] += AB
-        H[idx + 1, :, idx, :] += np.swapaxes(AB, 1, 2)
-        g[:-1] += ga
-        g[1:] += gb
-        H = H[1:-1, :, 1:-1, :].reshape(m * d, m * d)
-        g = g[1:-1].reshape(-1)
-        diag = np.diag(H).copy() + 1e-12
-        improved = False
-        while lam < 1e8:
-            step = np.linalg.solve(H + lam * np.diag(diag), -g).reshape(m, d)
-            trial = z.copy()
-            trial[1:-1] += step
-            res = evaluate(trial)
-            if res[0] < e:
-                gain = (e - res[0]) / max(e, 1e-300)
-                z = trial
-                e, x, drho, wbar, diff = res
-                lam = max(lam / 3, 1e-9)
-                improved = True
-                break
-            lam *= 4
-        done = it + 1
-        if not improved or gain < tol:
-            break
-    return z.astype(np.float32), {"energy_start": start, "energy": e, "iterations": done}
-
-
 # -- the public functions ---------------------------------------------------------------------------------------
 
 
-def interpolate(model, image_a: object, image_b: object, steps: int = 10, method: str = "linear", *,
-                spacing: str = "data", return_codes: bool = False, search: str = "astar",
-                realism_weight: float | None = None, refine: bool = True, refine_points: int = REFINE_POINTS,
-                refine_iterations: int = REFINE_ITERATIONS, attach: int | None = None, info: dict | None = None):
-    """Decoded images along a latent path from image_a to image_b: (steps, features) float32 in [0, 1].
+def interpolate_codes(model, z_a: object, z_b: object, steps: int = 10, method: str = "linear", *,
+                      spacing: str = "data", search: str = "astar", realism_weight: float | None = None,
+                      refine: bool = True, refine_points: int = REFINE_POINTS,
+                      refine_iterations: int = REFINE_ITERATIONS, attach: int | None = None,
+                      fade_floor: float | None = None, fade_weight: float | None = None,
+                      info: dict | None = None) -> NDArray[np.float32]:
+    """Latent codes along a path from code z_a to code z_b: (steps, latent_size) float32, z_a first, z_b last.
 
+    z_a, z_b: latent codes shaped (latent_size,) or (1, latent_size), finite.
     method: "linear", "slerp" or "graph" (needs the package's latent index: `vae-infer index build`).
-    spacing: "data" (default) puts the steps at equal arc length in data space; "latent" at equal latent steps.
-    return_codes: also return the latent codes, as (images, codes).
-    Graph options: search ("astar" or "dijkstra"), realism_weight (the exponent q of the cost field in edge
-    weights and of refinement, default the index's), refine (relax the path after the search), refine_points,
-    refine_iterations, attach (nodes each endpoint attaches to; default the index's k).
-    info: a dict to fill with details (graph nodes on the path, search weight, refinement energies)."""
+    spacing: "data" (default) puts the codes at equal arc length of their decoded images (Euclidean, in data
+    space); "latent" at equal latent steps.
+    Graph options: search ("astar" or "dijkstra"), realism_weight (exponent of the cost field in edge weights and
+    refinement; default the index's), refine (relax the path after the search), refine_points,
+    refine_iterations, attach (nodes each endpoint attaches to; default the index's k), fade_floor and
+    fade_weight (the penalty on nodes fainter than fade_floor times the dimmer endpoint; 0 turns it off).
+    info: a dict to fill with details (graph nodes on the path, search weight, refinement energies).
+    Raises InputError for bad input (including z_a == z_b: there is no path between a code and itself)."""
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if spacing not in SPACINGS:
         raise InputError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     steps = _steps(steps)
-    xa, xb = _one_image(model, image_a, "image_a"), _one_image(model, image_b, "image_b")
-    mu, _ = model.encode(np.concatenate([xa, xb]))
-    za, zb = mu[0], mu[1]
+    za, zb = _code(model, z_a, "z_a"), _code(model, z_b, "z_b")
     if np.array_equal(za, zb):
         raise InputError(
-            "image_a and image_b have the same latent code (identical or indistinguishable images), so there is "
-            "no path between them; pass two different images"
+            "the two endpoints have the same latent code (identical or indistinguishable images), so there is "
+            "no path between them; pass two different images or codes"
         )
     info = {} if info is None else info
     info["method"] = method
     if method == "graph":
-        codes = _graph_codes(model, za, zb, steps, spacing, info, search=search, realism_weight=realism_weight,
-                             refine=refine, refine_points=refine_points, refine_iterations=refine_iterations,
-                             attach=attach)
-    else:
-        make = linear_codes if method == "linear" else slerp_codes
-        if spacing == "latent":
-            codes = make(za, zb, steps)
-        else:
-            codes = resample(*_fine_decoded(model, make(za, zb, 65)), steps)
+        return _graph_codes(model, za, zb, steps, spacing, info, search=search, realism_weight=realism_weight,
+                            refine=refine, refine_points=refine_points, refine_iterations=refine_iterations,
+                            attach=attach, fade_floor=fade_floor, fade_weight=fade_weight)
+    make = linear_codes if method == "linear" else slerp_codes
+    if spacing == "latent":
+        return make(za, zb, steps)
+    return resample(*_fine_points(model, make(za, zb, 65)), steps)
+
+
+def interpolate(model, image_a: object, image_b: object, steps: int = 10, method: str = "linear", *,
+                return_codes: bool = False, **options):
+    """Decoded images along a latent path from image_a to image_b: (steps, features) float32 in [0, 1].
+
+    The path runs between the two images' latent means (interpolate_codes, whose options it takes: spacing,
+    search, realism_weight, refine, refine_points, refine_iterations, attach, fade_floor, fade_weight, info).
+    return_codes: also return the latent codes, as (images, codes)."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    steps = _steps(steps)
+    xa, xb = _one_image(model, image_a, "image_a"), _one_image(model, image_b, "image_b")
+    mu, _ = model.encode(np.concatenate([xa, xb]))
+    if np.array_equal(mu[0], mu[1]):
+        raise InputError(
+            "image_a and image_b have the same latent code (identical or indistinguishable images), so there is "
+            "no path between them; pass two different images"
+        )
+    codes = interpolate_codes(model, mu[0], mu[1], steps=steps, method=method, **options)
     images = model.decode(codes)
     return (images, codes) if return_codes else images
 
 
-def _fine_decoded(model, codes: NDArray) -> tuple[NDArray, NDArray]:
-    fine = subdivide(codes, 4)
+def _fine_points(model, codes: NDArray, per: int = 4) -> tuple[NDArray, NDArray]:
+    """The codes subdivided, and their decoded images (where data-space arc length is measured)."""
+    fine = subdivide(codes, per)
     return fine, model.decode(fine)
 
 
+def _faintest(model, codes: NDArray, per: int = 4) -> float:
+    """The smallest brightness ratio along a path, decoded finely (`per` points per segment)."""
+    return float(brightness_ratio(model.decode(subdivide(codes, per) if per > 1 else codes)).min())
+
+
 def _graph_codes(model, za, zb, steps, spacing, info, *, search, realism_weight, refine, refine_points,
-                 refine_iterations, attach) -> NDArray[np.float32]:
+                 refine_iterations, attach, fade_floor, fade_weight) -> NDArray[np.float32]:
     from .inputs import as_count
-    from .latent_graph import load_graph
+    from .latent_search import DEFAULT_FADE_FLOOR, DEFAULT_FADE_WEIGHT, load_graph
 
     graph = load_graph(model)
     if attach is not None:
         attach = as_count(attach, "attach")
-    found = graph.shortest_path(za, zb, search=search, realism_weight=realism_weight, attach=attach)
+    found = graph.shortest_path(
+        za, zb, search=search, realism_weight=realism_weight, attach=attach,
+        fade_floor=DEFAULT_FADE_FLOOR if fade_floor is None else fade_floor,
+        fade_weight=DEFAULT_FADE_WEIGHT if fade_weight is None else fade_weight)
     info.update({"graph_nodes": found["nodes"], "search_weight": found["weight"], "graph_length": found["length"],
                  "search": search})
     codes = found["codes"]
@@ -285,49 +248,52 @@ def _graph_codes(model, za, zb, steps, spacing, info, *, search, realism_weight,
             raise InputError(f"refine_points must be >= 3, got {refine_points}")
         # start from the graph path at equal latent arc length, then relax (the relaxation evens the steps)
         start = resample(codes, codes, refine_points)
+        # the refinement may not cut through faint regions or leave the data: no step may take a point of the
+        # path below REFINE_FLOOR times the endpoints' blend (or below the searched path's faintest point, if
+        # lower), nor where the cost field is higher than anywhere on the searched path
+        limit = min(_faintest(model, start, 1), REFINE_FLOOR) - FADE_SLACK
+        worst = float(graph.cost_at(start).max()) * (1 + 1e-6)
+
+        def accept(z: NDArray) -> bool:
+            return bool(graph.cost_at(z).max() <= worst) and _faintest(model, z, 1) >= limit
+
         codes, stats = relax(graph.points, start, cost=graph.cost_at, power=2 * q,
-                             iterations=as_count(refine_iterations, "refine_iterations"))
+                             iterations=as_count(refine_iterations, "refine_iterations"), accept=accept)
         info.update({f"refine_{k}": v for k, v in stats.items()})
     if spacing == "latent":
         return resample(codes, codes, steps)
-    fine = subdivide(codes, 4 if refine else FINE)
-    return resample(fine, model.decode(fine), steps)
+    return resample(*_fine_points(model, codes, 4 if refine else FINE), steps)
 
 
-class Reference:
-    """Real images to measure realism against, prepared once (float32 rows and their squared norms)."""
-
-    def __init__(self, model, images: object) -> None:
-        arr = np.asarray(images)
-        self.images = np.concatenate([model.as_images(arr[s : s + REALISM_CHUNK])
-                                      for s in range(0, len(arr), REALISM_CHUNK)]) if len(arr) else model.as_images(arr)
-        self.sq = (self.images * self.images).sum(1)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def nearest(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
-        """Distance from each row of x to its nearest reference image."""
-        x = np.asarray(x, dtype=np.float32)
-        xsq = (x * x).sum(1)
-        best = np.full(len(x), np.inf)
-        for s in range(0, len(self.images), REALISM_CHUNK):
-            ref = self.images[s : s + REALISM_CHUNK]
-            d2 = xsq[:, None] + self.sq[None, s : s + REALISM_CHUNK] - 2.0 * (x @ ref.T)
-            best = np.minimum(best, d2.min(1))
-        return np.sqrt(np.maximum(best, 0.0))
+def _fine(fine: object) -> int:
+    if isinstance(fine, bool) or not isinstance(fine, numbers.Integral) or fine < 1:
+        raise InputError(f"fine must be an integer >= 1 (parts each segment of a path of codes is split into), "
+                         f"got {fine!r}")
+    return int(fine)
 
 
 def path_metrics(model, path: object, *, reference: object | None = None, fine: int = FINE) -> dict[str, Any]:
-    """Length in data space, largest step and realism of a path.
+    """Length, brightness and realism of a path, per frame and summarised.
 
-    path: latent codes (n, latent size), e.g. from interpolate(..., return_codes=True), or images
-    (n, features) / (n, h, w). With codes, the length is measured on a fine resampling: each segment is split
-    into `fine` parts, decoded, and the distances between successive decoded images are summed. With images
-    only, it is the sum of the distances between the given images (a lower bound: nothing between them is
-    known). largest_step: the largest distance between successive points of the path as given (decoded).
-    realism (only with reference, real images such as the training set, or a Reference): the mean distance of
-    the path's points (decoded) to their nearest reference image; lower is more realistic."""
+    path: latent codes (n, latent size), e.g. from interpolate_codes, or images (n, features) / (n, h, w), n >= 2.
+    reference: real images (e.g. the training set) or a vae_infer.realism.Reference, for realism.
+    fine: with codes, each segment is split into `fine` parts and decoded to measure the length (integer >= 1).
+
+    Returns:
+    - "points", "kind" ("codes" or "images");
+    - "length": the sum of chordal distances ||u(x[i+1]) - u(x[i])|| (u: the image scaled to unit length, so it
+      measures change of shape and is blind to brightness) between successive decoded images of the finely
+      subdivided path (with images only: between the given images, a lower bound); "length_l2" the same in
+      plain Euclidean distance; "largest_step", "mean_step", "step_evenness" (largest / mean) of the chordal
+      steps between the given points;
+    - "frames": per frame (n,) arrays: "brightness" (mean pixel value), "brightness_ratio" (over the linear
+      blend of the endpoints' brightness at the frame's position), "realism" (cosine distance to the nearest
+      reference image; None without reference) and "realism_l2" (Euclidean distance to it; None without);
+    - summaries over the interior frames (all frames of a 2-point path): "brightness_ratio_mean",
+      "brightness_ratio_min", "faint_share" (share of frames under 0.5), "realism" (mean cosine distance;
+      lower is more realistic; None without reference) and "realism_l2" (its Euclidean counterpart, kept for
+      comparison: it rewards dim images, see vae_infer.realism)."""
+    fine = _fine(fine)
     arr = np.asarray(path)
     if arr.ndim == 2 and arr.shape[1] == model.latent_size and model.latent_size != model.manifest.features:
         from .inputs import as_latents
@@ -344,15 +310,26 @@ def path_metrics(model, path: object, *, reference: object | None = None, fine: 
             raise InputError(f"a path needs at least 2 points, got {len(points)}")
         fine_points = points
         kind = "images"
-    steps = np.linalg.norm(np.diff(points.astype(np.float64), axis=0), axis=1)
-    length = float(np.linalg.norm(np.diff(fine_points.astype(np.float64), axis=0), axis=1).sum())
-    out = {
-        "points": len(points), "kind": kind, "length": length, "largest_step": float(steps.max()),
-        "mean_step": float(steps.mean()), "step_evenness": float(steps.max() / max(steps.mean(), 1e-12)),
-        "endpoint_distance": float(np.linalg.norm(points[-1].astype(np.float64) - points[0])),
-        "realism": None,
+    unit, _ = unit_rows(points)
+    steps = np.linalg.norm(np.diff(unit.astype(np.float64), axis=0), axis=1)
+    fine_unit, _ = unit_rows(fine_points)
+    length = float(np.linalg.norm(np.diff(fine_unit.astype(np.float64), axis=0), axis=1).sum())
+    length_l2 = float(np.linalg.norm(np.diff(fine_points.astype(np.float64), axis=0), axis=1).sum())
+    ratio = brightness_ratio(points)
+    inner = slice(1, -1) if len(points) > 2 else slice(None)
+    frames: dict[str, Any] = {"brightness": points.astype(np.float64).mean(1), "brightness_ratio": ratio,
+                              "realism": None, "realism_l2": None}
+    out: dict[str, Any] = {
+        "points": len(points), "kind": kind, "length": length, "length_l2": length_l2,
+        "largest_step": float(steps.max()), "mean_step": float(steps.mean()),
+        "step_evenness": float(steps.max() / max(steps.mean(), 1e-12)),
+        "brightness_ratio_mean": float(ratio[inner].mean()), "brightness_ratio_min": float(ratio[inner].min()),
+        "faint_share": float((ratio[inner] < 0.5).mean()), "realism": None, "realism_l2": None, "frames": frames,
     }
     if reference is not None:
         ref = reference if isinstance(reference, Reference) else Reference(model, reference)
-        out["realism"] = float(ref.nearest(points).mean())
+        near = ref.nearest(points)
+        frames["realism"], frames["realism_l2"] = near["cosine"], near["l2"]
+        out["realism"] = float(near["cosine"][inner].mean())
+        out["realism_l2"] = float(near["l2"][inner].mean())
     return out

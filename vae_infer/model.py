@@ -208,13 +208,15 @@ class VAEModel:
 
     def interpolate(self, image_a: object, image_b: object, steps: int = 10, method: str = "linear",
                     **options) -> Array:
-        """Decoded images along a path from image_a to image_b, (steps, features) (vae_infer.interpolation)."""
+        """Decoded images along a path from image_a to image_b, (steps, features) (vae_infer.interpolation; the
+        latent path alone, from two codes: vae_infer.interpolation.interpolate_codes)."""
         from .interpolation import interpolate
 
         return interpolate(self, image_a, image_b, steps=steps, method=method, **options)
 
     def path_metrics(self, path: object, **options) -> dict:
-        """Length in data space, largest step and realism of a path of images (vae_infer.interpolation)."""
+        """Length, brightness and realism of a path of codes or images, per frame and summarised
+        (vae_infer.interpolation.path_metrics)."""
         from .interpolation import path_metrics
 
         return path_metrics(self, path, **options)

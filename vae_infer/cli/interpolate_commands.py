@@ -9,19 +9,12 @@ import numpy as np
 
 from .. import arrays
 from ..errors import InputError
-from ..interpolation import METHODS, SPACINGS, Reference, interpolate, path_metrics
-from ..latent_graph import (
-    DEFAULT_K,
-    DEFAULT_REALISM_WEIGHT,
-    MAX_CODES,
-    METRICS,
-    SEARCHES,
-    build_index,
-    load_graph,
-    load_images,
-    read_index,
-    save_index,
-)
+from ..interpolation import METHODS, SPACINGS, interpolate, path_metrics
+from ..latent_build import DEFAULT_FAINT_WEIGHT, DEFAULT_K, DEFAULT_REALISM_WEIGHT, MAX_CODES, build_index
+from ..latent_index import INDEX_FILE, METRICS, read_index
+from ..latent_map import DEFAULT_POINTS, MAP_FILE, build_latent_map, manifest_section, to_bytes
+from ..latent_search import SEARCHES, load_graph
+from ..realism import Reference
 from .base import check_out, check_png, echo_json, json_option, main, model_options, open_model, save_grid, status_note
 
 DATA_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache/vae-infer/datasets/NAME or "
@@ -41,10 +34,21 @@ def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
     return arr[index]
 
 
+def _open_data(spec: str, split: str):
+    """The images of a data source, its labels (or None), class names and where it was read: the data layer's
+    sources read whole (an index build reads every row)."""
+    from ..datasets import CLASS_NAMES
+    from ..sources import open_source
+
+    source = open_source(spec, split=split)
+    return source.read(0, len(source)), source.labels(), CLASS_NAMES.get(str(spec)), source.where
+
+
 def _describe(metrics: dict) -> str:
-    text = f"length {metrics['length']:.3f}, largest step {metrics['largest_step']:.3f}"
+    text = (f"length {metrics['length']:.3f} (cosine), largest step {metrics['largest_step']:.3f}, brightness "
+            f"ratio mean {metrics['brightness_ratio_mean']:.2f} / lowest {metrics['brightness_ratio_min']:.2f}")
     if metrics.get("realism") is not None:
-        text += f", realism {metrics['realism']:.3f}"
+        text += f", realism {metrics['realism']:.4f} (cosine distance to the nearest reference image)"
     return text
 
 
@@ -73,7 +77,8 @@ def _describe(metrics: dict) -> str:
                    "only).  [default: the index's]")
 @click.option("--no-refine", is_flag=True, help="Graph: keep the raw path through the node codes (no relaxation).")
 @click.option("--reference", metavar="DATA", default=None,
-              help="Real images to measure realism against (mean distance to the nearest one): " + DATA_HELP)
+              help="Real images to measure realism against (mean cosine distance of the frames to the nearest "
+                   "one): " + DATA_HELP)
 @click.option("--out", type=click.Path(path_type=Path), callback=check_out, default=None, metavar="OUT.npz",
               help="Write the path: .npz gets images and codes (and linear_images, linear_codes with --compare); "
                    ".npy the images only.")
@@ -96,7 +101,7 @@ def interpolate_command(model: Path, image_a: Path, image_b: Path, method: str |
     xa, xb = _one(image_a, a_index, m, "a"), _one(image_b, b_index, m, "b")
     ref = None
     if reference is not None:
-        images, origin = load_images(reference, "train")
+        images, _, _, origin = _open_data(reference, "train")
         status_note(f"realism against {len(images)} images from {origin}", quiet=as_json)
         ref = Reference(m, images)
     options = {"search": search, "realism_weight": realism_weight, "refine": not no_refine} if method == "graph" else {}
@@ -152,8 +157,9 @@ def index_group() -> None:
               help="Which split of a named dataset, IDX folder or .npz.")
 @click.option("--k", "k", type=click.IntRange(min=1), default=DEFAULT_K, show_default=True, metavar="K",
               help="Neighbours per graph node.")
-@click.option("--metric", type=click.Choice(METRICS), default="decoded", show_default=True,
-              help="Edge distance: between the decoded images of the two nodes, or in the latent space.")
+@click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True,
+              help="Edge distance: chordal (cosine) distance between the decoded images of the two nodes, their "
+                   "Euclidean distance (decoded), or the latent distance.")
 @click.option("--cell", type=click.FloatRange(min=0, min_open=True), default=None, metavar="W",
               help="Landmark grid spacing (latent units): one node per occupied cell.  [default: 0.1 x the codes' "
                    "standard deviation]")
@@ -161,35 +167,65 @@ def index_group() -> None:
               help="Realism grid spacing (2-D latents).  [default: 0.4 x --cell]")
 @click.option("--realism-weight", type=click.FloatRange(min=0), default=DEFAULT_REALISM_WEIGHT, show_default=True,
               metavar="Q", help="Default exponent of the realism cost in edge weights (0: distance only).")
+@click.option("--faint-weight", type=click.FloatRange(min=0), default=DEFAULT_FAINT_WEIGHT, show_default=True,
+              metavar="F", help="Exponent of the faintness penalty in the realism cost.")
 @click.option("--max-codes", type=click.IntRange(min=3), default=MAX_CODES, show_default=True, metavar="N",
               help="Larger datasets are subsampled (seeded) to this many codes.")
 @click.option("--no-bridge", is_flag=True,
               help="Leave a disconnected graph in pieces (queries between pieces then fail) instead of bridging.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S")
+@click.option("--map-split", type=click.Choice(["train", "test"]), default="test", show_default=True,
+              help="The split of DATA whose codes (and labels) make the latent map.")
+@click.option("--map-points", type=click.IntRange(min=1), default=DEFAULT_POINTS, show_default=True, metavar="N",
+              help="Images in the latent map (a seeded random sample when the split holds more).")
+@click.option("--no-map", is_flag=True, help="Build the index only; keep the package's latent map as it is.")
 @json_option
 def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: float | None,
-                field_cell: float | None, realism_weight: float, max_codes: int, no_bridge: bool, seed: int,
-                device: str, threads: int | None, as_json: bool) -> None:
-    """Build (or rebuild) the latent graph index of a model package.
+                field_cell: float | None, realism_weight: float, faint_weight: float, max_codes: int,
+                no_bridge: bool, seed: int, map_split: str, map_points: int, no_map: bool, device: str,
+                threads: int | None, as_json: bool) -> None:
+    """Build (or rebuild) the latent graph index and the latent map of a model package.
 
-    Encodes the images of DATA, builds the k-nearest-neighbour graph of their latent means (landmarks on a
-    grid) with decoded-distance edge weights and the realism field, and stores it in the package as
-    latent_index.npz, listed with its sha256 in model.json (the package is rewritten atomically)."""
+    Encodes the images of DATA, builds the k-nearest-neighbour graph whose nodes are the codes of real images
+    that decode well (one per cell of a latent grid), with chordal (cosine) edge distances and the realism
+    field, and stores it in the package as latent_index.npz. Unless --no-map, it also encodes a sample of the
+    --map-split split (with its labels, when DATA has them) as latent_map.npz. Both are listed with their sha256
+    in model.json; the package is rewritten once, atomically, keeping every other file and section."""
+    from ..package import update_package
+
     m = open_model(model, device, threads)
-    images, origin = load_images(data, split)
+    images, labels, names, origin = _open_data(data, split)
     status_note(f"encoding {len(images)} images from {origin}...", quiet=as_json)
     index = build_index(m, images, k=k, metric=metric, cell=cell, field_cell=field_cell,
-                        realism_weight=realism_weight, max_codes=max_codes, bridge=not no_bridge, seed=seed)
-    manifest = save_index(model, index, source=f"{origin} ({split})")
+                        realism_weight=realism_weight, faint_weight=faint_weight, max_codes=max_codes,
+                        bridge=not no_bridge, seed=seed)
+    data_bytes = index.to_bytes()
+    section = index.manifest_section(INDEX_FILE, f"{origin} ({split})")
+    section["bytes"] = len(data_bytes)
+    files, sections = {INDEX_FILE: data_bytes}, {"latent_index": section}
+    if not no_map:
+        map_images, map_origin = images, origin
+        if map_split != split:
+            map_images, labels, names, map_origin = _open_data(data, map_split)
+        lmap = build_latent_map(m, map_images, labels, names if labels is not None else None, points=map_points,
+                                seed=seed, source=f"{map_origin} ({map_split})")
+        files[MAP_FILE] = to_bytes(lmap)
+        sections["latent_map"] = {**manifest_section(lmap, MAP_FILE, seed), "bytes": len(files[MAP_FILE])}
+    manifest = update_package(model, files, **sections)
     section = manifest.latent_index
     if as_json:
-        echo_json({**section, "sha256": manifest.files[section["file"]], "model": str(model)})
+        echo_json({**section, "sha256": manifest.files[section["file"]], "model": str(model),
+                   "latent_map": manifest.latent_map if not no_map else None})
         return
     click.echo(f"built the latent graph of {model} from {index.n_codes} codes ({origin}) in "
                f"{index.info['build_seconds']:.2f} s")
     click.echo(f"  {index.n_nodes} nodes, {len(index.edges)} edges (k={k}, {metric} distances), "
                f"{section['n_bridges']} bridges; {section['bytes'] / 1e6:.2f} MB")
     click.echo(f"  wrote {Path(model) / section['file']} (sha256 {manifest.files[section['file']][:16]}...)")
+    if not no_map:
+        lm = manifest.latent_map
+        click.echo(f"  latent map: {lm['points']} codes from {lm['source']}"
+                   f"{', labelled' if lm['labelled'] else ', no labels'}; wrote {Path(model) / lm['file']}")
 
 
 @index_group.command("info")

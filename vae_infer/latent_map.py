@@ -1,0 +1,164 @@
+"""The latent map of a model package: the latent means of a sample of a data set, with their class labels, for
+drawing the latent space (the explorer page, the README's picture).
+
+    from vae_infer.latent_map import read_latent_map
+    m = read_latent_map(model)      # LatentMap(codes, labels, class_names, source)
+    m.codes                         # (n, latent_size) float32, finite
+    m.labels                        # (n,) int64 in 0..len(class_names) - 1, or None when the data had no labels
+    m.class_names                   # tuple of str (empty without labels)
+
+Stored as `latent_map.npz` (arrays `codes` and, when labelled, `labels`; no pickles) and the `latent_map` section
+of model.json: {"file", "format", "points", "latent_size", "class_names", "labelled", "source", "seed", "bytes"},
+the file listed with its sha256. `vae-infer index build` writes it beside the latent index; reading verifies the
+sha256, the format, every array's shape and dtype, finiteness, the label range and the section's counts, and
+refuses anything else with a ModelPackageError that says how to rebuild it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import InputError, ModelPackageError
+
+MAP_FILE = "latent_map.npz"
+MAP_FORMAT = 1
+DEFAULT_POINTS = 10_000
+ENCODE_CHUNK = 8192
+
+
+class LatentMap(NamedTuple):
+    codes: NDArray[np.float32]  # (n, latent_size)
+    labels: NDArray[np.int64] | None  # (n,) or None
+    class_names: tuple[str, ...]  # names of labels 0..; () without labels
+    source: str | None  # where the images came from
+
+
+def build_latent_map(model, images: object, labels: object | None = None,
+                     class_names: tuple[str, ...] | list[str] | None = None, points: int = DEFAULT_POINTS,
+                     seed: int = 0, source: str | None = None) -> LatentMap:
+    """Encode a seeded random sample of `points` images (all of them when there are fewer) to their latent means.
+
+    images: (n, features) or (n, h, w), uint8 or floats in [0, 1]. labels: (n,) integers, or None. class_names:
+    the names of labels 0..; default "0", "1", ... up to the largest label."""
+    from .inputs import as_count, as_seed
+
+    points = as_count(points, "points")
+    arr = np.asarray(images)
+    if arr.ndim not in (2, 3):
+        model.as_images(arr)  # raises the usual shape error
+    n = len(arr)
+    if n == 0:
+        raise InputError("a latent map needs at least one image, got none")
+    rng = np.random.default_rng(as_seed(seed))
+    pick = np.sort(rng.choice(n, points, replace=False)) if n > points else np.arange(n)
+    codes = np.concatenate([model.encode(arr[pick[s : s + ENCODE_CHUNK]])[0]
+                            for s in range(0, len(pick), ENCODE_CHUNK)]).astype(np.float32)
+    lab = None
+    names: tuple[str, ...] = ()
+    if labels is not None:
+        all_labels = np.asarray(labels)
+        if all_labels.shape != (n,) or not np.issubdtype(all_labels.dtype, np.integer):
+            raise InputError(f"labels: expected ({n},) integers, one per image, got {all_labels.dtype} "
+                             f"{all_labels.shape}")
+        lab = all_labels[pick].astype(np.int64)
+        if lab.min() < 0:
+            raise InputError(f"labels: expected integers >= 0, found {int(lab.min())}")
+        names = tuple(str(c) for c in class_names) if class_names is not None else tuple(
+            str(i) for i in range(int(all_labels.max()) + 1))
+        if lab.max() >= len(names):
+            raise InputError(f"labels: found label {int(lab.max())} but only {len(names)} class names")
+    result = LatentMap(codes, lab, names, source)
+    _check(result, model.latent_size, "latent map", InputError)
+    return result
+
+
+def to_bytes(latent_map: LatentMap) -> bytes:
+    buf = io.BytesIO()
+    arrays = {"format": np.int32(MAP_FORMAT), "codes": latent_map.codes}
+    if latent_map.labels is not None:
+        arrays["labels"] = latent_map.labels
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def manifest_section(latent_map: LatentMap, file_name: str = MAP_FILE, seed: int | None = None) -> dict[str, Any]:
+    return {"file": file_name, "format": MAP_FORMAT, "points": int(len(latent_map.codes)),
+            "latent_size": int(latent_map.codes.shape[1]), "class_names": list(latent_map.class_names),
+            "labelled": latent_map.labels is not None, "source": latent_map.source, "seed": seed}
+
+
+def save_latent_map(package_dir: str | Path, latent_map: LatentMap, seed: int | None = None,
+                    file_name: str = MAP_FILE):
+    """Store the map in a model package (atomically, with its sha256 in model.json); returns the new manifest."""
+    from .package import update_package
+
+    data = to_bytes(latent_map)
+    section = manifest_section(latent_map, file_name, seed)
+    section["bytes"] = len(data)
+    return update_package(package_dir, {file_name: data}, latent_map=section)
+
+
+def read_latent_map(model) -> LatentMap:
+    """The latent map stored in a loaded model's package, sha256-checked and validated."""
+    from .package import read_verified
+
+    section = model.manifest.latent_map
+    rebuild = f"rebuild it with `vae-infer index build {model.path} --data DATASET`"
+    if not section:
+        raise ModelPackageError(f"{model.path}: model.json has no latent_map section; {rebuild}")
+    if not isinstance(section, dict):
+        raise ModelPackageError(f"{model.path}: the latent_map section is {type(section).__name__}, expected an "
+                                f"object; {rebuild}")
+    name = section.get("file")
+    if not isinstance(name, str) or name not in model.manifest.files:
+        raise ModelPackageError(f"{model.path}: latent_map names the file {name!r}, which model.json does not list")
+    origin = str(Path(model.path) / name)
+    names = section.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise ModelPackageError(f"{origin}: class_names in model.json is {names!r}, expected a list of strings; "
+                                f"{rebuild}")
+    data = read_verified(model.path, model.manifest, name)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+    except Exception as e:  # numpy raises several types for a corrupt or pickled file
+        raise ModelPackageError(f"{origin}: expected a numpy .npz of map arrays, cannot read it: {e}; {rebuild}") from e
+    if "codes" not in arrays or "format" not in arrays:
+        raise ModelPackageError(f"{origin}: expected arrays format and codes, found {sorted(arrays)}; {rebuild}")
+    if arrays["format"].shape != () or int(arrays["format"]) != MAP_FORMAT:
+        raise ModelPackageError(f"{origin}: map format {arrays['format']!r}, this vae_infer reads {MAP_FORMAT}; "
+                                f"{rebuild}")
+    result = LatentMap(arrays["codes"], arrays.get("labels"), tuple(names), section.get("source"))
+    _check(result, model.latent_size, origin, ModelPackageError, rebuild)
+    problems = []
+    if section.get("points") != len(result.codes):
+        problems.append(f"model.json says {section.get('points')!r} points, the file holds {len(result.codes)}")
+    if bool(section.get("labelled")) != (result.labels is not None):
+        problems.append(f"model.json says labelled={section.get('labelled')!r}, the file "
+                        f"{'holds' if result.labels is not None else 'has no'} labels")
+    if problems:
+        raise ModelPackageError(f"{origin} does not match model.json: " + "; ".join(problems) + f"; {rebuild}")
+    return result
+
+
+def _check(m: LatentMap, latent_size: int, origin: str, error: type, rebuild: str = "") -> None:
+    """Shapes, dtypes, finiteness and the label range."""
+    problems = []
+    codes, labels = m.codes, m.labels
+    if codes.dtype != np.float32 or codes.ndim != 2 or codes.shape[1:] != (latent_size,) or len(codes) == 0:
+        problems.append(f"codes are {codes.dtype} {codes.shape}, expected float32 (n >= 1, {latent_size})")
+    elif not np.isfinite(codes).all():
+        problems.append("codes hold NaN or inf")
+    if labels is not None:
+        if labels.dtype != np.int64 or labels.shape != (len(codes),):
+            problems.append(f"labels are {labels.dtype} {labels.shape}, expected int64 ({len(codes)},)")
+        elif len(labels) and (labels.min() < 0 or labels.max() >= len(m.class_names)):
+            problems.append(f"labels range over {int(labels.min())}..{int(labels.max())}, expected "
+                            f"0..{len(m.class_names) - 1} ({len(m.class_names)} class names)")
+    if problems:
+        raise error(f"{origin} is malformed: " + "; ".join(problems) + (f"; {rebuild}" if rebuild else ""))
