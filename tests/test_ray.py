@@ -1,0 +1,167 @@
+"""The Ray engine (vae_infer.ray, run_batch(engine="ray")) on a real two-node Ray cluster on this machine: output
+equal to the local engine and to the model's API, the package passed by value to both nodes, an actor killed in
+the middle of a job. One cluster for the module; every Ray job has a timeout."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import shutil
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import needs_module, needs_real_data
+from vae_infer import load
+from vae_infer.batch import BatchOptions, read_results, run_batch
+from vae_infer.errors import ModelPackageError
+from vae_infer.sources import open_source
+
+pytestmark = [needs_module("ray", "ray"), needs_module("pyarrow", "parquet"), needs_real_data]
+JOB_TIMEOUT_S = 120  # a Ray job that cannot be scheduled waits silently: every job here has a deadline
+SLOT = "vae_test_slot"  # one per node: actors that ask for one land on different nodes
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node and a second node, one CPU each, in this machine; the test process is their driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {SLOT: 1},
+                                                      "include_dashboard": False})
+    c.add_node(num_cpus=1, resources={SLOT: 1})
+    ray.init(address=c.address, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return open_source("fashion-mnist", split="test").read(0, 4000)
+
+
+def _within(fn, timeout_s: float = JOB_TIMEOUT_S):
+    """fn() in a daemon thread, or a test failure after timeout_s (the stuck thread is left behind, not joined)."""
+    box: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: box.put(_attempt(fn)), daemon=True).start()
+    try:
+        ok, value = box.get(timeout=timeout_s)
+    except queue.Empty:
+        pytest.fail(f"the Ray job did not finish within {timeout_s} s")
+    if not ok:
+        raise value
+    return value
+
+
+def _attempt(fn) -> tuple[bool, object]:
+    try:
+        return True, fn()
+    except BaseException as e:
+        return False, e
+
+
+def test_ray_engine_equals_local_engine_and_the_model(cluster, tiny_package, images, tmp_path):
+    np.save(tmp_path / "a.npy", images[:2500])
+    np.save(tmp_path / "b.npy", (images[2500:] / 255.0).astype(np.float32))
+    inputs = [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]
+    opts = BatchOptions(outputs=("mu", "logvar", "score"), kind="nelbo", samples=2, part_rows=1000)
+    local = run_batch(tiny_package, inputs, tmp_path / "local", opts, chunk_rows=300)
+    remote = run_batch(tiny_package, inputs, tmp_path / "ray", opts, engine="ray", chunk_rows=700,
+                       ray_options={"concurrency": 2, "timeout_s": JOB_TIMEOUT_S})
+    assert local.rows == remote.rows == len(images) and remote.parts_written == 5
+    a, b = read_results(tmp_path / "local"), read_results(tmp_path / "ray")
+    pairs = list(zip(b["source"].tolist(), b["row"].tolist(), strict=True))
+    assert len(set(pairs)) == len(pairs) == len(images)
+    np.testing.assert_array_equal(a["source"], b["source"])
+    np.testing.assert_array_equal(a["row"], b["row"])
+    for k in ("mu", "logvar", "score"):
+        assert np.abs(a[k] - b[k]).max() <= 1e-6 * max(1.0, np.abs(a[k]).max()), k
+    mu, logvar = load(tiny_package, threads=1).encode(images)
+    assert np.abs(b["mu"] - mu).max() <= 1e-6 and np.abs(b["logvar"] - logvar).max() <= 1e-6
+
+
+def test_map_model_runs_on_both_nodes_with_the_package_passed_by_value(cluster, tiny_package, images, tmp_path):
+    import ray
+
+    import vae_infer.ray as vray
+
+    package = tmp_path / "pkg"
+    shutil.copytree(tiny_package, package)
+    ds = ray.data.from_numpy(np.array_split(images, 40))  # images in the "data" column, 40 blocks of 100
+    out = vray.map_model(ds, package, outputs=["mu", "logvar"], concurrency=2, num_cpus=0.5, batch_size=50,
+                         with_node=True, resources={SLOT: 1})
+    shutil.rmtree(package)  # the actors start after this: they can only have the bytes sent through Ray
+    rows = _within(lambda: out.take_all())
+    nodes = {r["node_id"] for r in rows}
+    assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]} and len(nodes) == 2
+    mu = np.stack([r["mu"] for r in rows])
+    ref, _ = load(tiny_package, threads=1).encode(images)
+    assert mu.shape == ref.shape
+    assert np.abs(np.sort(mu, axis=0) - np.sort(ref, axis=0)).max() <= 1e-6  # map_batches may reorder blocks
+
+
+def test_the_worker_refuses_a_package_that_changed_on_the_way(cluster, tiny_package):
+    from vae_infer.batch.options import BatchOptions as Options
+    from vae_infer.ray import ModelMapper, package_payload
+
+    files, digest = package_payload(tiny_package)
+    assert digest == hashlib.sha256((tiny_package / "model.json").read_bytes()).hexdigest()
+    damaged = {**files, "model.json": files["model.json"].replace(b'"latent_size"', b'"latent_size" ')}
+    with pytest.raises(ModelPackageError, match="damaged on the way"):
+        ModelMapper([damaged], digest, Options().to_dict(), 1, "data")
+
+
+def _map_workers() -> list[int]:
+    """Pids of the Ray Data actors this test process's cluster runs for map_model (its descendants only)."""
+    import psutil
+
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "MapBatches(ModelMapper)" in " ".join(p.cmdline()):
+                found.append(p.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_killed_actor_does_not_lose_or_repeat_rows(cluster, tiny_package, images, tmp_path):
+    data = tmp_path / "big.npy"
+    np.save(data, np.concatenate([images] * 6))  # 24k rows, 24 parts of iwae: several seconds of work
+    opts = BatchOptions(outputs=("mu", "score"), kind="iwae", samples=8, part_rows=1000)
+    out = tmp_path / "ray"
+    killed: list[int] = []
+
+    def kill_one_actor() -> None:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 2:
+            time.sleep(0.02)
+        pids = _map_workers()
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+            killed.append(len(list(out.glob("part-*.parquet"))))
+
+    killer = threading.Thread(target=kill_one_actor)
+    killer.start()
+    summary = run_batch(tiny_package, [str(data)], out, opts, engine="ray", chunk_rows=500,
+                        ray_options={"concurrency": 2, "timeout_s": JOB_TIMEOUT_S})
+    killer.join()
+    assert len(killed) == 2 and killed[1] < 24, f"no actor was killed in the middle of the job: {killed}"
+    assert summary.rows == summary.rows_computed == 24_000 and summary.parts_written == 24
+    r = read_results(out)
+    np.testing.assert_array_equal(r["row"], np.arange(24_000))  # each row exactly once, in order
+    local = run_batch(tiny_package, [str(data)], tmp_path / "local", opts, chunk_rows=4000, threads=1)
+    assert local.rows == 24_000
+    np.testing.assert_allclose(read_results(tmp_path / "local")["score"], r["score"], rtol=1e-9)
