@@ -325,3 +325,30 @@ def test_memory_stays_flat_from_small_to_large_inputs(tiny_package, tmp_path):
         peaks[gb] = peak_kb
         data.unlink()
     assert peaks[2.0] <= 1.2 * peaks[0.2], peaks
+
+
+def test_parquet_source_reads_ranges_across_row_groups(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = np.random.default_rng(0).integers(0, 256, (1000, 784), dtype=np.uint8)
+    table = pa.table({"fsl": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 784),
+                      "bin": pa.array([r.tobytes() for r in x], pa.binary()),
+                      "fixed": pa.array([r.tobytes() for r in x], pa.binary(784)),
+                      "floats": pa.array(list((x / 255.0).astype(np.float32)), pa.list_(pa.float32())),
+                      "ragged": pa.array([[1, 2]] * 999 + [[1]], pa.list_(pa.uint8())),
+                      "text": pa.array(["a"] * 1000)})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=300)
+    for column, want in [("fsl", x), ("bin", x), ("fixed", x), ("floats", (x / 255.0).astype(np.float32))]:
+        source = open_source(f"{tmp_path / 't.parquet'}:{column}")
+        assert (len(source), source.row_shape, source.dtype) == (1000, (784,), want.dtype)
+        for start, stop in [(0, 1000), (250, 650), (299, 301), (900, 1000), (5, 5)]:
+            np.testing.assert_array_equal(source.read(start, stop), want[start:stop])
+    for spec, fragment in [("t.parquet", "name the image column"), ("t.parquet:nope", "no column named 'nope'"),
+                           ("t.parquet:text", "expected a column of fixed-size lists"),
+                           ("t.parquet:ragged", "every image must have the same size")]:
+        with pytest.raises(DataError, match=fragment):
+            open_source(tmp_path / spec.split(":")[0] if ":" not in spec else f"{tmp_path}/{spec}").read(0, 1000)
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "t.parquet").read_bytes()[:5000])
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        open_source(f"{tmp_path / 'cut.parquet'}:fsl")
