@@ -16,6 +16,49 @@ def kernel_name(weights: str, k: int, width: int, act: str | None, stored: int |
     return f"dense_{weights}_{k}x{width}{pad}" + (f"_{act}" if act else "")
 
 
+NARROW_LANES = 16  # partial sums per dot product: one AVX-512 vector, four NEON vectors
+
+
+def narrow_kernel_name(weights: str, k: int, n: int, act: str | None) -> str:
+    return f"dot_{weights}_{k}x{n}" + (f"_{act}" if act else "")
+
+
+def narrow_kernel_source(weights: str, k: int, n: int, act: str | None) -> str:
+    """y[r][o] = act(x[r] . w[o] + bias[o]) for a narrow layer (weights output-major, [n][k]): each dot
+    product in NARROW_LANES partial sums, so that it vectorizes without reassociating float additions."""
+    scaled = weights == "int8"
+    conv = WEIGHT_CONVERT[weights].format(w="wo[i + j]") + (" * columns[i + j]" if scaled else "")
+    conv_tail = WEIGHT_CONVERT[weights].format(w="wo[i]") + (" * columns[i]" if scaled else "")
+    v = "s * scale[o] + bias[o]" if scaled else "s + bias[o]"
+    out = v if act is None else f"vae_{act}({v})"
+    scale_param = ", const float *scale, const float *columns" if scaled else ""
+    return f"""\
+static void {narrow_kernel_name(weights, k, n, act)}(const float *x, float *y, int ldy, int rows,
+    const {WEIGHT_CTYPE[weights]} *w, const float *bias{scale_param})
+{{
+    enum {{ K = {k}, N = {n}, L = {NARROW_LANES} }}; /* inputs, outputs, lanes */
+    int i, j, o, r;
+    for (r = 0; r < rows; r++) {{
+        const float *xr = x + r * K;
+        for (o = 0; o < N; o++) {{
+            const {WEIGHT_CTYPE[weights]} *wo = w + (size_t)o * K;
+            float part[L], s = 0.0f;
+            for (j = 0; j < L; j++)
+                part[j] = 0.0f;
+            for (i = 0; i + L <= K; i += L)
+                for (j = 0; j < L; j++)
+                    part[j] += xr[i + j] * ({conv}); /* not fmaf: GCC 12 leaves it scalar here */
+            for (; i < K; i++)
+                s = VAE_MADD(s, xr[i], {conv_tail});
+            for (j = 0; j < L; j++)
+                s += part[j];
+            y[r * ldy + o] = {out};
+        }}
+    }}
+}}
+"""
+
+
 def kernel_source(weights: str, k: int, width: int, act: str | None, stored: int | None = None) -> str:
     """y[r][0:stored] = act(x[r][0:k] . w + bias) for rows r < rows (rows <= VAE_ROWS); w input-major
     (k, width), where the last width - stored columns are zero padding (computed, not stored)."""

@@ -111,9 +111,21 @@ def block_layout(n: int, block: int) -> list[tuple[int, int, int]]:
     return blocks
 
 
+NARROW_OUTPUTS = 4  # layers with at most this many outputs (the latent heads) and
+NARROW_MIN_INPUTS = 64  # at least this many inputs are computed as dot products over the inputs
+
+
+def is_narrow(n: int, k: int) -> bool:
+    """A layer of n outputs and k inputs computed output by output, each a dot product over k inputs in
+    vector lanes: a register block over its few outputs would be one long chain of dependent adds."""
+    return n <= NARROW_OUTPUTS and k >= NARROW_MIN_INPUTS
+
+
 def pack(matrix: np.ndarray, block: int) -> np.ndarray:
     """(out, in) -> blocks of outputs, each stored input-major: block b is matrix[b0:b0+w, :].T, flattened,
-    with zero columns for a padded last block."""
+    with zero columns for a padded last block. A narrow layer (is_narrow) is stored as it is, output-major."""
+    if is_narrow(*matrix.shape):
+        return np.ascontiguousarray(matrix).reshape(-1)
     parts = []
     for b0, stored, width in block_layout(matrix.shape[0], block):
         part = np.zeros((matrix.shape[1], width), matrix.dtype)

@@ -40,6 +40,8 @@ from .kernels import (
     elementwise_source,
     kernel_name,
     kernel_source,
+    narrow_kernel_name,
+    narrow_kernel_source,
 )
 from .kernels_int8 import (
     VNNI_HELPER,
@@ -49,7 +51,7 @@ from .kernels_int8 import (
     pack_int8_dot,
     uses_vnni,
 )
-from .weights import DEFAULT_BLOCK, WEIGHT_FORMATS, block_layout, pack, quantize_int8, to_fp16, uses_int8_dot
+from .weights import DEFAULT_BLOCK, WEIGHT_FORMATS, block_layout, is_narrow, pack, quantize_int8, to_fp16, uses_int8_dot
 
 WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 # a layer is split between two threads for small batches when it has this many weight bytes and blocks
@@ -109,21 +111,31 @@ class _Writer:
             self.activations.add(op.act)
         if uses_int8_dot(self.weights, k, n):
             return self._int8_dot(base, what, op)
+        order = ("one row per output" if is_narrow(n, k) else
+                 f"blocks of {min(self.block, n)} outputs, input-major")
         if self.weights == "fp32":
             self._table("float", f"{base}_w", float_values(pack(op.weight, self.block)), 4,
-                        f"{what}: weights, fp32, blocks of {min(self.block, n)} outputs, input-major")
+                        f"{what}: weights, fp32, {order}")
         elif self.weights == "fp16":
             bits = pack(to_fp16(op.weight, op.name), self.block).view(np.int16)
             self._table("int16_t", f"{base}_w", [str(b) for b in bits.tolist()], 2,
-                        f"{what}: weights, IEEE half bits, blocks of {min(self.block, n)} outputs, input-major")
+                        f"{what}: weights, IEEE half bits, {order}")
         else:
             q, scale, columns = quantize_int8(op.weight)
             self._table("int8_t", f"{base}_w", [str(v) for v in pack(q, self.block).tolist()], 1,
-                        f"{what}: weights, int8 (w = q * scale[out] * columns[in]), blocks of "
-                        f"{min(self.block, n)} outputs")
+                        f"{what}: weights, int8 (w = q * scale[out] * columns[in]), {order}")
             self._table("float", f"{base}_s", float_values(scale), 4, f"{what}: int8 scale per output")
             self._table("float", f"{base}_c", float_values(columns), 4, f"{what}: int8 scale per input")
         self._table("float", f"{base}_b", float_values(op.bias), 4, f"{what}: bias")
+        if is_narrow(n, k):
+            kname = narrow_kernel_name(self.weights, k, n, op.act)
+            self.kernels.setdefault(kname, narrow_kernel_source(self.weights, k, n, op.act))
+            scale = f", {base}_s, {base}_c" if self.weights == "int8" else ""
+            self.layers.append(
+                f"/* {what}: a dot product over the inputs per output */\n"
+                f"static void {base}(const float *x, float *y, int rows, int part)\n{{\n    (void)part;\n"
+                f"    {kname}(x, y, {n}, rows, {base}_w, {base}_b{scale});\n}}\n")
+            return base
         calls = []
         offset = 0  # into the packed weights
         for b0, stored, width in block_layout(n, self.block):
