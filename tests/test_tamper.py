@@ -116,10 +116,14 @@ def _use(path: Path, parts: str = "all") -> dict[str, np.ndarray]:
         checks["detect_q"] = (m.detect(x, kind="recon", quantile=0.5)[1], (4,))
     for name in m.manifest.variants if parts in ("all", "variants") else ():
         checks[f"variant {name}"] = (vae_infer.load(path, variant=name, threads=1).encode(x)[0], (4, m.latent_size))
+    if getattr(m.manifest, "latent_map", None) and parts in ("all", "latent_map"):
+        from vae_infer.latent_map import read_latent_map
+
+        checks["latent map"] = (np.asarray(read_latent_map(m)[0]), None)
     if m.manifest.latent_index and parts in ("all", "latent_index") and _graph_works():
         checks["graph"] = (m.interpolate(x[0], x[1], steps=4, method="graph"), (4, x.shape[1]))
     for what, (value, shape) in checks.items():
-        if value.shape != shape or not np.isfinite(value).all():
+        if (shape is not None and value.shape != shape) or not np.isfinite(value).all():
             raise AssertionError(f"{what}: shape {value.shape} (expected {shape}) or non-finite values")
     return out
 

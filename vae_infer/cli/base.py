@@ -81,7 +81,10 @@ def _user_paths(ctx: click.Context | None) -> str:
     """The files and folders the user named on the command line (its path arguments and options)."""
     found: list[str] = []
     while ctx is not None:
-        for value in ctx.params.values():
+        for param in ctx.command.params:
+            if isinstance(param.type, click.Choice) or param.name not in ctx.params:
+                continue  # a choice such as --split train is not a path, even where ./train exists
+            value = ctx.params[param.name]
             for v in value if isinstance(value, (tuple, list)) else (value,):
                 if isinstance(v, Path) or (isinstance(v, str) and v and os.path.exists(v.rsplit(":", 1)[0])):
                     found.append(str(v))
