@@ -633,6 +633,55 @@ def test_big_finite_pixel_is_not_called_nan(hostile):
     assert "NaN" not in line and "1e+300" in line
 
 
+_BOUNDED = """
+import resource, sys
+import numpy as np
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+import vae_infer
+m = vae_infer.load(sys.argv[1], threads=1)
+with np.load(sys.argv[2]) as z:
+    a, b = z["images"][:2]
+try:
+    {call}
+    print("returned")
+except vae_infer.VaeInferError as e:
+    print("named error:", e)
+except MemoryError as e:
+    print("MemoryError:", e)
+"""
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param("m.path_metrics(np.array([[0, 0], [1, 1]], np.float32), fine=10**9)", marks=pytest.mark.xfail(
+        strict=True, reason="D14 in interpolation.py: path_metrics(fine=10**9) allocates 7.45 GiB (subdivide) "
+                            "instead of refusing fine above a bound")),
+    pytest.param("m.interpolate(a, b, steps=10**9)", marks=pytest.mark.xfail(
+        strict=True, reason="D4 in interpolation.py: interpolate(steps=10**9) allocates (resample) instead of "
+                            "refusing steps above a bound")),
+    "m.sample(10**9)",
+    "m.decode(np.broadcast_to(np.zeros((1, 2), np.float32), (10**7, 2)))",
+])
+def test_oversized_requests_are_refused_before_allocating(call):
+    """Run with a 4 GiB address-space limit (so a failure cannot take the machine): a named error, never a
+    MemoryError."""
+    code = _BOUNDED.format(limit=4 << 30, call=call)
+    out = subprocess.run([sys.executable, "-c", code, str(SHIPPED), str(IMAGES)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.startswith("named error:"), (out.stdout, out.stderr[-2000:])
+
+
+@pytest.mark.xfail(strict=True, reason="interpolation._one_image calls a 29x29 image '29 images' (the CLI path "
+                                       "is fixed in arrays.read_images; the Python API is not)")
+def test_a_29x29_image_is_not_29_images():
+    import vae_infer
+    from vae_infer import InputError
+
+    m = vae_infer.load(SHIPPED, threads=1)
+    with pytest.raises(InputError) as info:
+        m.interpolate(np.zeros((29, 29), np.float32), np.zeros(m.manifest.features, np.float32))
+    assert "29 images" not in str(info.value) and "(29, 29)" in str(info.value)
+
+
 def test_the_hang_guard_fires(tmp_path):
     """The guard itself: a call that blocks (opening a FIFO nobody writes) becomes a TimeoutError."""
     fifo = tmp_path / "fifo"
