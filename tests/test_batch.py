@@ -352,3 +352,11 @@ def test_parquet_source_reads_ranges_across_row_groups(tmp_path):
     (tmp_path / "cut.parquet").write_bytes((tmp_path / "t.parquet").read_bytes()[:5000])
     with pytest.raises(DataError, match="not a readable Parquet file"):
         open_source(f"{tmp_path / 'cut.parquet'}:fsl")
+
+
+def test_flag_on_an_uncalibrated_model_is_refused_before_any_work(tiny_package, shards, tmp_path):
+    from vae_infer.errors import ModelPackageError
+
+    with pytest.raises(ModelPackageError, match="is not calibrated, so the flag output cannot be computed"):
+        run_batch(tiny_package, list(shards)[0], tmp_path / "out", BatchOptions(outputs=("mu", "flag")))
+    assert not (tmp_path / "out").exists()

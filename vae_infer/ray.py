@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .anomaly import STOCHASTIC_KINDS
 from .errors import InputError, MissingExtraError, ModelPackageError, VaeInferError
 from .manifest import MANIFEST_NAME
 
@@ -102,10 +103,12 @@ class ModelMapper:
             return batch
         sources = batch.get("source", batch.get("path"))
         rows = batch.get("row")
-        sampled = {self.options.kind} & {"nelbo", "iwae", "ic"} if "score" in self.options.outputs else set()
+        kinds = ({self.options.kind} if "score" in self.options.outputs else set()) | (
+            {self.computer.flag[0]} if self.computer.flag else set())
+        sampled = sorted(kinds & set(STOCHASTIC_KINDS))
         if sampled and rows is None:
-            raise InputError(f"the sampled score {self.options.kind!r} keys its noise by each row's index: add a "
-                             f"'row' column (and 'source' or 'path'), or pick a deterministic kind")
+            raise InputError(f"the sampled score {sampled[0]!r} keys its noise by each row's index: add a 'row' "
+                             f"column (and 'source' or 'path'), or pick a deterministic kind")
         out = {k: v for k, v in batch.items() if k != self.column}
         if rows is None:
             cols = self.computer.columns(images, "", 0)
@@ -184,9 +187,12 @@ def map_model(ds, package: str | Path, outputs: Sequence[str] = ("mu", "logvar")
     computed each row, to see how the work spread). ray_remote_args go to map_batches
     (resources=..., scheduling_strategy=...)."""
     ray = require_ray()
+    from .batch.core import check_model_for
     from .batch.options import BatchOptions
+    from .package import read_manifest
 
     options = BatchOptions(outputs=tuple(outputs), kind=kind, samples=samples, seed=seed)
+    check_model_for(read_manifest(package), package, options)
     payload, digest = package_payload(package)
     ref = ray.put(payload)
     if num_cpus is None:

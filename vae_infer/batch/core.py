@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import anomaly, likelihood
+from ..errors import ModelPackageError
 from .noise import row_normals, source_key
 from .options import BatchOptions
 
@@ -30,6 +31,17 @@ def encode_rows(model, x: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDA
 def decode_logits(model, z: NDArray[np.float32]) -> NDArray[np.float32]:
     """Decoder logits of latent codes (the narrow interface of VAEModel for validated rows)."""
     return model.decode_logits(z)
+
+
+def check_model_for(manifest, package, options: BatchOptions) -> None:
+    """Refuse before any work what the model cannot compute: flag and the dose score need a calibrated model
+    (an actor that fails in its constructor would be restarted by Ray again and again)."""
+    needs = [what for what, needed in (("the flag output", "flag" in options.outputs),
+                                       ("the dose score", "score" in options.outputs and options.kind == "dose"))
+             if needed]
+    if needs and not manifest.calibration:
+        raise ModelPackageError(f"{package} is not calibrated, so {' and '.join(needs)} cannot be computed: run "
+                                f"`vae-infer calibrate {package} --data SOURCE` first, or leave them out")
 
 
 class ChunkComputer:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import DataError, InputError
 from ..package import read_manifest
-from .core import Columns
+from .core import Columns, check_model_for
 from .job import job_id, job_record, open_job
 from .options import CHUNK_ROWS, BatchOptions
 from .parts import part_is_complete, part_meta, part_path, write_failures, write_part
@@ -65,6 +65,9 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; expected a folder for the result parts")
     manifest = read_manifest(package)
+    check_model_for(manifest, package, options)
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
     described = [describe(spec, manifest.image_shape) for spec in expand(inputs)]
     failures: list[dict] = []
     for inp in described:
