@@ -148,3 +148,21 @@ def test_load_verifies_every_listed_file(tiny_copy):
     (tiny_copy / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelPackageError, match="calibration.npz does not match model.json"):
         vae_infer.load(tiny_copy)
+
+
+def test_a_later_package_write_removes_folders_of_killed_writes(tiny_copy):
+    """write_package's temporary folders left by a killed writer (its PID gone) are removed by the next
+    write to the same package; a live writer's folder is left alone."""
+    from vae_infer.package import update_package
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    leftover = tiny_copy.parent / f".{tiny_copy.name}.new-{dead_pid}-x1y2z3"
+    leftover.mkdir()
+    (leftover / "encoder.onnx").write_bytes(b"half written")
+    live = tiny_copy.parent / f".{tiny_copy.name}.new-{os.getpid()}-a1b2c3"
+    live.mkdir()
+    update_package(tiny_copy, {})
+    assert not leftover.exists()
+    assert live.is_dir()
+    assert vae_infer.load(tiny_copy, threads=1).latent_size == 2

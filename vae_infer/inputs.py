@@ -99,7 +99,7 @@ def as_latents(z: object, latent_size: int) -> NDArray[np.float32]:
     if arr.shape[0] == 0:
         raise InputError("expected at least one latent code, got an empty batch")
     _require_finite(arr, "latent codes")
-    big = np.abs(arr) > LATENT_BOUND
+    big = np.abs(arr.astype(np.float64, copy=False)) > LATENT_BOUND  # float16 cannot hold the bound itself
     if big.any():
         row = int(np.nonzero(big)[0][0])
         raise InputError(f"latent codes must lie within +-{LATENT_BOUND:g} (the prior is N(0, I)), found "

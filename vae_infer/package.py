@@ -12,6 +12,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from .atomic import remove_stale_leftovers, temp_folder_prefix
 from .errors import ModelPackageError
 from .manifest import MANIFEST_NAME, Manifest
 
@@ -131,7 +132,8 @@ def write_package(dest: str | Path, files: dict[str, bytes], manifest: Manifest)
         if manifest.files.get(name) != sha256_bytes(data):
             raise ModelPackageError(f"write_package: manifest sha256 for {name!r} does not match its bytes")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=dest.parent))
+    remove_stale_leftovers(dest)  # folders of killed writes whose process is gone (or over an hour old)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_folder_prefix(dest, "new"), dir=dest.parent))
     try:
         payload = {**files, MANIFEST_NAME: (json.dumps(manifest.to_dict(), indent=2) + "\n").encode()}
         for name, data in payload.items():
@@ -146,7 +148,7 @@ def write_package(dest: str | Path, files: dict[str, bytes], manifest: Manifest)
             shutil.rmtree(tmp)  # tmp now holds the old package
         else:
             # No atomic exchange here: move the old package aside, then the new one in.
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_folder_prefix(dest, "old"), dir=dest.parent))
             os.rmdir(old)
             os.rename(dest, old)
             os.rename(tmp, dest)
