@@ -118,11 +118,14 @@ def limits(model_dir: str) -> dict:
     gemv = bench.time_calls(lambda: w @ v, min_calls=200, min_seconds=1.0, warmup=20)
     dst = np.empty_like(w)
     copy = bench.time_calls(lambda: np.copyto(dst, w), min_calls=200, min_seconds=1.0, warmup=20)
-    mm = bench.matmul_flops(2048)
-    return {"weight_bytes_fp32_per_graph": int(w.nbytes),
-            "gemv_bytes_per_second": w.nbytes / float(np.median(gemv)),
-            "copy_bytes_per_second": 2 * w.nbytes / float(np.median(copy)),
-            "matmul_flop_per_second": mm["flop_per_second"],
+    n = 2048
+    a, b = np.ones((n, n), np.float32), np.ones((n, n), np.float32)
+    mm = bench.time_calls(lambda: a @ b, min_calls=10, min_seconds=2.0, warmup=2)
+    # the best call of each: what the machine can do when the other users of a shared machine let it
+    return {"weight_bytes_fp32_per_graph": int(w.nbytes), "measure": "best call",
+            "gemv_bytes_per_second": w.nbytes / float(np.min(gemv)),
+            "copy_bytes_per_second": 2 * w.nbytes / float(np.min(copy)),
+            "matmul_flop_per_second": 2 * n**3 / float(np.min(mm)),
             "flop_per_example": 2 * hidden * features}
 
 
@@ -261,7 +264,7 @@ def to_markdown(report: dict) -> str:
               f"Limits measured in the same run: bandwidth over the {lim['weight_bytes_fp32_per_graph'] / 1e6:.2f} "
               f"MB of one graph's fp32 weights {lim['gemv_bytes_per_second'] / 1e9:.0f} GB/s (numpy float32 "
               f"matrix-vector product; a one-thread copy: {lim['copy_bytes_per_second'] / 1e9:.0f} GB/s), numpy's "
-              f"2048² matmul {lim['matmul_flop_per_second'] / 1e9:.0f} GFLOP/s.", ""]
+              f"2048² matmul {lim['matmul_flop_per_second'] / 1e9:.0f} GFLOP/s (each the best of its calls).", ""]
     lines.append(common.markdown_table(
         ["target", "wanted", "measured", "met", "this machine's limit"],
         [[t["what"], t["target"], f"{t['value']:.2f}", "yes" if t["met"] else "no", t["limit"]]

@@ -684,6 +684,11 @@ def test_cortex_m4_int8_fits_1mb_flash_and_64kb_ram_measured_on_the_built_image(
     assert undefined <= {"memset", "memcpy", "fmaf"}, undefined
     assert "malloc" not in subprocess.run(["arm-none-eabi-nm", str(out / "vae_example.elf")], capture_output=True,
                                           text=True, check=True).stdout
+    # `make check`: the firmware under qemu against onnxruntime, through the exported Makefile
+    if shutil.which("qemu-system-arm"):
+        done = subprocess.run(["make", "-C", str(out), "check"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert "checked cortex-m4" in done.stdout and "under qemu-system-arm" in done.stdout, done.stdout
 
 
 @pytest.mark.slow

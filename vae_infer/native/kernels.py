@@ -304,11 +304,13 @@ LAYER_HELPER = """
 typedef void (*vae_layer)(const float *x, float *y, int rows, int part);
 """
 
-# Two threads for one call: the calling thread computes the first half of a large layer's output blocks
-# while a worker computes the second, each streaming half the weights (from its own core's cache when
-# they fit). Built only with -DVAE_THREADS (the Python backend's library): POSIX threads and GCC atomics,
-# the one place with mutable global state. The worker spins for a while after each job, then sleeps.
-THREADS_HELPER = """
+# Two threads for one call: the calling thread and one worker each take half of the work: half of the rows
+# (whole tiles) for batches of several tiles, or half of a large layer's output blocks for a few rows (each
+# thread then streams half the weights, from its own core's cache when they fit). Built only with
+# -DVAE_THREADS (the Python backend's library): POSIX threads and GCC atomics, the one place with mutable
+# global state. The worker spins for a while after each job, then sleeps; the caller never waits for a
+# worker that has not started on its half: it takes the half back.
+POOL_HELPER = """
 #ifdef VAE_THREADS
 #include <pthread.h>
 
@@ -322,21 +324,23 @@ THREADS_HELPER = """
 #ifndef VAE_SPIN
 #define VAE_SPIN 50000 /* pauses before the idle worker sleeps (about a millisecond) */
 #endif
+#ifndef VAE_SPLIT_ROWS
+#define VAE_SPLIT_ROWS (4 * VAE_ROWS) /* from this many rows on, the two threads split the rows */
+#endif
 
-/* One job at a time: the caller publishes it (gen), then both the worker and the caller, once done with the
-   first half, try to take the second half (taken: 0 free, 1 the worker's, 2 the caller's). The caller
-   never waits for a worker that has not started: a sleeping or descheduled worker costs nothing. */
+typedef void (*vae_job)(const void *ctx, int part); /* part 0: the caller's half, 1: the other */
+
+/* One job at a time: the caller publishes it (gen), then the worker, and the caller once done with its own
+   half, try to take the second half (taken: 0 free, 1 the worker's, 2 the caller's). */
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     pthread_once_t once;
     int started, busy, sleeping, taken;
-    unsigned gen, job, done;
-    vae_layer fn;
-    const float *x;
-    float *y;
-    int rows;
-} vae_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_ONCE_INIT, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0};
+    unsigned gen, job_id, done;
+    vae_job job;
+    const void *ctx;
+} vae_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_ONCE_INIT, 0, 0, 0, 2, 0, 0, 0, 0, 0};
 
 static void *vae_worker(void *arg)
 {
@@ -360,9 +364,9 @@ static void *vae_worker(void *arg)
         }
         seen = __atomic_load_n(&vae_pool.gen, __ATOMIC_ACQUIRE);
         if (__atomic_compare_exchange_n(&vae_pool.taken, &free_, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-            const unsigned job = vae_pool.job; /* the job it took (published before taken was freed) */
-            vae_pool.fn(vae_pool.x, vae_pool.y, vae_pool.rows, 1);
-            __atomic_store_n(&vae_pool.done, job, __ATOMIC_RELEASE);
+            const unsigned id = vae_pool.job_id; /* the job it took (published before taken was freed) */
+            vae_pool.job(vae_pool.ctx, 1);
+            __atomic_store_n(&vae_pool.done, id, __ATOMIC_RELEASE);
         }
     }
     return NULL;
@@ -379,35 +383,66 @@ static void vae_start(void)
     pthread_attr_destroy(&attr);
 }
 
-static void vae_run_layer(vae_layer fn, const float *x, float *y, int rows, int par)
+/* job(ctx, 0) and job(ctx, 1), on two threads when the worker is free, else one after the other here */
+static void vae_split(vae_job job, const void *ctx)
 {
     int idle = 0, free_ = 0;
-    unsigned g;
-    if (!par || pthread_once(&vae_pool.once, vae_start) != 0 || !vae_pool.started ||
+    unsigned id;
+    if (pthread_once(&vae_pool.once, vae_start) != 0 || !vae_pool.started ||
         !__atomic_compare_exchange_n(&vae_pool.busy, &idle, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
-        fn(x, y, rows, -1); /* one thread: no worker, or another caller has it */
+        job(ctx, 0); /* no worker, or another caller has it */
+        job(ctx, 1);
         return;
     }
-    vae_pool.fn = fn;
-    vae_pool.x = x;
-    vae_pool.y = y;
-    vae_pool.rows = rows;
-    g = vae_pool.job + 1;
-    vae_pool.job = g;
+    vae_pool.job = job;
+    vae_pool.ctx = ctx;
+    id = vae_pool.job_id + 1;
+    vae_pool.job_id = id;
     __atomic_store_n(&vae_pool.taken, 0, __ATOMIC_RELEASE); /* the job's fields before it can be taken */
-    __atomic_store_n(&vae_pool.gen, g, __ATOMIC_SEQ_CST); /* then the wake-up */
+    __atomic_store_n(&vae_pool.gen, id, __ATOMIC_SEQ_CST); /* then the wake-up */
     if (__atomic_load_n(&vae_pool.sleeping, __ATOMIC_SEQ_CST)) {
         pthread_mutex_lock(&vae_pool.lock);
         pthread_cond_signal(&vae_pool.wake);
         pthread_mutex_unlock(&vae_pool.lock);
     }
-    fn(x, y, rows, 0);
+    job(ctx, 0);
     if (__atomic_compare_exchange_n(&vae_pool.taken, &free_, 2, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-        fn(x, y, rows, 1); /* the worker did not start on it: do it here */
+        job(ctx, 1); /* the worker did not start on it: do it here */
     else
-        while (__atomic_load_n(&vae_pool.done, __ATOMIC_ACQUIRE) != g)
+        while (__atomic_load_n(&vae_pool.done, __ATOMIC_ACQUIRE) != id)
             VAE_PAUSE();
     __atomic_store_n(&vae_pool.busy, 0, __ATOMIC_RELEASE);
+}
+#endif
+"""
+
+THREADS_HELPER = """
+#ifdef VAE_THREADS
+struct vae_layer_job {
+    vae_layer fn;
+    const float *x;
+    float *y;
+    int rows;
+};
+
+static void vae_layer_part(const void *ctx, int part)
+{
+    const struct vae_layer_job *j = (const struct vae_layer_job *)ctx;
+    j->fn(j->x, j->y, j->rows, part);
+}
+
+static void vae_run_layer(vae_layer fn, const float *x, float *y, int rows, int par)
+{
+    struct vae_layer_job j;
+    if (!par) {
+        fn(x, y, rows, -1);
+        return;
+    }
+    j.fn = fn;
+    j.x = x;
+    j.y = y;
+    j.rows = rows;
+    vae_split(vae_layer_part, &j);
 }
 #else
 static void vae_run_layer(vae_layer fn, const float *x, float *y, int rows, int par)

@@ -7,6 +7,8 @@ memory report (memory.json) and `make check` (the example against onnxruntime, u
 
 from __future__ import annotations
 
+import sys
+
 from .abi import GENERATOR
 from .targets import Target
 
@@ -39,11 +41,13 @@ def makefile(prefix: str, target: Target, model: str, weights: str, flash: int |
 compare with onnxruntime
 #   make toolchain    install the cross compiler (Debian: {target.cc_package})
 #   make CC=... ARCH=... another compiler or CPU; every file compiles with the strict C99 flags below.
+# memory.json needs python3 (standard library only); `make check` needs vae_infer with onnxruntime (VAE_PYTHON).
 TARGET = {target.name}
 CC = {target.cc}
 AR = {tools + 'ar' if tools else 'ar'}
 SIZE = {target.size_tool}
 PYTHON = python3
+VAE_PYTHON = {sys.executable}
 CFLAGS = {STRICT} -O3
 ARCH = {' '.join(target.arch_flags)}
 DEFS = {' '.join(target.defines)}
@@ -83,7 +87,7 @@ run-info: {p}_example.elf
 \t$(RUN) -kernel {p}_example.elf -semihosting-config enable=on,target=native,arg={p}_example.elf,arg=info
 
 check: all
-\t$(PYTHON) -m vae_infer.native.check $(MODEL) . --target $(TARGET) --weights $(WEIGHTS)
+\t$(VAE_PYTHON) -m vae_infer.native.check $(MODEL) . --target $(TARGET) --weights $(WEIGHTS)
 
 {_toolchain(target)}
 clean:
@@ -114,7 +118,7 @@ memory.json: {p}_example memory.py
 \t  --entry {p}_encode {p}_decode --out memory.json
 
 check: all
-\t$(PYTHON) -m vae_infer.native.check $(MODEL) . --target $(TARGET) --weights $(WEIGHTS)
+\t$(VAE_PYTHON) -m vae_infer.native.check $(MODEL) . --target $(TARGET) --weights $(WEIGHTS)
 
 {_toolchain(target)}
 clean:

@@ -88,11 +88,15 @@ class NativeRunner:
 
             threads = available_cores()
         self.threads = threads
-        if threads >= 2:  # few rows: large layers split between the caller and the library's worker thread
+        # With 2 threads the library splits each call itself between the caller and its worker thread (rows for
+        # large batches, a large layer's outputs for few rows): no Python threads, no GIL hand-offs. With more,
+        # Python threads split the rows and a call of few rows still uses the library's worker.
+        self._c_splits = False
+        if threads >= 2:
             try:
                 parallel = getattr(self._lib, f"{prefix}_{function}_parallel")
                 parallel.argtypes, parallel.restype = fn.argtypes, ctypes.c_int
-                self._fn_one = parallel
+                self._fn_one, self._c_splits = parallel, threads == 2
             except AttributeError:  # built without -DVAE_THREADS
                 pass
         self._pool: ThreadPoolExecutor | None = None
@@ -159,12 +163,13 @@ class NativeRunner:
         ops = [None if o is None else self._address(o) for o in outs]
         in_row = 4 * self._in_width
         out_rows = [4 * w for w in self._out_widths]
+        fn = self._fn_one if len(parts) == 1 else self._fn
 
         def run_rows(start: int, stop: int) -> int:
             for s in range(start, stop, MAX_ROWS_PER_CALL):
                 m = min(MAX_ROWS_PER_CALL, stop - s)
                 args = [None if p is None else p + s * step for p, step in zip(ops, out_rows, strict=True)]
-                rc = self._fn(xp + s * in_row, *args, m)
+                rc = fn(xp + s * in_row, *args, m)
                 if rc != 0:
                     return rc
             return 0
@@ -179,7 +184,10 @@ class NativeRunner:
             self._fail(rc)
 
     def _split(self, n: int) -> list[tuple[int, int]]:
-        """Row ranges, one per thread, in whole tiles, each at least SPLIT_MIN_ROWS long."""
+        """Row ranges, one per thread, in whole tiles, each at least SPLIT_MIN_ROWS long (one range when the
+        library splits the rows itself)."""
+        if self._c_splits:
+            return [(0, n)]
         k = min(self.threads, n // SPLIT_MIN_ROWS)
         if k <= 1:
             return [(0, n)]

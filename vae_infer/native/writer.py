@@ -31,6 +31,7 @@ from .kernels import (
     EXP_HELPER,
     HALF_HELPER,
     LAYER_HELPER,
+    POOL_HELPER,
     PREAMBLE,
     RELU_HELPER,
     ROWS_BY_TARGET,
@@ -256,23 +257,58 @@ class _Writer:
             f"{a} != NULL ? {a} + (size_t)r0 * {w} : NULL" for a, (_, w) in zip(out_args, g.outputs, strict=True)
         )
         all_null = " && ".join(f"{a} == NULL" for a in out_args)
-        run_params = ", ".join([f"const float *{x}"] + [f"float *{a}" for a in out_args] + ["int n", "int par"])
+        outs_params = [f"float *{a}" for a in out_args]
+        run_params = ", ".join([f"const float *{x}", *outs_params, "int n", "int par"])
+        range_params = ", ".join([f"const float *{x}", *outs_params, "int r0", "int r1", "int par"])
         call_args = ", ".join([x, *out_args, "n"])
         parallel_sig = fn.signature.replace(f"{self.prefix}_{fn.name}(", f"{self.prefix}_{fn.name}_parallel(", 1)
+        job_fields = "".join(f"    float *{a};\n" for a in out_args)
+        job_sets = "".join(f"        j.{a} = {a};\n" for a in out_args)
+        job_outs = ", ".join(f"j->{a}" for a in out_args)
         public = f"""\
+/* rows r0 <= r < r1 */
+static void {fn.name}_range({range_params})
+{{
+    int rows;
+    for (; r0 < r1; r0 += rows) {{
+        rows = r1 - r0 < VAE_ROWS ? r1 - r0 : VAE_ROWS;
+        {fn.name}_tile({x} + (size_t)r0 * {in_width}, {offsets}, rows, par);
+    }}
+}}
+
+#ifdef VAE_THREADS
+struct {fn.name}_job {{
+    const float *{x};
+{job_fields}    int n;
+}};
+
+/* half of the rows, in whole tiles */
+static void {fn.name}_rows_part(const void *ctx, int part)
+{{
+    const struct {fn.name}_job *j = (const struct {fn.name}_job *)ctx;
+    const int mid = (j->n + VAE_ROWS - 1) / VAE_ROWS / 2 * VAE_ROWS;
+    {fn.name}_range(j->{x}, {job_outs}, part == 0 ? 0 : mid, part == 0 ? mid : j->n, 0);
+}}
+#endif
+
 static int {fn.name}_run({run_params})
 {{
-    int r0, rows;
     if (n < 0)
         return {P}_ERR_BATCH;
     if ({x} == NULL)
         return {P}_ERR_NULL_INPUT;
     if ({all_null})
         return {P}_ERR_NULL_OUTPUT;
-    for (r0 = 0; r0 < n; r0 += rows) {{
-        rows = n - r0 < VAE_ROWS ? n - r0 : VAE_ROWS;
-        {fn.name}_tile({x} + (size_t)r0 * {in_width}, {offsets}, rows, par);
+#ifdef VAE_THREADS
+    if (par && n >= VAE_SPLIT_ROWS) {{ /* many rows: half of them on each thread */
+        struct {fn.name}_job j;
+        j.{x} = {x};
+{job_sets}        j.n = n;
+        vae_split({fn.name}_rows_part, &j);
+        return {P}_OK;
     }}
+#endif
+    {fn.name}_range({x}, {", ".join(out_args)}, 0, n, par);
     return {P}_OK;
 }}
 
@@ -306,7 +342,7 @@ static int {fn.name}_run({run_params})
         helpers += (SIGMOID_HELPER if "sigmoid" in used else "") + (TANH_HELPER if "tanh" in used else "")
         helpers += HALF_HELPER if self.weights == "fp16" else ""
         helpers += VNNI_HELPER if self.vnni else ""
-        helpers += LAYER_HELPER + (THREADS_HELPER if self.parallel else "")
+        helpers += LAYER_HELPER + POOL_HELPER + (THREADS_HELPER if self.parallel else "")
         ew = [elementwise_source(op) for op in sorted(self.elementwise)]
         info = comment_text(self.info)
         source = "\n".join([
