@@ -30,7 +30,8 @@ def require_extra() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise MissingExtraError(f"serving needs {' and '.join(missing)}, which are not installed: {INSTALL_HINT}")
+        verb = "is" if len(missing) == 1 else "are"
+        raise MissingExtraError(f"serving needs {' and '.join(missing)}, which {verb} not installed: {INSTALL_HINT}")
 
 
 def create_app(model, config: ServeConfig | None = None) -> FastAPI:
