@@ -313,6 +313,7 @@ typedef void (*vae_layer)(const float *x, float *y, int rows, int part);
 POOL_HELPER = """
 #ifdef VAE_THREADS
 #include <pthread.h>
+#include <sched.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define VAE_PAUSE() __builtin_ia32_pause()
@@ -322,7 +323,7 @@ POOL_HELPER = """
 #define VAE_PAUSE() ((void)0)
 #endif
 #ifndef VAE_SPIN
-#define VAE_SPIN 50000 /* pauses before the idle worker sleeps (about a millisecond) */
+#define VAE_SPIN 20000 /* pauses before the idle worker sleeps (under a millisecond) */
 #endif
 #ifndef VAE_SPLIT_ROWS
 #define VAE_SPLIT_ROWS (4 * VAE_ROWS) /* from this many rows on, the two threads split the rows */
@@ -352,6 +353,8 @@ static void *vae_worker(void *arg)
         while (__atomic_load_n(&vae_pool.gen, __ATOMIC_ACQUIRE) == seen) {
             if (++spins < VAE_SPIN) {
                 VAE_PAUSE();
+                if (spins % 64 == 0)
+                    sched_yield(); /* a shared machine: let a waiting thread (maybe the caller) run */
                 continue;
             }
             pthread_mutex_lock(&vae_pool.lock);
@@ -387,6 +390,7 @@ static void vae_start(void)
 static void vae_split(vae_job job, const void *ctx)
 {
     int idle = 0, free_ = 0;
+    long spins;
     unsigned id;
     if (pthread_once(&vae_pool.once, vae_start) != 0 || !vae_pool.started ||
         !__atomic_compare_exchange_n(&vae_pool.busy, &idle, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
@@ -409,8 +413,11 @@ static void vae_split(vae_job job, const void *ctx)
     if (__atomic_compare_exchange_n(&vae_pool.taken, &free_, 2, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
         job(ctx, 1); /* the worker did not start on it: do it here */
     else
-        while (__atomic_load_n(&vae_pool.done, __ATOMIC_ACQUIRE) != id)
+        for (spins = 1; __atomic_load_n(&vae_pool.done, __ATOMIC_ACQUIRE) != id; spins++) {
             VAE_PAUSE();
+            if (spins % 64 == 0)
+                sched_yield(); /* the worker may be waiting for a core */
+        }
     __atomic_store_n(&vae_pool.busy, 0, __ATOMIC_RELEASE);
 }
 #endif
