@@ -360,3 +360,20 @@ def test_flag_on_an_uncalibrated_model_is_refused_before_any_work(tiny_package, 
     with pytest.raises(ModelPackageError, match="is not calibrated, so the flag output cannot be computed"):
         run_batch(tiny_package, list(shards)[0], tmp_path / "out", BatchOptions(outputs=("mu", "flag")))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_extra_names_its_install_command(tiny_package, shards, tmp_path, monkeypatch):
+    from vae_infer.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` now fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    spec = list(shards)[0]
+    with pytest.raises(MissingExtraError, match=r"pip install 'vae-infer\[parquet\]', or pass --format npz"):
+        run_batch(tiny_package, [spec], tmp_path / "out", BatchOptions(outputs=("mu",)))
+    with pytest.raises(MissingExtraError, match=r"pip install 'vae-infer\[parquet\]'"):
+        open_source(f"{list(shards)[2].split(':')[0]}:img")
+    with pytest.raises(MissingExtraError, match=r"pip install 'vae-infer\[ray\]'"):
+        run_batch(tiny_package, [spec], tmp_path / "npz", BatchOptions(outputs=("mu",), format="npz"), engine="ray")
+    summary = run_batch(tiny_package, [spec], tmp_path / "npz2", BatchOptions(outputs=("mu",), format="npz"))
+    assert summary.rows == len(shards[spec])  # the npz format needs neither

@@ -57,10 +57,14 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
     options = options or BatchOptions()
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if options.format == "parquet":
+    if options.format == "parquet":  # a missing extra is said before any work
         from .parts import pyarrow_modules
 
-        pyarrow_modules()  # a missing extra is said before any work
+        pyarrow_modules()
+    if engine == "ray":
+        from ..ray import require_ray
+
+        require_ray()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; expected a folder for the result parts")
