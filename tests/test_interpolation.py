@@ -315,8 +315,8 @@ def test_index_from_images_has_a_realism_field(tiny_model, tiny_images):
 def test_realism_field_matches_brute_force(tiny_model, tiny_images):
     mu, _ = tiny_model.encode(tiny_images)
     cell, radius = 0.05, 2
-    cosine, ratio, origin = lf.realism_field(tiny_model, mu, tiny_images, mu.min(0), cell, radius, block=3)
     x = tiny_model.as_images(tiny_images)
+    cosine, ratio, origin = lf.realism_field(tiny_model, mu, x, mu.min(0), cell, radius, block=3)
     ux, _ = realism.unit_rows(x)
     q = np.floor((mu - origin) / cell).astype(int)
     checked = 0

@@ -21,7 +21,10 @@ package (vae_infer.latent_index, built by vae_infer.latent_build, searched by va
    where the cost field is higher than anywhere on the searched path, is refused: the refinement may not cut
    through faint regions nor leave the data.
 3. Every method's path is resampled to `steps` codes at equal arc length of the decoded images in data space
-   (spacing="data", the default), so the steps look even; spacing="latent" gives equal latent steps.
+   (spacing="data", the default), so the steps look even; spacing="latent" gives equal latent steps. A graph
+   path's frame that would land on a faint image (where the path must cross between two garments) moves along
+   the path by up to 0.45 of a step to a brighter place: the path stays the same, the frames step over the
+   crossing.
 
 The first and last codes are always exactly z_a and z_b (for images: their latent means mu).
 """
@@ -45,6 +48,9 @@ FINE = 16  # subdivisions per segment when a path is decoded finely (arc length,
 REFINE_POINTS = 32
 REFINE_FLOOR = 0.85  # refinement keeps every point's brightness ratio above this (or the searched path's) ...
 FADE_SLACK = 0.02  # ... less this
+SNAP_BELOW = 0.9  # a graph path's frame fainter than this (brightness ratio) ...
+SNAP_REACH = 0.45  # ... may move along the path by up to this fraction of a step (probed at SNAP_PROBES places
+SNAP_PROBES = 4  # on each side) to a brighter place
 
 __all__ = ["METHODS", "SPACINGS", "Reference", "interpolate", "interpolate_codes", "linear_codes", "path_metrics",
            "relax", "resample", "slerp_codes", "subdivide"]
@@ -135,18 +141,61 @@ def subdivide(codes: NDArray, per: int = FINE) -> NDArray[np.float32]:
 def resample(codes: NDArray, points: NDArray, n: int) -> NDArray[np.float32]:
     """n codes at equal arc length of the polyline through `points` (e.g. the decoded codes), interpolating the
     latent codes linearly between the given ones; the ends are kept exactly."""
-    seg = np.linalg.norm(np.diff(np.asarray(points, dtype=np.float64), axis=0), axis=1)
-    s = np.concatenate([[0.0], np.cumsum(seg)])
+    s = _arc(points)
     z = np.asarray(codes, dtype=np.float64)
     if s[-1] <= 0:
         return linear_codes(z[0], z[-1], n)
-    t = np.linspace(0.0, s[-1], n)
+    out = _at_arc(z, s, np.linspace(0.0, s[-1], n))
+    out[0], out[-1] = z[0], z[-1]
+    return out.astype(np.float32)
+
+
+def _arc(points: NDArray) -> NDArray[np.float64]:
+    """Cumulative arc length along a polyline of points, starting at 0."""
+    seg = np.linalg.norm(np.diff(np.asarray(points, dtype=np.float64), axis=0), axis=1)
+    return np.concatenate([[0.0], np.cumsum(seg)])
+
+
+def _at_arc(z: NDArray, s: NDArray, t: NDArray) -> NDArray[np.float64]:
+    """The codes at arc lengths t along the polyline z whose cumulative arc lengths are s."""
     j = np.clip(np.searchsorted(s, t, side="right") - 1, 0, len(s) - 2)
     span = s[j + 1] - s[j]
     f = np.where(span > 0, (t - s[j]) / np.where(span > 0, span, 1.0), 0.0)[:, None]
-    out = z[j] + f * (z[j + 1] - z[j])
-    out[0], out[-1] = z[0], z[-1]
-    return out.astype(np.float32)
+    return z[j] + f * (z[j + 1] - z[j])
+
+
+def _snap(model, codes: NDArray, points: NDArray, n: int, info: dict) -> NDArray[np.float32]:
+    """n codes at about equal arc length of the polyline through `points`, each interior one moved by up to
+    SNAP_REACH of a step when that keeps it from landing on a faint frame: a frame whose brightness ratio
+    (over the endpoints' blend at its position) is below SNAP_BELOW goes to the nearest brighter place within
+    reach that is at least SNAP_BELOW, or else the brightest. The path is unchanged; only where its frames fall
+    on it: where it must cross between two garments, the frames step over the crossing instead of showing it."""
+    s = _arc(points)
+    z = np.asarray(codes, dtype=np.float64)
+    even = resample(codes, points, n)
+    if n < 3 or s[-1] <= 0:
+        return even
+    step = s[-1] / (n - 1)
+    offsets = np.linspace(-SNAP_REACH, SNAP_REACH, 2 * SNAP_PROBES + 1)
+    t = np.linspace(0.0, s[-1], n)[1:-1, None] + offsets[None] * step
+    candidates = _at_arc(z, s, t.reshape(-1)).astype(np.float32)
+    ends = model.decode(even[[0, -1]]).astype(np.float64).mean(1)
+    pos = np.linspace(0.0, 1.0, n)[1:-1, None]
+    blend = (1 - pos) * ends[0] + pos * ends[1]
+    ratio = model.decode(candidates).astype(np.float64).mean(1).reshape(t.shape) / np.maximum(blend, 1e-12)
+    out = even.copy()
+    moved = 0
+    for i in range(n - 2):
+        r = ratio[i]
+        if r[SNAP_PROBES] >= SNAP_BELOW:
+            continue
+        ok = np.flatnonzero(r >= SNAP_BELOW)
+        k = ok[np.argmin(np.abs(ok - SNAP_PROBES))] if len(ok) else int(np.argmax(r))
+        if r[k] > r[SNAP_PROBES]:
+            out[i + 1] = candidates.reshape(t.shape + (-1,))[i, k]
+            moved += 1
+    info["frames_snapped"] = moved
+    return out
 
 
 # -- the public functions ---------------------------------------------------------------------------------------
@@ -253,16 +302,27 @@ def _graph_codes(model, za, zb, steps, spacing, info, *, search, realism_weight,
         # lower), nor where the cost field is higher than anywhere on the searched path
         limit = min(_faintest(model, start, 1), REFINE_FLOOR) - FADE_SLACK
         worst = float(graph.cost_at(start).max()) * (1 + 1e-6)
+        last: dict = {}
+
+        def points(z: NDArray) -> NDArray:
+            # relax evaluates a trial (its decoded points) and then asks accept about the same codes: decode once
+            decoded = model.decode(z)
+            last["z"], last["decoded"] = z, decoded
+            return unit_rows(decoded)[0] if graph.index.metric == "cosine" else graph.points(z)
 
         def accept(z: NDArray) -> bool:
-            return bool(graph.cost_at(z).max() <= worst) and _faintest(model, z, 1) >= limit
+            if graph.cost_at(z).max() > worst:
+                return False
+            decoded = last["decoded"] if last.get("z") is not None and np.array_equal(last["z"], z) else (
+                model.decode(z))
+            return float(brightness_ratio(decoded).min()) >= limit
 
-        codes, stats = relax(graph.points, start, cost=graph.cost_at, power=2 * q,
+        codes, stats = relax(points, start, cost=graph.cost_at, power=2 * q,
                              iterations=as_count(refine_iterations, "refine_iterations"), accept=accept)
         info.update({f"refine_{k}": v for k, v in stats.items()})
     if spacing == "latent":
         return resample(codes, codes, steps)
-    return resample(*_fine_points(model, codes, 4 if refine else FINE), steps)
+    return _snap(model, *_fine_points(model, codes, 4 if refine else FINE), steps, info)
 
 
 def _fine(fine: object) -> int:

@@ -50,6 +50,7 @@ MIN_COST = 0.25  # the cost field is clipped below at this (it keeps the A* heur
 REALISM_QUANTILE = 90  # nodes up to this percentile of (cosine distance x faintness penalty) cost 1
 DEFAULT_ALT_LANDMARKS = 8
 ENCODE_CHUNK = 8192
+FIELD_IMAGES = 20_000  # the realism field compares decoded grid points with at most this many real images
 
 
 def knn(points: NDArray, k: int, chunk: int = 1024) -> NDArray[np.int64]:
@@ -87,14 +88,15 @@ def _pick(labels: NDArray, score: NDArray) -> NDArray[np.int64]:
     return order[first]
 
 
-def reconstruction_cosine(model, images: NDArray, codes: NDArray) -> NDArray[np.float64]:
-    """Cosine distance between each image and the decoded image of its code (how well it decodes)."""
+def reconstruction_cosine(model, x: NDArray[np.float32], codes: NDArray) -> NDArray[np.float64]:
+    """Cosine distance between each image (validated float32 rows) and the decoded image of its code (how well
+    it decodes)."""
     from .realism import unit_rows
 
     out = np.empty(len(codes))
     for s in range(0, len(codes), ENCODE_CHUNK):
-        ux, _ = unit_rows(model.as_images(images[s : s + ENCODE_CHUNK]))
-        ur, _ = unit_rows(model.decode(codes[s : s + ENCODE_CHUNK]))
+        ux, _ = unit_rows(x[s : s + ENCODE_CHUNK])
+        ur, _ = unit_rows(model.decode_rows(np.ascontiguousarray(codes[s : s + ENCODE_CHUNK])))
         out[s : s + ENCODE_CHUNK] = 1.0 - np.einsum("ij,ij->i", ux, ur)
     return out
 
@@ -206,7 +208,9 @@ def build_index(
         if n_given > max_codes:
             rows = np.sort(rng.choice(n_given, max_codes, replace=False))
             arr = arr[rows]
-        z = np.concatenate([model.encode(arr[s : s + ENCODE_CHUNK])[0] for s in range(0, len(arr), ENCODE_CHUNK)])
+        # validated once, as float32 rows; the narrow interface then runs the graphs without checking again
+        arr = np.concatenate([model.as_images(arr[s : s + ENCODE_CHUNK]) for s in range(0, len(arr), ENCODE_CHUNK)])
+        z = model.encode_rows(arr)[0]
     else:
         z = as_latents(codes, model.latent_size)
         n_given = len(z)
@@ -251,7 +255,9 @@ def build_index(
     lo = z.min(0)
     realism_ref = faint_ref = 0.0
     if model.latent_size == 2 and arr is not None:
-        raw, ratio, origin = realism_field(model, z, arr, lo, float(field_cell), field_radius)
+        # the field compares with a seeded sample of the images: its cost grows with images x decoded centres
+        sample = np.sort(rng.choice(len(z), FIELD_IMAGES, replace=False)) if len(z) > FIELD_IMAGES else slice(None)
+        raw, ratio, origin = realism_field(model, z[sample], arr[sample], lo, float(field_cell), field_radius)
         finite = np.isfinite(raw) & np.isfinite(ratio) & (ratio > 0)
         raw = np.where(finite, raw, raw[finite].max())
         ratio = np.where(finite, ratio, ratio[finite].min())

@@ -14,7 +14,9 @@ def realism_field(model, codes: NDArray[np.float32], images: NDArray, lo: NDArra
     """For the decoded image of each grid cell centre: the cosine distance to the nearest real image (in
     cosine) among those whose codes lie within `radius` cells, and the decoded image's brightness divided by
     that real image's. Cells with no such image get inf and nan. Returns (cosine (ny, nx), brightness ratio
-    (ny, nx), origin (2,))."""
+    (ny, nx), origin (2,)).
+
+    images: the real images as validated float32 rows (model.as_images), one per code."""
     from .realism import unit_rows
 
     origin = (lo - (radius + 1) * cell).astype(np.float32)
@@ -44,7 +46,7 @@ def realism_field(model, codes: NDArray[np.float32], images: NDArray, lo: NDArra
     slot[ys, xs] = np.arange(len(ys))
     for s, e in zip(starts, ends, strict=True):
         rows = order[s:e]
-        x = model.as_images(images[rows])
+        x = images[rows]
         ux, _ = unit_rows(x)
         by, bx = bq[rows[0], 1] * block - radius, bq[rows[0], 0] * block - radius
         y0, x0 = max(by, 0), max(bx, 0)

@@ -41,7 +41,7 @@ def brightness_ratio(images: NDArray) -> NDArray[np.float64]:
 def unit_rows(x: NDArray) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
     """(rows scaled to unit length, their norms); blank rows stay zero."""
     x = np.asarray(x, dtype=np.float32)
-    norm = np.sqrt(np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64)))
+    norm = np.sqrt((x * x).sum(1, dtype=np.float64))  # float32 squares, summed in float64
     scale = np.where(norm > BLANK, 1.0 / np.maximum(norm, BLANK), 0.0).astype(np.float32)
     return x * scale[:, None], norm
 
