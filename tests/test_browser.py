@@ -135,7 +135,7 @@ def test_two_points_draw_three_paths_and_png_upload_shows_a_score(browser, serve
 
     with np.load(ROOT / "tests" / "fixtures" / "tiny-images.npz") as f:
         image = f["images"][3]
-    png = tmp_path / "coat.png"
+    png = tmp_path / "test-image.png"
     png.write_bytes(png_bytes(image))
     page.set_input_files("#upload", str(png))
     page.wait_for_selector("#upload-score", timeout=TIMEOUT_MS)

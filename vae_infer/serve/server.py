@@ -53,6 +53,7 @@ def bind(config: ServeConfig) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((config.host, config.port))
+        sock.listen(2048)  # listening from here on: clients that connect before uvicorn starts wait in the backlog
     except OSError:
         sock.close()
         raise
