@@ -150,6 +150,18 @@ def test_two_points_draw_three_paths_and_png_upload_shows_a_score(browser, serve
     screenshot(page, tmp_path, "explorer.png")
 
 
+def test_api_docs_render_from_local_assets(browser, server):
+    """/docs is Swagger UI from npm's swagger-ui-dist, served by our server (this machine has no internet)."""
+    page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock", timeout=TIMEOUT_MS)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
+    assert "/v1/encode" in paths and "/v1/interpolate" in paths
+    assert requested and all(u.startswith(server) or u.startswith("data:") for u in requested), requested
+
+
 def test_without_onnxruntime_web_the_page_decodes_through_the_api(browser, tmp_path):
     empty = tmp_path / "no-ort"
     empty.mkdir()

@@ -405,7 +405,9 @@ def test_health_readiness_metrics_and_docs(tiny_model):
         assert set(body) == {"application/json", "application/x-npy"}
         assert "images" in schema["components"]["schemas"]["EncodeRequest"]["properties"]
         assert "mu" in schema["components"]["schemas"]["EncodeResponse"]["properties"]
-        assert "swagger-ui" in c.get("/docs").text
+        docs = c.get("/docs").text
+        assert "/swagger/swagger-ui-bundle.js" in docs and "cdn." not in docs  # Swagger UI from npm, never a CDN
+        assert c.get("/swagger/swagger-ui-bundle.js").status_code == 200 and c.get("/redoc").status_code == 404
         c.app.state.vae.draining = True
         assert c.get("/readyz").status_code == 503 and c.get("/readyz").json()["ready"] is False
         assert ok(c.get("/healthz")) == {"status": "ok"}

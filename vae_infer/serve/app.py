@@ -29,7 +29,7 @@ from .auth import TokenAuth
 from .config import ServeConfig
 from .limits import BodyLimit, Limiter
 from .metrics import CONTENT_TYPE, Metrics, RequestMetrics
-from .resources import ORT_ENTRY, WEB_DIR, Resources, find_ort_dist
+from .resources import ORT_ENTRY, WEB_DIR, Resources, find_ort_dist, find_swagger_dist
 
 JSON = "application/json"
 
@@ -74,7 +74,7 @@ def create_app(model: VAEModel | str | Path, config: ServeConfig | None = None) 
             await state.limiter.drain(config.request_timeout_s)
             state.limiter.close()
 
-    app = FastAPI(title="vae-infer", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="vae-infer", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"The model package {model.manifest.name!r} over HTTP. Errors are "
                               f'{{"error": {{"type", "message"}}}}. Array endpoints also take an {bodies.NPY} '
                               f"body (the array; other fields as query parameters) and reply with an .npz.")
@@ -301,6 +301,23 @@ def _add_page_routes(app: FastAPI, state: State) -> None:
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
     if state.ort_dist is not None:
         app.mount("/ort", StaticFiles(directory=state.ort_dist), name="ort")
+    swagger = find_swagger_dist(state.config.web_assets)
+    if swagger is not None:
+        app.mount("/swagger", StaticFiles(directory=swagger), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        # FastAPI's default /docs loads Swagger UI from a CDN; here it comes from npm's swagger-ui-dist or not at all
+        if swagger is None:
+            return Response(b"<!doctype html><title>vae-infer API</title><p>The interactive docs need swagger-ui-dist "
+                            b"(`make web`, or --web-assets DIR). The schema is at <a href='/openapi.json'>"
+                            b"/openapi.json</a>.</p>", media_type="text/html")
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="vae-infer API",
+                                   swagger_js_url="/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/swagger/favicon-32x32.png")
 
 
 def _document_bodies(app: FastAPI, models: tuple[type[BaseModel], ...]) -> None:

@@ -11,7 +11,7 @@ from .metrics import Metrics
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/docs/oauth2-redirect", "/openapi.json",
                         "/favicon.ico"})
-OPEN_PREFIXES = ("/web/", "/ort/")
+OPEN_PREFIXES = ("/web/", "/ort/", "/swagger/")
 
 
 def is_open(path: str) -> bool:

@@ -29,6 +29,16 @@ def find_ort_dist(web_assets: Path | None) -> Path | None:
     return None
 
 
+def find_swagger_dist(web_assets: Path | None) -> Path | None:
+    """swagger-ui-dist from npm (beside the page, or under --web-assets), so /docs needs no CDN."""
+    roots = [Path(web_assets)] if web_assets is not None else []
+    for root in [*roots, WEB_DIR]:
+        candidate = root / "node_modules" / "swagger-ui-dist"
+        if (candidate / "swagger-ui-bundle.js").is_file():
+            return candidate
+    return None
+
+
 class Resources:
     """Files served as they are, read and sha256-checked once; the map and the examples on first use."""
 
