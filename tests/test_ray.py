@@ -165,3 +165,23 @@ def test_a_killed_actor_does_not_lose_or_repeat_rows(cluster, tiny_package, imag
     local = run_batch(tiny_package, [str(data)], tmp_path / "local", opts, chunk_rows=4000, threads=1)
     assert local.rows == 24_000
     np.testing.assert_allclose(read_results(tmp_path / "local")["score"], r["score"], rtol=1e-9)
+
+
+def test_bad_rows_on_ray_stop_the_job_or_are_recorded(cluster, tiny_package, images, tmp_path):
+    from vae_infer.errors import DataError
+
+    np.save(tmp_path / "good.npy", images[:900])
+    nan = (images[:900] / 255.0).astype(np.float32)
+    nan[650, 1, 1] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    inputs = [str(tmp_path / "good.npy"), str(tmp_path / "nan.npy")]
+    opts = BatchOptions(outputs=("mu",), part_rows=300)
+    ray_options = {"concurrency": 2, "timeout_s": JOB_TIMEOUT_S}
+    with pytest.raises(DataError, match=r"nan.npy: .*NaN.*\(rows 600\.\.700; parts already written"):
+        run_batch(tiny_package, inputs, tmp_path / "stop", opts, engine="ray", chunk_rows=100, ray_options=ray_options)
+    summary = run_batch(tiny_package, inputs, tmp_path / "skip", opts, engine="ray", chunk_rows=100, skip_bad=True,
+                        ray_options=ray_options)
+    assert [(f["start"], f["stop"]) for f in summary.failures] == [(600, 700)]
+    r = read_results(tmp_path / "skip")
+    assert summary.rows == len(r["row"]) == 900 + 600  # nan.npy's third part (rows 600..900) is left out whole
+

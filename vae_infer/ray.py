@@ -29,7 +29,7 @@ from .manifest import MANIFEST_NAME
 
 DEFAULT_COLUMN = "data"  # the column ray.data.read_numpy and from_numpy put arrays in
 DEFAULT_BATCH_ROWS = 4096
-RANGE_COLUMNS = ("task", "source", "start", "stop")  # a batch of row ranges to read (vae_infer.batch's Ray engine)
+RANGE_COLUMNS = ("task", "source", "start", "stop", "step")  # row ranges to read (vae_infer.batch's Ray engine)
 
 
 def require_ray():
@@ -91,7 +91,7 @@ class ModelMapper:
     def __del__(self) -> None:
         shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]):
         if self.column not in batch and all(c in batch for c in RANGE_COLUMNS):
             return self._ranges(batch)
         if self.column not in batch:
@@ -134,25 +134,39 @@ class ModelMapper:
             out["node_id"] = np.full(n, self.node, dtype=object)
         return out
 
-    def _ranges(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _ranges(self, batch: dict[str, np.ndarray]):
+        """Each (task, source, start, stop, step) row: the range read and computed `step` rows at a time, as one
+        Arrow table (task, row, outputs, error). A range whose rows the model refuses ends with one row whose
+        `error` says why (its `row` is where the refused step starts); `error` is null everywhere else. Arrow
+        rather than numpy object arrays: strings per row would cost more than the encoder."""
+        import pyarrow as pa
+
         from .batch.plan import open_input
 
         latent = self.model.latent_size
-        blocks = []
-        for task, source, start, stop in zip(*(batch[c] for c in RANGE_COLUMNS), strict=True):
-            source, start, stop = str(source), int(start), int(stop)
-            try:
-                if source not in self.sources:
-                    self.sources = {source: open_input(source, self.model.image_shape)}  # keep one input open
-                cols = self.computer.columns(self.sources[source].read(start, stop), source, start)
-                error = ""
-            except (VaeInferError, OSError, ValueError) as e:
-                cols, error = self._placeholder(start, latent), str(e) or type(e).__name__
+        tables = []
+        for task, source, start, stop, step in zip(*(batch[c] for c in RANGE_COLUMNS), strict=True):
+            source, start, stop, step = str(source), int(start), int(stop), int(step)
+            pieces, error = [], None
+            for s in range(start, stop, step):
+                try:
+                    if source not in self.sources:
+                        self.sources = {source: open_input(source, self.model.image_shape)}  # one input open
+                    pieces.append(self.computer.columns(self.sources[source].read(s, min(s + step, stop)), source, s))
+                except (VaeInferError, OSError, ValueError) as e:
+                    pieces.append(self._placeholder(s, latent))
+                    error = str(e) or type(e).__name__
+                    break
+            cols = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
             n = len(cols["row"])
-            blocks.append({"task": np.full(n, task, np.int64), "source": np.full(n, source, dtype=object),
-                           **cols, "error": np.full(n, error, dtype=object),
-                           "node_id": np.full(n, self.node, dtype=object)})
-        return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+            arrays = {"task": pa.array(np.full(n, task, np.int64)), "row": pa.array(cols["row"])}
+            for name in self.options.outputs:
+                v = cols[name]
+                arrays[name] = (pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1]) if v.ndim == 2
+                                else pa.array(v))
+            arrays["error"] = pa.nulls(n, pa.string()) if error is None else pa.array([None] * (n - 1) + [error])
+            tables.append(pa.table(arrays))
+        return pa.concat_tables(tables)
 
     def _placeholder(self, start: int, latent: int) -> dict[str, np.ndarray]:
         """One row standing for a task that failed, with the same columns as a good one (error says why)."""

@@ -19,8 +19,8 @@ from .core import Columns
 from .options import BatchOptions
 from .plan import Task
 
-RESULT_COLUMNS = ("row", "mu", "logvar", "score", "flag")
-MAX_BLOCKS = 2000  # blocks of the task list: about one task each, so actors share the work evenly
+MAX_BLOCKS = 2000  # blocks of the task list: about one group each, so actors share the work evenly
+GROUP_ROWS = 65536  # rows per Ray call: 8 tasks of 8192 rows
 _DONE = object()
 
 
@@ -33,41 +33,76 @@ def run_ray(package: str | Path, options: BatchOptions, tasks: Sequence[Task], s
 
     if not tasks:
         return
+    groups = _groups(tasks)
     with vray.connect(address, num_cpus=local_cpus) as ray:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # results come back in task order: parts stay bounded
         ctx.enable_progress_bars = False
-        items = [{"task": t.id, "source": specs[t.input], "start": t.start, "stop": t.stop} for t in tasks]
+        items = [{"task": g, "source": specs[group[0].input], "start": group[0].start, "stop": group[-1].stop,
+                  "step": group[0].stop - group[0].start} for g, group in enumerate(groups)]
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
         out = vray.map_model(ds, package, options.outputs, kind=options.kind, samples=options.samples,
                              seed=options.seed, concurrency=concurrency, num_cpus=num_cpus, threads=threads,
                              batch_size=1)
-        by_id = {t.id: t for t in tasks}
-        pending: dict[int, list[dict]] = {}
-        counts: dict[int, int] = {}
-        order = iter(tasks)
-        want = next(order)
-        for batch in _batches(out, timeout_s):
-            ids = batch["task"]
-            for tid in np.unique(ids):
-                sel = ids == tid
-                tid = int(tid)
-                errors = [e for e in batch["error"][sel] if e]
-                if errors:
-                    pending[tid], counts[tid] = [errors[0]], by_id[tid].stop - by_id[tid].start
-                    continue
-                pending.setdefault(tid, []).append({k: batch[k][sel] for k in RESULT_COLUMNS if k in batch})
-                counts[tid] = counts.get(tid, 0) + int(sel.sum())
-            while want is not None and counts.get(want.id, 0) == want.stop - want.start:
-                got = pending.pop(want.id)
-                if isinstance(got[0], str):
-                    yield want, got[0]
-                else:
-                    yield want, {k: np.concatenate([g[k] for g in got]) for k in got[0]}
-                want = next(order, None)
-        if want is not None:
-            raise VaeInferError(f"the Ray job ended without the rows of {specs[want.input]} [{want.start}, "
-                                f"{want.stop}); run the job again to resume")
+        pending: dict[int, list] = {}
+        want = 0
+        for table in _batches(out, timeout_s):
+            ids = table.column("task").to_numpy()
+            for g in np.unique(ids):
+                idx = np.nonzero(ids == g)[0]
+                pending.setdefault(int(g), []).append(table.take(idx) if len(idx) < len(ids) else table)
+            while want < len(groups) and _complete(pending.get(want), groups[want]):
+                yield from _split(pending.pop(want), groups[want])
+                want += 1
+        if want < len(groups):
+            t = groups[want][0]
+            raise VaeInferError(f"the Ray job ended without the rows of {specs[t.input]} [{t.start}, {t.stop}); "
+                                f"run the job again to resume")
+
+
+def _groups(tasks: Sequence[Task]) -> list[list[Task]]:
+    """Consecutive tasks of one part, up to GROUP_ROWS rows: one Ray call each (fewer, bigger Ray tasks cost
+    less scheduling), computed task by task inside the actor so memory stays that of one task."""
+    groups: list[list[Task]] = []
+    for t in tasks:
+        g = groups[-1] if groups else None
+        if g and t.part == g[0].part and t.start == g[-1].stop and t.stop - g[0].start <= GROUP_ROWS:
+            g.append(t)
+        else:
+            groups.append([t])
+    return groups
+
+
+def _complete(tables: list | None, group: list[Task]) -> bool:
+    if not tables:
+        return False
+    rows = sum(len(t) for t in tables)
+    return rows == group[-1].stop - group[0].start or any(t.column("error").null_count < len(t) for t in tables)
+
+
+def _split(tables: list, group: list[Task]) -> Iterator[tuple[Task, Columns | str]]:
+    """The group's rows back as one result per task; a refused range fails its task (and skips the rest)."""
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables).combine_chunks()
+    errors = table.column("error")
+    failed_at, problem = None, None
+    if errors.null_count < len(table):
+        i = int(np.nonzero(~np.asarray(errors.is_null()))[0][0])
+        failed_at, problem = int(table.column("row")[i].as_py()), errors[i].as_py()
+    cols: Columns = {}
+    for name in table.column_names:
+        if name in ("task", "error"):
+            continue
+        col = table.column(name).combine_chunks()
+        cols[name] = (col.flatten().to_numpy().reshape(len(col), -1) if pa.types.is_fixed_size_list(col.type)
+                      else col.to_numpy(zero_copy_only=False))
+    base = group[0].start
+    for t in group:
+        if failed_at is not None and t.stop > failed_at:
+            yield t, problem if t.start <= failed_at else "skipped: an earlier range of its part failed"
+        else:
+            yield t, {k: v[t.start - base : t.stop - base] for k, v in cols.items()}
 
 
 def _batches(ds, timeout_s: float | None) -> Iterator[dict]:
@@ -76,7 +111,7 @@ def _batches(ds, timeout_s: float | None) -> Iterator[dict]:
 
     def produce() -> None:
         try:
-            for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 q.put(b)
             q.put(_DONE)
         except BaseException as e:  # handed to the consumer, which raises it
