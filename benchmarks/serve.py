@@ -61,10 +61,14 @@ def test_images(n: int) -> tuple[np.ndarray, str]:
         return np.resize(imgs, (n, imgs.shape[1])).astype(np.uint8), "tests/fixtures/tiny-images.npz (repeated)"
 
 
-def start_server(model: Path) -> tuple[subprocess.Popen, str]:
+def niced(cmd: list[str], nice: int) -> list[str]:
+    return ["nice", "-n", str(nice), *cmd] if nice else cmd
+
+
+def start_server(model: Path, nice: int = 0) -> tuple[subprocess.Popen, str]:
     cmd = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "vae_infer", "serve", str(model), "--port", "0",
            "--examples", "none", "--compute-threads", "1", "--threads", "1", "--max-in-flight", "256"]
-    proc = subprocess.Popen(cmd, cwd=common.ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(niced(cmd, nice), cwd=common.ROOT, stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
     match = re.search(r"on (http://127\.0\.0\.1:\d+)/", line)
     if not match:
@@ -92,10 +96,10 @@ def lua_script(folder: Path, name: str, content_type: str, body_file: Path, limi
     return script
 
 
-def wrk(url: str, script: Path, connections: int, seconds: int, limit: int) -> dict:
+def wrk(url: str, script: Path, connections: int, seconds: int, limit: int, nice: int = 0) -> dict:
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "--timeout",
            "10s", "-s", str(script), url]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    run = subprocess.run(niced(cmd, nice), capture_output=True, text=True, timeout=seconds + 60)
     out = run.stdout
     if "requests in" not in out:
         raise SystemExit(f"wrk failed ({' '.join(cmd)}):\n{out}{run.stderr}")
@@ -178,6 +182,9 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=30_000, help="each run stops after this many responses")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median run is reported")
     ap.add_argument("--browser-frames", type=int, default=300)
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run the server and wrk under `nice -n N` (negative needs root): on a machine shared with "
+                         "other work, this separates the server's own tail latency from waiting for the shared cores")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
     args = ap.parse_args()
@@ -201,17 +208,17 @@ def main() -> None:
         "encode_256_npy": ("/v1/encode", lua_script(tmp, "n256", "application/x-npy", rows256, args.max_requests)),
     }
 
-    proc, url = start_server(args.model)
+    proc, url = start_server(args.model, args.nice)
     try:
         for path, script in scripts.values():  # warm-up: every path once, briefly
-            wrk(url + path, script, 8, 1, args.max_requests)
+            wrk(url + path, script, 8, 1, args.max_requests, args.nice)
         mem_start = memory(proc.pid)
         runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in CONNECTIONS} for name in scripts}
         mem_rounds = []  # after each round: the first round may still grow caches, later ones should not
         for _ in range(args.rounds):
             for c in CONNECTIONS:
                 for name, (path, script) in scripts.items():
-                    runs[name][c].append(wrk(url + path, script, c, args.seconds, args.max_requests))
+                    runs[name][c].append(wrk(url + path, script, c, args.seconds, args.max_requests, args.nice))
             mem_rounds.append(memory(proc.pid))
         mem_end = mem_rounds[-1]
         browser = browser_decode(url, args.browser_frames)
@@ -238,8 +245,9 @@ def main() -> None:
     targets["errors"]["met"] = targets["errors"]["value"] == 0
     report = {
         "environment": common.environment(server_core=SERVER_CORE, load_core=LOAD_CORE, data=data),
-        "settings": {"seconds": args.seconds, "max_requests": args.max_requests, "rounds": args.rounds,
-                     "connections": list(CONNECTIONS), "server": "vae-infer serve --compute-threads 1 --threads 1"},
+        "settings": {"nice": args.nice, "seconds": args.seconds, "max_requests": args.max_requests,
+                     "rounds": args.rounds, "connections": list(CONNECTIONS),
+                     "server": "vae-infer serve --compute-threads 1 --threads 1"},
         "http": http, "in_process": api,
         "memory": {"after_warmup": mem_start, "after_each_round": mem_rounds, "after_runs": mem_end},
         "browser": browser, "targets": targets,
@@ -257,7 +265,9 @@ def render(report: dict) -> str:
             rows.append([label, c, f"{r['rps']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", r["errors"]])
     out = ["# The HTTP server under load (benchmarks/serve.py)\n",
            f"Server on core {report['environment']['server_core']}, wrk on core {report['environment']['load_core']}; "
-           f"load average at the end {report['environment']['load_average']}; data: {report['environment']['data']}.\n",
+           f"nice {report['settings']['nice']}; load average at the end "
+           f"{', '.join(f'{v:.2f}' for v in report['environment']['load_average'])}; "
+           f"data: {report['environment']['data']}.\n",
            common.markdown_table(["endpoint", "connections", "requests/s", "p50 ms", "p99 ms", "errors"], rows)]
     api = report["in_process"]
     out.append(common.markdown_table(["in-process API (model.encode, 1 onnxruntime thread)", "p50 ms", "p99 ms"], [
