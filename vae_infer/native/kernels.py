@@ -25,7 +25,8 @@ def narrow_kernel_name(weights: str, k: int, n: int, act: str | None) -> str:
 
 def narrow_kernel_source(weights: str, k: int, n: int, act: str | None) -> str:
     """y[r][o] = act(x[r] . w[o] + bias[o]) for a narrow layer (weights output-major, [n][k]): each dot
-    product in NARROW_LANES partial sums, so that it vectorizes without reassociating float additions."""
+    product in NARROW_LANES partial sums, so that it vectorizes without reassociating float additions; each
+    weight is converted once per tile of rows."""
     scaled = weights == "int8"
     conv = WEIGHT_CONVERT[weights].format(w="wo[i + j]") + (" * columns[i + j]" if scaled else "")
     conv_tail = WEIGHT_CONVERT[weights].format(w="wo[i]") + (" * columns[i]" if scaled else "")
@@ -38,20 +39,26 @@ static void {narrow_kernel_name(weights, k, n, act)}(const float *x, float *y, i
 {{
     enum {{ K = {k}, N = {n}, L = {NARROW_LANES} }}; /* inputs, outputs, lanes */
     int i, j, o, r;
-    for (r = 0; r < rows; r++) {{
-        const float *xr = x + r * K;
-        for (o = 0; o < N; o++) {{
-            const {WEIGHT_CTYPE[weights]} *wo = w + (size_t)o * K;
-            float part[L], s = 0.0f;
+    for (o = 0; o < N; o++) {{
+        const {WEIGHT_CTYPE[weights]} *wo = w + (size_t)o * K;
+        float part[VAE_ROWS][L];
+        for (r = 0; r < rows; r++)
             for (j = 0; j < L; j++)
-                part[j] = 0.0f;
-            for (i = 0; i + L <= K; i += L)
+                part[r][j] = 0.0f;
+        for (i = 0; i + L <= K; i += L) {{
+            float wv[L];
+            for (j = 0; j < L; j++)
+                wv[j] = {conv};
+            for (r = 0; r < rows; r++)
                 for (j = 0; j < L; j++)
-                    part[j] += xr[i + j] * ({conv}); /* not fmaf: GCC 12 leaves it scalar here */
-            for (; i < K; i++)
-                s = VAE_MADD(s, xr[i], {conv_tail});
+                    part[r][j] += x[r * K + i + j] * wv[j]; /* not fmaf: GCC 12 leaves it scalar here */
+        }}
+        for (r = 0; r < rows; r++) {{
+            float s = 0.0f;
+            for (i = K / L * L; i < K; i++)
+                s = VAE_MADD(s, x[r * K + i], {conv_tail});
             for (j = 0; j < L; j++)
-                s += part[j];
+                s += part[r][j];
             y[r * ldy + o] = {out};
         }}
     }}

@@ -50,12 +50,25 @@ static void {int8_dot_kernel_name(k, n, act)}(const float *x, float *y, int rows
         float lo_l[L], hi_l[L], low = 0.0f, high = 0.0f, inv;
         for (j = 0; j < L; j++)
             lo_l[j] = hi_l[j] = 0.0f;
+#if defined(__AVX512F__)
+        {{ /* the same lanes as below, as vectors (GCC 12 leaves the loop below scalar) */
+            __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+            for (i = 0; i + L <= K; i += L) {{
+                const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(xr + i), _mm512_loadu_ps(columns + i));
+                vlo = _mm512_min_ps(v, vlo); /* v < lo ? v : lo */
+                vhi = _mm512_max_ps(v, vhi); /* v > hi ? v : hi */
+            }}
+            _mm512_storeu_ps(lo_l, vlo);
+            _mm512_storeu_ps(hi_l, vhi);
+        }}
+#else
         for (i = 0; i + L <= K; i += L) /* in lanes, so that it vectorizes without reassociation */
             for (j = 0; j < L; j++) {{
                 const float v = xr[i + j] * columns[i + j];
                 lo_l[j] = v < lo_l[j] ? v : lo_l[j];
                 hi_l[j] = v > hi_l[j] ? v : hi_l[j];
             }}
+#endif
         for (; i < K; i++) {{
             const float v = xr[i] * columns[i];
             low = v < low ? v : low;

@@ -357,7 +357,7 @@ static int {fn.name}_run({run_params})
             "#include <math.h>",
             "#include <stddef.h>",
             "#include <stdint.h>",
-            *(["#if defined(__AVX512VNNI__) && defined(__AVX512F__)", "#include <immintrin.h> /* vpdpbusd */",
+            *(["#if defined(__AVX512F__)", "#include <immintrin.h> /* AVX-512 and vpdpbusd */",
                "#endif"] if self.weights == "int8" else []),
             "",
             helpers,
