@@ -58,11 +58,12 @@ web:
 	  cd $(WEB_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm or $(WEB_DIR)/package-lock.json missing: the page decodes through the API"; fi
 
-demo: venv data
+demo: venv data web
 	$(PY) -m train fit --dataset fashion-mnist --epochs 5 --run-dir $(RUN_DIR) --out $(RUN_DIR)/model
 	$(VENV)/bin/vae-infer info $(RUN_DIR)/model
 	$(VENV)/bin/vae-infer sample $(RUN_DIR)/model -n 64 --seed 0 --out $(RUN_DIR)/samples.npy --png $(RUN_DIR)/samples.png
-	@echo "Demo finished: pictures, figures and the model package are in $(RUN_DIR)/"; echo "Explore the shipped model in a browser: $(VENV)/bin/vae-infer serve models/fashion-mnist   then open http://127.0.0.1:8000/  (make web first: in-browser decoding)"
+	@echo "Demo finished: pictures, figures and the model package are in $(RUN_DIR)/"
+	@echo "Explore the shipped model in a browser:  $(VENV)/bin/vae-infer serve models/fashion-mnist  then open http://127.0.0.1:8000/"
 
 test: venv system-deps web
 	$(VENV)/bin/ruff check .
