@@ -17,7 +17,7 @@ from .latent_index import LatentIndex, read_index
 
 SEARCHES = ("astar", "dijkstra")
 DEFAULT_FADE_FLOOR = 0.8  # nodes dimmer than this times the blend of the endpoints are penalised ...
-DEFAULT_FADE_WEIGHT = 1.0  # ... by (floor / brightness) ** this
+DEFAULT_FADE_WEIGHT = 0.75  # ... by (floor / brightness) ** this
 
 def _components(n: int, edges: NDArray) -> NDArray[np.int64]:
     """Connected-component label of each node (union-find on the edge list), labels 0.. by first node."""
