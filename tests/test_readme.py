@@ -97,7 +97,10 @@ def speed(engine: str, operation: str, batch: int, field: str) -> str:
 
 
 def c_latency(backend: str, operation: str) -> str:
-    return f"latency[backend={backend}&operation={operation}&batch=1]"
+    return f"speed[backend={backend}&operation={operation}&batch=1]"
+
+
+NATIVE_BACKENDS = ("torch eager", "onnxruntime fp32", "onnxruntime int8", "C fp32", "C fp16", "C int8")
 
 
 ENGINES = ("torch", "ort", "ort-spin", "ort-int8")
@@ -161,13 +164,17 @@ FIGURES: list[tuple[str, str, str | Callable | tuple, str | Callable | tuple]] =
      ("{:.2f}", MB, scaled(1e6, "{:.0f}"), "{:.0f}")),
     ("cell ({} for the {} training codes)", INTERPOLATION, ("build.n_nodes", "build.n_codes"), ("{:,}",) * 2),
     # the C backend (benchmarks/native.py)
-    ("| onnxruntime | | | {} / {} µs | 1 |", NATIVE,
-     tuple(f"{c_latency('onnxruntime', op)}.p50_us" for op in ("encode", "decode")), ("{:.1f}",) * 2),
-    *[(f"| {w} | {{}} MB | {{*}} KB | {{}} / {{}} µs | {{}} / {{}} |", NATIVE,
-       (f"sizes[weights={w}].tables_bytes",
-        *(f"{c_latency('C ' + w, op)}.p50_us" for op in ("encode", "decode")),
-        *(f"{c_latency('C ' + w, op)}.ratio_to_onnxruntime" for op in ("encode", "decode"))),
-       (MB, "{:.1f}", "{:.1f}", "{:.2f}", "{:.2f}")) for w in ("fp32", "fp16", "int8")],
+    *[(f"| {op}, batch 1 | {{}} µs | {{}} µs | {{}} µs | {{}} µs | {{}} µs | {{}} µs |", NATIVE,
+       tuple(f"{c_latency(b, op)}.median_us" for b in NATIVE_BACKENDS), ("{:.1f}",) * 6)
+      for op in ("encode", "decode")],
+    *[(f"| {w} | {{}} | {{}} | {{}} | {{}} | {{}} |", NATIVE,
+       tuple(f"footprint[target={t}&weights={w}].{k}" for t, k in (
+           ("cortex-m4", "flash_bytes"), ("cortex-m4", "ram_bytes"), ("cortex-m4", "worst_case_stack_bytes"),
+           ("aarch64-linux", "flash_bytes"), ("aarch64-linux", "worst_case_stack_bytes"))), ("{:,}",) * 5)
+      for w in ("fp32", "fp16", "int8")],
+    ("test −ELBO {} against {} for onnxruntime fp32,\n+{} nats", NATIVE,
+     tuple(f"parity[target=cortex-m4&weights=int8].{k}" for k in ("nelbo_target", "nelbo_onnxruntime_fp32",
+                                                                  "nelbo_change")), ("{:.3f}",) * 3),
     ("(max |diff| from onnxruntime on the 10,000 test images: mu {}, x_hat {}; test", NATIVE,
      ("accuracy[backend=C fp32].mu_max_abs_diff", "accuracy[backend=C fp32].x_hat_max_abs_diff"), (sci(1),) * 2),
 ]
