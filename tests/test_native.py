@@ -394,6 +394,33 @@ def test_int8_dot_products_match_the_reference_on_this_cpu(rows, test_images_50)
 
 
 @needs_gcc
+def test_a_forked_child_computes_alone_after_the_parent_used_the_worker(tiny_images):
+    """After fork the child has no worker thread: its calls still complete (never waiting for the parent's
+    worker), with the same results."""
+    import multiprocessing
+
+    data, spec = graph_bytes(SHIPPED, "encoder")
+    runner = native.create_runner(data, spec, threads=2)
+    x = np.random.default_rng(3).random((30, 784), dtype=np.float32)
+    want = runner.run(["mu"], {"x": x})[0]  # the worker has started in this process
+    _FORKED["runner"] = runner  # inherited by the child (a ctypes library cannot be pickled)
+    ctx = multiprocessing.get_context("fork")
+    try:
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_run_in_child, (x,)).get(timeout=60)
+    finally:
+        _FORKED.clear()
+    np.testing.assert_array_equal(got, want)
+
+
+_FORKED: dict = {}
+
+
+def _run_in_child(x):
+    return _FORKED["runner"].run(["mu"], {"x": x})[0]
+
+
+@needs_gcc
 def test_the_cache_is_keyed_by_sha256_and_reused_without_compiler_or_onnx(tiny_package, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     data, spec = graph_bytes(tiny_package, "encoder")

@@ -382,11 +382,17 @@ static void *vae_worker(void *arg)
     return NULL;
 }
 
+/* a child process (fork) has no worker, and the lock may have been held at the fork: one thread there */
+static void vae_forked(void)
+{
+    vae_pool.started = 0;
+}
+
 static void vae_start(void)
 {
     pthread_t t;
     pthread_attr_t attr;
-    if (pthread_attr_init(&attr) != 0)
+    if (pthread_atfork(NULL, NULL, vae_forked) != 0 || pthread_attr_init(&attr) != 0)
         return;
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     vae_pool.started = pthread_create(&t, &attr, vae_worker, NULL) == 0;
