@@ -224,7 +224,7 @@ def pictures(model, test, labels, pairs, folder: Path, latent_map) -> list[str]:
     handles += [plt.Line2D([], [], ls=s, color="k", label=m) for m, s in (("graph", "-"), ("linear", "--"),
                                                                           ("slerp", ":"))]
     ax.legend(handles=handles, fontsize=7, loc="upper left", ncol=2, framealpha=0.85)
-    ax.set_title(f"the package's latent map ({len(codes):,} test images, coloured by class) and the paths of the "
+    ax.set_title(f"the package's latent map ({len(codes):,} test images, coloured by class)\nand the paths of the "
                  f"4 pairs of interpolation_compare.png (1A to 1B: the first)", fontsize=9)
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")

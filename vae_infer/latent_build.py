@@ -2,8 +2,9 @@
 
 - Nodes are encodings of real images: the codes are binned on a regular latent grid (`cell` wide) and each
   occupied cell contributes the one real code in it whose image the model reconstructs best (smallest cosine
-  distance between the image and its reconstruction), so nodes decode to garment-like images, spread evenly,
-  and their number stays bounded however large the data set (60,000 Fashion-MNIST codes give about 2,000).
+  distance between the image and its reconstruction, among up to CANDIDATES random codes of the cell), so
+  nodes decode to garment-like images, spread evenly, and their number stays bounded however large the data
+  set (60,000 Fashion-MNIST codes give about 2,000).
   Built from codes alone, a cell contributes the code nearest its mean.
 - Edges join each node to its k nearest nodes (in latent space, made symmetric); a graph in several pieces is
   bridged (each smaller component to its nearest other component, recorded in `bridge`). An edge's `distance`
@@ -50,7 +51,8 @@ MIN_COST = 0.25  # the cost field is clipped below at this (it keeps the A* heur
 REALISM_QUANTILE = 90  # nodes up to this percentile of (cosine distance x faintness penalty) cost 1
 DEFAULT_ALT_LANDMARKS = 8
 ENCODE_CHUNK = 8192
-FIELD_IMAGES = 20_000  # the realism field compares decoded grid points with at most this many real images
+FIELD_IMAGES = 15_000  # the realism field compares decoded grid points with at most this many real images
+CANDIDATES = 8  # codes per grid cell whose reconstructions are compared to pick the cell's node
 
 
 def knn(points: NDArray, k: int, chunk: int = 1024) -> NDArray[np.int64]:
@@ -226,7 +228,13 @@ def build_index(
         cell = CELL_FRACTION * spread if spread > 0 else 1.0
     labels, counts, cell_used = _cells(z, float(cell), max_nodes)
     if arr is not None:
-        score = reconstruction_cosine(model, arr, z)  # nodes: the real codes that decode best, one per cell
+        # nodes: the real codes that decode best, one per cell, among up to CANDIDATES random codes of each cell
+        # (decoding every code would double the build time for a node that decodes about as well)
+        order = np.lexsort((rng.random(len(z)), labels))
+        rank = np.arange(len(z)) - np.searchsorted(labels[order], labels[order])
+        candidates = np.sort(order[rank < CANDIDATES])
+        score = np.full(len(z), np.inf)
+        score[candidates] = reconstruction_cosine(model, arr[candidates], z[candidates])
     else:
         sums = np.zeros((len(counts), z.shape[1]))
         np.add.at(sums, labels, z)
@@ -257,7 +265,8 @@ def build_index(
     if model.latent_size == 2 and arr is not None:
         # the field compares with a seeded sample of the images: its cost grows with images x decoded centres
         sample = np.sort(rng.choice(len(z), FIELD_IMAGES, replace=False)) if len(z) > FIELD_IMAGES else slice(None)
-        raw, ratio, origin = realism_field(model, z[sample], arr[sample], lo, float(field_cell), field_radius)
+        raw, ratio, origin = realism_field(model, z[sample], arr[sample], lo, float(field_cell), field_radius,
+                                           hi=z.max(0))
         finite = np.isfinite(raw) & np.isfinite(ratio) & (ratio > 0)
         raw = np.where(finite, raw, raw[finite].max())
         ratio = np.where(finite, ratio, ratio[finite].min())

@@ -10,18 +10,21 @@ from numpy.typing import NDArray
 
 
 def realism_field(model, codes: NDArray[np.float32], images: NDArray, lo: NDArray, cell: float, radius: int,
-                  block: int = 6) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+                  block: int = 6, hi: NDArray | None = None
+                  ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
     """For the decoded image of each grid cell centre: the cosine distance to the nearest real image (in
     cosine) among those whose codes lie within `radius` cells, and the decoded image's brightness divided by
     that real image's. Cells with no such image get inf and nan. Returns (cosine (ny, nx), brightness ratio
     (ny, nx), origin (2,)).
 
-    images: the real images as validated float32 rows (model.as_images), one per code."""
+    images: the real images as validated float32 rows (model.as_images), one per code. lo (and hi, default
+    the codes' largest): the corners of the latent box the grid must cover."""
     from .realism import unit_rows
 
     origin = (lo - (radius + 1) * cell).astype(np.float32)
     q = np.floor((codes - origin) / cell).astype(np.int64)
-    shape = (int(q[:, 1].max()) + radius + 2, int(q[:, 0].max()) + radius + 2)  # (ny, nx)
+    top = q.max(0) if hi is None else np.maximum(q.max(0), np.floor((np.asarray(hi) - origin) / cell).astype(np.int64))
+    shape = (int(top[1]) + radius + 2, int(top[0]) + radius + 2)  # (ny, nx)
     best = np.full(shape, -np.inf, dtype=np.float32)  # largest cosine similarity so far
     near_bright = np.full(shape, np.nan, dtype=np.float32)  # brightness of that real image
     # Work in blocks of block x block cells: the images in a block against the decoded centres of the block
@@ -91,6 +94,7 @@ def bilinear(field_: NDArray[np.float32], origin: NDArray, cell: float, z: NDArr
     """The grid field at latent points z (n, 2), bilinear between cell centres and held constant beyond the
     grid; with grad=True also its gradient (n, 2)."""
     ny, nx_ = field_.shape
+    z = np.asarray(z, dtype=np.float64)  # float32 would round the clip bound below up to the last cell
     fx = np.clip((z[:, 0] - origin[0]) / cell - 0.5, 0.0, nx_ - 1.000001)
     fy = np.clip((z[:, 1] - origin[1]) / cell - 0.5, 0.0, ny - 1.000001)
     ix, iy = fx.astype(np.int64), fy.astype(np.int64)
