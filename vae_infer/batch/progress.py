@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 REDRAW_SECONDS = 0.5
 
@@ -14,15 +15,19 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, done: int = 0, enabled: bool | None = None, stream=None) -> None:
+    def __init__(self, total: int, done: int = 0, enabled: bool | None = None, stream=None,
+                 on_rows: Callable[[int], None] | None = None) -> None:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.total, self.done, self.start_done = total, done, done
         self.t0 = time.perf_counter()
         self.last = 0.0
+        self.on_rows = on_rows
 
     def update(self, rows: int) -> None:
         self.done += rows
+        if self.on_rows is not None:
+            self.on_rows(rows)
         now = time.perf_counter()
         if self.enabled and (now - self.last >= REDRAW_SECONDS or self.done >= self.total):
             self.last = now

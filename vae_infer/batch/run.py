@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import DataError, InputError
@@ -50,9 +50,12 @@ class _BadRows(Exception):
 def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path,
               options: BatchOptions | None = None, *, engine: str = "local", workers: int = 1,
               threads: int | None = None, chunk_rows: int = CHUNK_ROWS, skip_bad: bool = False,
-              progress: bool | None = None, ray_options: dict | None = None) -> BatchSummary:
+              progress: bool | None = None, ray_options: dict | None = None,
+              on_rows: Callable[[int], None] | None = None) -> BatchSummary:
     """Run a batch job (module docstring). engine "local" (workers processes, threads each) or "ray"
-    (vae_infer.batch.ray_engine; ray_options: address, concurrency, num_cpus, timeout_s)."""
+    (vae_infer.batch.ray_engine; ray_options: address, concurrency, num_cpus, timeout_s). progress: the
+    progress line on stderr (default: when stderr is a terminal); on_rows(n) is called as each task's n rows
+    arrive (for a progress display of your own, or to time the start-up apart)."""
     t0 = time.perf_counter()
     options = options or BatchOptions()
     if engine not in ENGINES:
@@ -94,7 +97,7 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
             todo_parts.append(part)
     todo_tasks = [tasks[i] for p in todo_parts for i in p.tasks]
     total = sum(p.rows for p in parts)
-    bar = Progress(total, done=reused, enabled=progress)
+    bar = Progress(total, done=reused, enabled=progress, on_rows=on_rows)
     if engine == "local":
         from .local import run_local
 
