@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -642,7 +643,7 @@ def test_the_cost_field_is_highest_off_the_data(tiny_model, tiny_images):
     np.testing.assert_array_equal(index.codes, mu)
 
 
-SHIPPED = vae_infer.__file__ and __import__("pathlib").Path(__file__).resolve().parents[1] / "models" / "fashion-mnist"
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "fashion-mnist"
 FIXED_PAIRS = [(0, 1), (2, 3), (5, 8), (13, 21), (34, 55), (89, 144)]  # test images, whatever their classes
 
 
