@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import InputError
+from .inputs import as_array, as_latents, check_output_rows
 from .path_refine import REFINE_ITERATIONS, relax
 from .realism import Reference, brightness_ratio, unit_rows
 
@@ -61,30 +62,39 @@ __all__ = ["METHODS", "SPACINGS", "Reference", "interpolate", "interpolate_codes
 
 def _one_image(model, image: object, name: str) -> NDArray[np.float32]:
     """One image as a (1, features) row: accepts (h, w), (features,), or a batch of one of either."""
-    arr = np.asarray(image)
+    try:
+        arr = as_array(image, "images")
+    except InputError as e:
+        raise InputError(f"{name}: {e}") from e
     h, w = model.image_shape
-    if arr.shape in ((h, w), (h * w,)):
+    features = h * w
+    if arr.shape in ((h, w), (features,)):
         arr = arr[None]
     elif arr.ndim == 3 and arr.shape[:2] == (h, w) and arr.shape[2] in (3, 4):
-        raise InputError(f"{name}: expected one grayscale image shaped ({h}, {w}) or ({h * w},), got {arr.shape} "
+        raise InputError(f"{name}: expected one grayscale image shaped ({h}, {w}) or ({features},), got {arr.shape} "
                          f"(colour channels?); convert it to gray first")
-    if arr.ndim >= 1 and arr.shape[0] != 1 and arr.ndim in (2, 3):
-        raise InputError(f"{name}: expected one image shaped ({h}, {w}) or ({h * w},) or a batch of one, "
+    rows_fit = (arr.ndim == 2 and arr.shape[1] == features) or (arr.ndim == 3 and arr.shape[1:] == (h, w))
+    if not rows_fit and arr.ndim in (2, 3) and len(arr) == 1:
+        return model.as_images(arr)  # a batch of one of the wrong size: the model's own shape message
+    if not rows_fit:  # one image of another size (29 x 29), or something else: not a count of images
+        raise InputError(f"{name}: expected one image shaped ({h}, {w}) or ({features},) or a batch of one, "
+                         f"got an array shaped {arr.shape}")
+    if arr.shape[0] != 1:
+        raise InputError(f"{name}: expected one image shaped ({h}, {w}) or ({features},) or a batch of one, "
                          f"got {arr.shape[0]} images {arr.shape}")
     return model.as_images(arr)
 
 
-def _steps(steps: object) -> int:
+def _steps(steps: object, model) -> int:
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2:
         raise InputError(f"steps must be an integer >= 2 (the path includes both endpoints), got {steps!r}")
+    check_output_rows(int(steps), model.manifest.features, "interpolate")  # the frames are decoded
     return int(steps)
 
 
 def _code(model, z: object, name: str) -> NDArray[np.float32]:
     """One latent code as a (latent_size,) float32 vector: accepts (latent_size,) or (1, latent_size)."""
-    from .inputs import as_latents
-
-    arr = np.asarray(z)
+    arr = as_array(z, f"{name} (a latent code)")
     d = model.latent_size
     if arr.shape not in ((d,), (1, d)):
         raise InputError(f"{name}: expected one latent code shaped ({d},) or (1, {d}), got {arr.shape}")
@@ -223,7 +233,7 @@ def interpolate_codes(model, z_a: object, z_b: object, steps: int = 10, method: 
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if spacing not in SPACINGS:
         raise InputError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
-    steps = _steps(steps)
+    steps = _steps(steps, model)
     za, zb = _code(model, z_a, "z_a"), _code(model, z_b, "z_b")
     if np.array_equal(za, zb):
         raise InputError(
@@ -251,7 +261,7 @@ def interpolate(model, image_a: object, image_b: object, steps: int = 10, method
     return_codes: also return the latent codes, as (images, codes)."""
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    steps = _steps(steps)
+    steps = _steps(steps, model)
     xa, xb = _one_image(model, image_a, "image_a"), _one_image(model, image_b, "image_b")
     mu, _ = model.encode(np.concatenate([xa, xb]))
     if np.array_equal(mu[0], mu[1]):
@@ -354,13 +364,12 @@ def path_metrics(model, path: object, *, reference: object | None = None, fine: 
       lower is more realistic; None without reference) and "realism_l2" (its Euclidean counterpart, kept for
       comparison: it rewards dim images, see vae_infer.realism)."""
     fine = _fine(fine)
-    arr = np.asarray(path)
+    arr = as_array(path, "a path (latent codes or images)")
     if arr.ndim == 2 and arr.shape[1] == model.latent_size and model.latent_size != model.manifest.features:
-        from .inputs import as_latents
-
         codes = as_latents(arr, model.latent_size)
         if len(codes) < 2:
             raise InputError(f"a path needs at least 2 points, got {len(codes)}")
+        check_output_rows(fine * (len(codes) - 1) + 1, model.manifest.features, "path_metrics (fine)")
         points = model.decode(codes)
         fine_points = model.decode(subdivide(codes, fine)) if fine > 1 else points
         kind = "codes"

@@ -179,7 +179,7 @@ def build_index(
     landmarks: graph nodes whose distances to every node are stored for the A* heuristic (ALT); 0 for none.
     bridge: join a disconnected graph with bridging edges (else queries across pieces raise InputError).
     max_codes: a larger dataset is subsampled (seeded) to this many codes; max_nodes bounds the nodes."""
-    from .inputs import as_count, as_latents, as_seed
+    from .inputs import as_array, as_count, as_latents, as_seed
 
     t0 = time.perf_counter()
     k = as_count(k, "k")
@@ -202,9 +202,9 @@ def build_index(
     rng = np.random.default_rng(as_seed(seed))
     rows = None
     if images is not None:
-        arr = np.asarray(images)
-        if arr.ndim not in (2, 3):
-            model.as_images(arr)  # raises the usual shape error
+        arr = as_array(images, "images")
+        if arr.ndim not in (2, 3) or len(arr) == 0:
+            model.as_images(arr)  # raises the usual shape error, or "expected at least one image"
         n_given = len(arr)
         rows = np.arange(n_given)
         if n_given > max_codes:

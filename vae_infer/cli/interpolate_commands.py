@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from .. import arrays
-from ..errors import InputError
+from ..errors import DataError, InputError
 from ..interpolation import METHODS, SPACINGS, interpolate, path_metrics
 from ..latent_build import DEFAULT_FAINT_WEIGHT, DEFAULT_K, DEFAULT_REALISM_WEIGHT, MAX_CODES, build_index
 from ..latent_index import INDEX_FILE, METRICS, read_index
@@ -41,6 +41,8 @@ def _open_data(spec: str, split: str):
     from ..sources import open_source
 
     source = open_source(spec, split=split)
+    if len(source) == 0:
+        raise DataError(f"{source.where}: holds no images (0 rows); expected a data set to build the index from")
     return source.read(0, len(source)), source.labels(), CLASS_NAMES.get(str(spec)), source.where
 
 
