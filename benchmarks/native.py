@@ -26,13 +26,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
-import numpy as np
+# torch's OpenMP threads otherwise spin for a while after each call and take a core from whichever backend
+# runs next in the interleaved rounds; passive waiting matches onnxruntime as vae_infer ships it (spinning off)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import vae_infer
-from vae_infer import bench, likelihood, native
-from vae_infer.machine import available_cores
-from vae_infer.native import check, targets
+import common  # noqa: E402
+import numpy as np  # noqa: E402
+
+import vae_infer  # noqa: E402
+from vae_infer import bench, likelihood, native  # noqa: E402
+from vae_infer.machine import available_cores  # noqa: E402
+from vae_infer.native import check, targets  # noqa: E402
 
 FORMATS = ("fp32", "fp16", "int8")
 BATCHES = (1, 256, 4096)
@@ -245,7 +249,8 @@ def to_markdown(report: dict) -> str:
     env, lim = report["environment"], report["limits"]
     names = report["backends"]
     lines = [
-        f"CPU {env['cpu']} ({env['cores_available']} cores available; load average {env['load_average'][0]:.1f} "
+        f"CPU {env['cpu']} ({env['cores_available']} cores available; OMP_WAIT_POLICY={report['omp_wait_policy']}; "
+        f"load average {env['load_average'][0]:.1f} "
         f"at the start, {report['load_average_end'][0]:.1f} at the end), onnxruntime {env['onnxruntime']}, C backend "
         f"built with `{' '.join(report['library_flags'])}`. Every backend with its defaults ({env['cores_available']} "
         f"threads); batch 1: median latency, batches 256 and 4096: median throughput; {report['rounds']} "
@@ -314,7 +319,8 @@ def main() -> None:
     images, _ = load_images("fashion-mnist", split="test")
     backends = load_backends(args.model, not args.no_torch)
     model = backends["onnxruntime fp32"]
-    report = {"model": args.model, "rounds": args.rounds, "backends": list(backends), "environment": environment,
+    report = {"model": args.model, "rounds": args.rounds, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+              "backends": list(backends), "environment": environment,
               "library_flags": build.library_flags(), "tuning_block_rows": list(build.tuning())}
     report["speed"] = speed(backends, model.manifest.features, model.latent_size, args.rounds)
     report["limits"] = limits(args.model)
