@@ -122,9 +122,11 @@ def on_ray(model_path: Path, data: Path, out: Path, chunk: int, concurrency: int
     try:
         num_cpus = default_num_cpus(concurrency)
         clock = FirstRows()
+        cpu0 = time.process_time()  # the driver's own CPU: receiving results, writing parts, Ray Data's executor
         s = run_batch(model_path, [str(data)], out, BatchOptions(outputs=OUTPUTS), engine="ray", chunk_rows=chunk,
                       progress=False, ray_options={"concurrency": concurrency, "timeout_s": 3600}, on_rows=clock)
         figures = clock.figures(s.rows)
+        figures["driver_cpu_us_per_row"] = 1e6 * (time.process_time() - cpu0) / s.rows
     finally:
         t2 = time.perf_counter()
         ray.shutdown()
@@ -193,6 +195,9 @@ def markdown(report: dict) -> str:
     w = r["writer"]
     text += [f"Writing the parts alone (the driver's share in a Ray job; {w['rows']:,} rows of mu,logvar built "
              f"without a model): {w['us_per_row']:.2f} us/row, {w['bytes_per_row']:.1f} bytes/row of Parquet.", ""]
+    if "ray" in r:
+        text += [f"The Ray driver's own CPU time (receiving results, writing parts, Ray Data's executor): "
+                 f"{r['ray']['driver_cpu_us_per_row']:.2f} us/row.", ""]
     mem = report["results"]["memory"]
     text += ["Peak anonymous memory (RssAnon) of the local engine, 1 worker, each size in a fresh process:", "",
              common.markdown_table(["input", "rows", "peak RssAnon MB", "rows/s"],
