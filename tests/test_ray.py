@@ -185,3 +185,31 @@ def test_bad_rows_on_ray_stop_the_job_or_are_recorded(cluster, tiny_package, ima
     r = read_results(tmp_path / "skip")
     assert summary.rows == len(r["row"]) == 900 + 600  # nan.npy's third part (rows 600..900) is left out whole
 
+
+
+def test_cli_reads_uris_with_ray_data(cluster, tiny_package, images, tmp_path):
+    import pyarrow.dataset as pds
+    from click.testing import CliRunner
+
+    from tests.conftest import fails, ok
+    from vae_infer.cli import main
+
+    np.save(tmp_path / "a.npy", images[:1500])
+    np.save(tmp_path / "b.npy", images[1500:2500])
+    uris = [f"file://{tmp_path / 'a.npy'}", f"file://{tmp_path / 'b.npy'}"]
+    runner = CliRunner()
+    ok(runner.invoke(main, ["batch", str(tiny_package), *uris, "--out", str(tmp_path / "out"), "--engine", "ray",
+                            "--outputs", "mu,score", "--kind", "recon", "--timeout", str(JOB_TIMEOUT_S)]))
+    table = pds.dataset(tmp_path / "out", format="parquet").to_table()
+    mu = table.column("mu").combine_chunks().to_numpy_ndarray()
+    sources = np.array(table.column("source").to_pylist())
+    model = load(tiny_package, threads=1)
+    for uri, x in zip(uris, (images[:1500], images[1500:2500]), strict=True):
+        got = mu[np.char.endswith(sources.astype(str), uri.split("/")[-1])]
+        assert got.shape == (len(x), 2)
+        ref, _ = model.encode(x)
+        assert np.abs(np.sort(got, axis=0) - np.sort(ref, axis=0)).max() <= 1e-6  # Ray Data may reorder rows
+    fails(runner.invoke(main, ["batch", str(tiny_package), uris[0], "--out", str(tmp_path / "o2"), "--engine", "ray",
+                               "--outputs", "mu,score"]), "keys its noise by each row's index")
+    fails(runner.invoke(main, ["batch", str(tiny_package), uris[0], "--out", str(tmp_path / "o3")]),
+          "pass --engine ray")

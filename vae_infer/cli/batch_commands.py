@@ -9,6 +9,7 @@ import click
 from ..anomaly import SCORE_KINDS
 from ..batch import ENGINES, FORMATS, OUTPUTS, BatchOptions, parse_outputs, run_batch
 from ..batch.options import CHUNK_ROWS, PART_ROWS
+from ..batch.ray_uris import is_uri, run_uris
 from ..errors import InputError
 from .base import echo_json, json_option, main, stderr_is_terminal
 
@@ -24,7 +25,7 @@ def _outputs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
-@click.option("--out", type=click.Path(path_type=Path), required=True, metavar="DIR",
+@click.option("--out", required=True, metavar="DIR",
               help="Folder of result parts, _job.json and failures.jsonl; a re-run with the same job resumes.")
 @click.option("--outputs", default="mu,logvar", show_default=True, callback=_outputs, metavar="LIST",
               help=f"Columns besides source and row, from {','.join(OUTPUTS)} (flag needs a calibrated model).")
@@ -57,23 +58,36 @@ def _outputs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
               help="With --engine ray: give up when the job has not finished by then.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
-def batch(model: Path, inputs: tuple[str, ...], out: Path, outputs: tuple[str, ...], kind: str, samples: int | None,
+def batch(model: Path, inputs: tuple[str, ...], out: str, outputs: tuple[str, ...], kind: str, samples: int | None,
           seed: int, engine: str, workers: int, threads: int | None, address: str | None, num_cpus: float | None,
           skip_bad: bool, fmt: str, part_rows: int, chunk_rows: int, timeout_s: float | None, quiet: bool,
           as_json: bool) -> None:
     """Run MODEL over INPUTS (files or quoted globs: .npy, FILE.npz[:KEY], IDX, FILE.parquet:COLUMN, PNG folders)
     and write one row per input row (source, row, and --outputs) into Parquet parts in --out.
 
+    With --engine ray, INPUTS may instead be URIs Ray Data reads (s3://.../x.npy, FILE.parquet:COLUMN): the
+    workers read and write them (deterministic outputs only, no resume).
+
     Inputs are read by row ranges and never loaded whole, so any size streams through in bounded memory.
     The results do not depend on --engine, --workers or --chunk-rows."""
     if address and engine != "ray":
         raise InputError("--address names a Ray cluster: add --engine ray")
-    if "://" in "".join(inputs):
-        raise InputError("URIs (s3://, gs://, ...) are read by Ray Data readers: use vae_infer.ray.map_model with "
-                         "ray.data.read_numpy/read_parquet (docs/batch.md); `vae-infer batch` reads files")
     options = BatchOptions(outputs=outputs, kind=kind, samples=samples, seed=seed, format=fmt, part_rows=part_rows)
+    if any(is_uri(i) for i in inputs):
+        if engine != "ray" or not all(is_uri(i) for i in inputs):
+            raise InputError("URIs (s3://, gs://, file://) are read by Ray Data on the workers: pass --engine ray, "
+                             "and only URIs")
+        result = run_uris(model, inputs, str(out), options, address=address, concurrency=workers, num_cpus=num_cpus,
+                          threads=threads, timeout_s=timeout_s)
+        if as_json:
+            echo_json(result)
+        else:
+            click.echo(f"wrote Ray Data's Parquet files to {out} in {result['seconds']:.1f} s (no _job.json: "
+                       f"a job over URIs does not resume)")
+        return
     ray_options = {"address": address, "concurrency": workers, "num_cpus": num_cpus, "threads": threads,
                    "timeout_s": timeout_s}
+    out = Path(out)
     summary = run_batch(model, list(inputs), out, options, engine=engine, workers=workers, threads=threads,
                         chunk_rows=chunk_rows, skip_bad=skip_bad, progress=not quiet and not as_json and
                         stderr_is_terminal(), ray_options=ray_options if engine == "ray" else None)
