@@ -98,12 +98,13 @@ def as_latents(z: object, latent_size: int) -> NDArray[np.float32]:
                          f"({_describe_rows(arr)}){hint}")
     if arr.shape[0] == 0:
         raise InputError("expected at least one latent code, got an empty batch")
-    _require_finite(arr, "latent codes")
-    big = np.abs(arr.astype(np.float64, copy=False)) > LATENT_BOUND  # float16 cannot hold the bound itself
-    if big.any():
-        row = int(np.nonzero(big)[0][0])
+    exact = arr.astype(np.float64) if arr.dtype.kind in "iu" else arr  # abs(int64 min) would wrap around
+    peak = float(np.abs(exact).max())  # one pass checks both: NaN propagates and fails the comparison below
+    if not peak <= LATENT_BOUND:
+        _require_finite(arr, "latent codes")
+        row = int(np.nonzero(np.abs(exact) > LATENT_BOUND)[0][0])
         raise InputError(f"latent codes must lie within +-{LATENT_BOUND:g} (the prior is N(0, I)), found "
-                         f"{float(np.abs(arr).max()):g} at row {row}")
+                         f"{peak:g} at row {row}")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
