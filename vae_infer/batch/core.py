@@ -21,18 +21,6 @@ from .options import BatchOptions
 Columns = dict[str, np.ndarray]
 
 
-def encode_rows(model, x: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """(mu, logvar) of rows already validated by model.as_images."""
-    if hasattr(model, "encode_rows"):
-        return model.encode_rows(x)
-    return model.encode(x)
-
-
-def decode_logits(model, z: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Decoder logits of latent codes (the narrow interface of VAEModel for validated rows)."""
-    return model.decode_logits(z)
-
-
 def check_model_for(manifest, package, options: BatchOptions) -> None:
     """Refuse before any work what the model cannot compute: flag and the dose score need a calibrated model
     (an actor that fails in its constructor would be restarted by Ray again and again)."""
@@ -62,7 +50,7 @@ class ChunkComputer:
         Raises InputError for rows the model does not accept (wrong shape or dtype, NaN, out of range)."""
         x = self.model.as_images(block)  # (n, features) float32
         rows = np.arange(start, start + len(x), dtype=np.int64)
-        mu, logvar = encode_rows(self.model, x)
+        mu, logvar = self.model.encode_rows(x)  # the narrow interface for validated rows
         out: Columns = {"row": rows}
         wanted = self.options.outputs
         if "mu" in wanted:
@@ -93,14 +81,14 @@ class ChunkComputer:
             running = np.full(len(x), -np.inf)
             for j in range(k):
                 z = (mu + std * eps[:, j]).astype(np.float32)
-                log_w = (-likelihood.bernoulli_nll(decode_logits(self.model, z), x)
+                log_w = (-likelihood.bernoulli_nll(self.model.decode_logits(z), x)
                          + likelihood.log_normal(z, zeros, zeros) - likelihood.log_normal(z, mu, logvar))
                 running = np.logaddexp(running, log_w)
             return -(running - math.log(k))
         recon = np.zeros(len(x))
         for j in range(k):
             z = (mu + std * eps[:, j]).astype(np.float32)
-            recon += likelihood.bernoulli_nll(decode_logits(self.model, z), x)
+            recon += likelihood.bernoulli_nll(self.model.decode_logits(z), x)
         nelbo = recon / k + likelihood.kl_to_standard_normal(mu, logvar)
         if kind == "ic":  # Serra et al. 2020: -ELBO minus the PNG code length in nats
             return nelbo - math.log(2) * anomaly.png_bits(x, self.model.image_shape)

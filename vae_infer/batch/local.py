@@ -49,6 +49,8 @@ class TaskRunner:
 def run_local(package: str | Path, options: BatchOptions, tasks: Sequence[Task], specs: Sequence[str],
               workers: int = 1, threads: int | None = None) -> Iterator[Result]:
     """(task, columns or problem) for every task, in the order given."""
+    if not tasks:  # everything was done by an earlier run: load nothing, start nothing
+        return
     if workers <= 1:
         runner = TaskRunner(package, options, threads)
         for t in tasks:
