@@ -166,3 +166,22 @@ def test_a_later_package_write_removes_folders_of_killed_writes(tiny_copy):
     assert not leftover.exists()
     assert live.is_dir()
     assert vae_infer.load(tiny_copy, threads=1).latent_size == 2
+
+
+def test_a_decoder_that_overflows_is_refused_not_returned_as_nan(tiny_copy):
+    """A package whose decoder overflows inside for codes within the bound (its hidden weights scaled by 1e37,
+    so a code of 1e5 drives hidden units to +inf and the output sums +inf and -inf into NaN): decode raises
+    InputError naming the row instead of returning NaN pixels. A zero code never touches the scaled weights."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from vae_infer.package import update_package
+
+    proto = onnx.load(str(tiny_copy / "decoder.onnx"))
+    hidden = next(i for i in proto.graph.initializer if i.name.endswith("hidden.weight"))
+    hidden.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(hidden) * np.float32(1e37), hidden.name))
+    update_package(tiny_copy, {"decoder.onnx": proto.SerializeToString()})
+    model = vae_infer.load(tiny_copy, threads=1)
+    assert np.isfinite(model.decode(np.zeros((1, 2), np.float32))).all()
+    with pytest.raises(InputError, match=r"the decoder gave non-finite pixels for the latent code at row 1"):
+        model.decode(np.array([[0.0, 0.0], [1e5, -1e5]], np.float32))
