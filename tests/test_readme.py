@@ -196,10 +196,10 @@ FIGURES: list[tuple[str, str, str | Callable | tuple, str | Callable | tuple]] =
     ("(max |diff| from onnxruntime on the 10,000 test images: mu {}, x_hat {}; test", NATIVE,
      ("accuracy[backend=C fp32].mu_max_abs_diff", "accuracy[backend=C fp32].x_hat_max_abs_diff"), (sci(1),) * 2),
     # the HTTP server (benchmarks/serve.py)
-    ("batch-1 JSON encode {} requests/s at 8 connections, {}× the no-op endpoint's\n{} (targets", SERVE,
+    ("batch-1 JSON encode {} requests/s at 8 connections, {}× the no-op endpoint's\n{} (target", SERVE,
      ("http.encode_batch1.8.rps", lambda d: get(d, "http.encode_batch1.8.rps") / get(d, "http.noop.8.rps"),
       "http.noop.8.rps"), ("{:,.0f}", "{:.2f}", "{:,.0f}")),
-    ("p50 {} ms but **p99 {} ms", SERVE, ("http.encode_batch1.8.p50_ms", "http.encode_batch1.8.p99_ms"),
+    ("p50 {} ms and p99 {} ms", SERVE, ("http.encode_batch1.8.p50_ms", "http.encode_batch1.8.p99_ms"),
      ("{:.1f}",) * 2),
     ("own p99 was {} ms at one connection and {} ms at 8", SERVE, ("http.noop.1.p99_ms", "http.noop.8.p99_ms"),
      ("{:.1f}",) * 2),

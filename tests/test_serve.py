@@ -327,7 +327,8 @@ def test_busy_and_timeout_give_503_with_retry_after(tiny_model):
         _wait(lambda: limiter.in_flight == 0)
         ok(c.post("/v1/decode", json={"z": [[0.0, 0.0]]}))
     release.clear()
-    with client_for(tiny_model, max_in_flight=4, compute_threads=1, request_timeout_s=0.2) as c:
+    # inline_rows=0: the one-row decode must queue for the busy compute thread (an inline call would not wait)
+    with client_for(tiny_model, max_in_flight=4, compute_threads=1, request_timeout_s=0.2, inline_rows=0) as c:
         limiter = c.app.state.vae.limiter
         held = c.portal.start_task_soon(limiter.run, release.wait, 10)
         _wait(lambda: limiter.in_flight == 1)
@@ -612,3 +613,29 @@ def test_limiter_releases_slots_of_calls_that_fail(tiny_model):
             error(c.post("/v1/decode", json={"z": [[0.0, 0.0, 1.0]]}), 400, "input_error")
         assert c.app.state.vae.limiter.in_flight == 0
         ok(c.post("/v1/decode", json={"z": [[0.0, 0.0]]}))
+
+
+def test_small_requests_run_inline_and_large_ones_on_a_compute_thread(tiny_package, tiny_images):
+    """encode/decode/reconstruct of at most inline_rows rows run on the event loop's thread, larger ones on a
+    compute thread; both give the Python API's answers, and inline_rows=0 sends every call to the threads."""
+    import threading
+
+    import vae_infer
+
+    for inline_rows, small_where in ((8, "loop"), (0, "compute")):
+        model = vae_infer.load(tiny_package, threads=1)
+        seen = []
+        encode = model.encode
+
+        def recording(x, encode=encode, seen=seen):
+            name = threading.current_thread().name
+            seen.append("compute" if name.startswith("vae-compute") else "loop")
+            return encode(x)
+
+        model.encode = recording  # the real encode, with a note of the thread it ran on
+        with client_for(model, inline_rows=inline_rows) as c:
+            for rows in (1, 8, 9):
+                r = c.post("/v1/encode", json={"images": (tiny_images[:rows] / 255.0).tolist()})
+                assert r.status_code == 200, r.text
+                np.testing.assert_allclose(np.array(r.json()["mu"]), encode(tiny_images[:rows])[0], atol=TOL)
+        assert seen == [small_where, small_where, "compute"], (inline_rows, seen)

@@ -35,6 +35,9 @@ from .base import main
               help="Threads running model calls side by side; 0: the cores this process may use.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="onnxruntime intra-op threads per call.")
+@click.option("--inline-rows", type=click.IntRange(min=0), default=8, show_default=True,
+              help="encode/decode/reconstruct requests of at most this many rows run on the event loop (faster "
+                   "than a hand-off to a compute thread); 0: every call on the compute threads.")
 @click.option("--drain", "drain_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="On SIGTERM, seconds to keep serving with /readyz false before closing.")
 @click.option("--examples", default="fashion-mnist", show_default=True, metavar="DATA",
@@ -43,7 +46,7 @@ from .base import main
               show_default=True)
 def serve(model: Path, host: str, port: int, token: str | None, insecure: bool, web_assets: Path | None,
           max_body_bytes: int, max_rows: int, max_in_flight: int, timeout_s: float, compute_threads: int,
-          threads: int, drain_s: float, examples: str, log_level: str) -> None:
+          threads: int, inline_rows: int, drain_s: float, examples: str, log_level: str) -> None:
     """Serve MODEL over HTTP: the JSON/.npy API (/v1/..., /docs), health checks, /metrics and the
     latent-space explorer page at /.
 
@@ -56,7 +59,8 @@ def serve(model: Path, host: str, port: int, token: str | None, insecure: bool, 
         raise InputError(f"--web-assets {web_assets}: no such folder")
     config = ServeConfig(host=host, port=port, token=token, insecure=insecure, max_body_bytes=max_body_bytes,
                          max_rows=max_rows, max_in_flight=max_in_flight, request_timeout_s=timeout_s,
-                         compute_threads=compute_threads, threads=threads, web_assets=web_assets,
+                         compute_threads=compute_threads, threads=threads, inline_rows=inline_rows,
+                         web_assets=web_assets,
                          examples=None if examples.lower() == "none" else examples)
     app = create_app(model, config)
     from ..serve.server import bind, run

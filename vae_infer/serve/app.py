@@ -49,6 +49,13 @@ class State:
     async def run(self, fn, *args):
         return await self.limiter.run(fn, *args)
 
+    async def run_rows(self, fn, rows):
+        """fn(rows) for one of the cheap per-row operations (encode, decode, reconstruct): inline on the event
+        loop when there are at most config.inline_rows rows, else on a compute thread."""
+        if np.ndim(rows) >= 1 and len(rows) <= self.config.inline_rows:  # anything odd: the usual path's errors
+            return self.limiter.run_inline(fn, rows)
+        return await self.limiter.run(fn, rows)
+
     def check_rows(self, n: int, what: str) -> None:
         if n > self.config.max_rows:
             self.metrics.rejected["too_many_rows"] += 1
@@ -140,21 +147,21 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
     async def encode(request: Request):
         """mu and logvar of q(z|x) for each image (VAEModel.encode)."""
         x, _ = await _read(request, state, s.EncodeRequest, s.ImageOptions, "images", "images")
-        mu, logvar = await state.run(m.encode, x)
+        mu, logvar = await state.run_rows(m.encode, x)
         return _reply(request, {"mu": mu, "logvar": logvar}, state, "encode", len(mu))
 
     @app.post("/v1/decode", **_doc(s.ImagesResponse, s.DecodeRequest))
     async def decode(request: Request):
         """Decoded images (Bernoulli means) for each latent code (VAEModel.decode)."""
         z, _ = await _read(request, state, s.DecodeRequest, schemas.Strict, "z", "latent codes")
-        x_hat = await state.run(m.decode, z)
+        x_hat = await state.run_rows(m.decode, z)
         return _reply(request, {"x_hat": x_hat}, state, "decode", len(x_hat))
 
     @app.post("/v1/reconstruct", **_doc(s.ImagesResponse, s.ReconstructRequest))
     async def reconstruct(request: Request):
         """decode(mu(x)) for each image (VAEModel.reconstruct)."""
         x, _ = await _read(request, state, s.ReconstructRequest, s.ImageOptions, "images", "images")
-        x_hat = await state.run(m.reconstruct, x)
+        x_hat = await state.run_rows(m.reconstruct, x)
         return _reply(request, {"x_hat": x_hat}, state, "reconstruct", len(x_hat))
 
     @app.post("/v1/sample", **_doc(s.ImagesResponse, s.SampleRequest, npy=False))

@@ -42,6 +42,10 @@ class ServeConfig:
     request_timeout_s: float = 30.0  # a request waiting longer gets 503; its running call still holds its slot
     compute_threads: int = 0  # threads that run onnxruntime calls; 0: the cores this process may use
     threads: int = 1  # onnxruntime intra-op threads per call: requests run side by side instead
+    # encode/decode/reconstruct requests of at most this many rows run on the event loop itself: such a call
+    # takes tens of microseconds, less than handing it to a compute thread, whose wake-up on a busy core
+    # stretched p99 latency from 4 ms to 46 ms (benchmarks/serve.md); 0 sends every call to the compute threads
+    inline_rows: int = 8
     retry_after_s: int = 1  # the Retry-After header of a 503
     web_assets: Path | None = None  # an installed onnxruntime-web (its dist/ folder or the package above it)
     examples: str | None = "fashion-mnist"  # test images offered by the page (a data-set spec), None for none
@@ -56,6 +60,8 @@ class ServeConfig:
             raise InputError(f"port must lie in 0..65535, got {self.port}")
         if not self.request_timeout_s > 0:
             raise InputError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        if isinstance(self.inline_rows, bool) or not isinstance(self.inline_rows, int) or self.inline_rows < 0:
+            raise InputError(f"inline_rows must be an integer >= 0, got {self.inline_rows!r}")
         if self.compute_threads < 0 or self.threads < 1:
             raise InputError(f"compute_threads must be >= 0 and threads >= 1, got {self.compute_threads}, "
                              f"{self.threads}")

@@ -55,6 +55,19 @@ class Limiter:
                            f"finishes in the background; retry later or send fewer rows",
                            self.retry_after_s) from None
 
+    def run_inline(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on the event loop's own thread, for calls shorter than a hand-off to a compute thread
+        (ServeConfig.inline_rows); it counts against the same cap and shows in the same metrics."""
+        if self.in_flight >= self.max_in_flight:
+            self.metrics.rejected["busy"] += 1
+            raise Busy(f"the server is busy: {self.in_flight} requests in flight, the limit is {self.max_in_flight} "
+                       f"(--max-in-flight); retry after {self.retry_after_s} s", self.retry_after_s)
+        self._acquire()
+        try:
+            return fn(*args)
+        finally:
+            self._release()
+
     def _acquire(self) -> None:
         self.in_flight += 1
         self.metrics.in_flight = self.in_flight
