@@ -17,6 +17,7 @@ import vae_infer
 import vae_infer.cli.anomaly_commands  # noqa: F401  (registers calibrate, detect, denoise on main)
 from vae_infer import anomaly, corruptions
 from vae_infer.cli import main
+from vae_infer.datasets import validation_split
 from vae_infer.errors import InputError, ModelPackageError
 from vae_infer.package import read_manifest, update_package
 
@@ -434,7 +435,7 @@ def test_cli_calibrate_on_the_validation_split_of_idx_files(tiny_copy, tiny_imag
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["examples"] == 20 and "validation split (20 images held out of training" in out["source"]
-    val = train[np.sort(np.random.default_rng(3).permutation(60)[:20])]  # train.data.split_validation's draw
+    val = train[validation_split(60, 20, seed=3)[1]]  # the one split, as training drew it
     model = vae_infer.load(tiny_copy, threads=1)
     assert out["thresholds"]["recon"] == pytest.approx(np.quantile(model.score(val, kind="recon"), 0.99))
     # the same files found by name under --data-dir; the test split

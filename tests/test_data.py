@@ -738,6 +738,13 @@ def test_validation_split_is_seeded_and_disjoint():
     assert not np.array_equal(val, other_val)
 
 
+def test_validation_split_is_the_one_every_shipped_model_recorded():
+    """Golden values: packages record only (validation_size, seed), and calibration re-creates their held-out
+    images from them, so the draw may never change (a change would calibrate on training images silently)."""
+    assert validation_split(10, 3, seed=0)[1].tolist() == [2, 4, 6]
+    assert validation_split(60_000, 5_000, seed=0)[1][:5].tolist() == [9, 24, 49, 60, 65]
+
+
 def test_validation_split_empty_validation():
     train, val = validation_split(5, 0, seed=0)
     np.testing.assert_array_equal(train, np.arange(5))
