@@ -639,3 +639,11 @@ def test_small_requests_run_inline_and_large_ones_on_a_compute_thread(tiny_packa
                 assert r.status_code == 200, r.text
                 np.testing.assert_allclose(np.array(r.json()["mu"]), encode(tiny_images[:rows])[0], atol=TOL)
         assert seen == [small_where, small_where, "compute"], (inline_rows, seen)
+
+
+def test_score_iwae_defaults_to_the_same_k_as_python(tiny, tiny_model, tiny_images):
+    x = tiny_images[:4] / 255.0
+    r = tiny.post("/v1/score", json={"images": x.tolist(), "kind": "iwae"})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["scores"], tiny_model.score(x, kind="iwae", seed=0), rtol=1e-6)
+    np.testing.assert_allclose(r.json()["scores"], tiny_model.score(x, kind="iwae", samples=64, seed=0), rtol=1e-6)

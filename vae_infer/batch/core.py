@@ -42,7 +42,7 @@ class ChunkComputer:
         if "flag" in options.outputs:
             kind, limit = anomaly.threshold(model)  # the calibrated default kind and threshold, as detect uses
             samples = (model.manifest.calibration or {}).get("samples", {}).get(
-                kind, anomaly.DEFAULT_IW_SAMPLES if kind == "iwae" else 1)
+                kind, anomaly.default_samples(kind))
             self.flag = (kind, limit, int(samples))
 
     def columns(self, block: np.ndarray, source: str, start: int) -> Columns:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS, check_kind
+from ..anomaly import SCORE_KINDS, check_kind, default_samples
 from ..errors import InputError
 from ..inputs import as_count, as_seed
 
@@ -36,7 +36,7 @@ class BatchOptions:
         object.__setattr__(self, "outputs", outputs)
         check_kind(self.kind)
         if self.samples is None:
-            object.__setattr__(self, "samples", DEFAULT_IW_SAMPLES if self.kind == "iwae" else 1)
+            object.__setattr__(self, "samples", default_samples(self.kind))
         as_count(self.samples, "samples")
         if as_seed(self.seed) is None:
             raise InputError("a batch job needs a seed (a non-negative integer), so that a re-run gives the same "

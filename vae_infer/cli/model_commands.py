@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from .. import arrays
-from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS
+from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS, default_samples
 from ..inputs import as_latents
 from .base import (
     PNG_MAX,
@@ -215,7 +215,7 @@ def score(model: Path, input: Path, kind: str, samples: int | None, seed: int, o
 
     Higher is less likely under the model. Prints n, mean, min and max; --out also writes the per-image
     scores."""
-    samples = samples or (DEFAULT_IW_SAMPLES if kind == "iwae" else 1)
+    samples = samples or default_samples(kind)
     m = open_model(model, device, threads)
     x = m.as_images(arrays.read_images(input, m.image_shape))
     if len(x) > m.chunk_size:

@@ -37,7 +37,8 @@ class ImageOptions(Strict):
 
 class ScoreOptions(ImageOptions):
     kind: ScoreKind = Field("nelbo", description="the score (vae_infer.anomaly.SCORE_KINDS); higher = less likely")
-    samples: int = Field(1, ge=1, le=MAX_SAMPLES, description="draws of z per image (k for iwae)")
+    samples: int | None = Field(None, ge=1, le=MAX_SAMPLES,
+                                description="draws of z per image, k for iwae (default: 1; 64 for iwae, as Python)")
     seed: int | None = Field(0, ge=0, description="seed of the draws; null for fresh randomness")
 
 
