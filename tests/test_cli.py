@@ -83,7 +83,7 @@ def test_main_help_lists_every_command():
 def test_installed_console_script_runs():
     script = Path(sys.executable).parent / "vae-infer"
     if not script.exists():
-        pytest.skip(f"{script} is not installed (pip install -e .)")
+        pytest.skip(f"needs {script}: pip install -e . (make venv)")
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Usage: vae-infer" in done.stdout and "encode" in done.stdout

@@ -289,7 +289,7 @@ FASHION_SIZES = {"train": 60000, "test": 10000}
 @pytest.fixture(scope="module")
 def real_fashion():
     if not (REAL_FASHION_DIR / f"{SPLIT_FILES['train_images']}.gz").is_file():
-        pytest.skip(f"{REAL_FASHION_DIR} has no Fashion-MNIST; install it with: {APT_HINT}")
+        pytest.skip(f"needs Fashion-MNIST in {REAL_FASHION_DIR}: {APT_HINT}")
     with pytest.MonkeyPatch.context() as mp:  # the real system folder is the only place, and no download
         mp.delenv("VAE_DATA_DIR", raising=False)
         mp.setenv("XDG_CACHE_HOME", "/nonexistent-vae-test-cache")

@@ -85,7 +85,7 @@ def test_train_export_cli_adds_variants_and_refuses_bad_use(tiny_copy, tmp_path)
     r = runner.invoke(train_cli, ["export", str(tmp_path)])
     assert r.exit_code == 2 and "SOURCE is a run folder: --out names the model package to write" in r.output
     if not real_data_available():
-        pytest.skip("the variant's test figures need Fashion-MNIST")
+        pytest.skip("needs Fashion-MNIST for the variant's test figures: apt-get install dataset-fashion-mnist")
     r = runner.invoke(train_cli, ["export", str(tiny_copy), "--fp16"])
     assert r.exit_code == 0, r.output
     assert r.output.startswith("variant fp16: 0.11 MB (fp32 0.22 MB), test -ELBO")
