@@ -313,8 +313,8 @@ def main() -> None:
     p.add_argument("--markdown", type=Path, default=None)
     args = p.parse_args()
     environment = common.environment()
-    from vae_infer.datasets import load_images
     from vae_infer.native import build
+    from vae_infer.sources import load_images
 
     images, _ = load_images("fashion-mnist", split="test")
     backends = load_backends(args.model, not args.no_torch)

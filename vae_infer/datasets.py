@@ -120,13 +120,3 @@ def validation_split(n: int, validation_size: int, seed: int) -> tuple[NDArray[n
         raise DataError(f"validation_size {validation_size} leaves no training data out of {n} examples")
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[validation_size:]), np.sort(order[:validation_size])
-
-
-def load_images(spec: str | Path, split: str = "train", data_dir: str | Path | None = None
-                ) -> tuple[np.ndarray, str]:
-    """(images, where they came from) for a whole, small set: vae_infer.sources.open_source read whole.
-    Images keep their stored dtype and shape; the model validates them."""
-    from .sources import open_source
-
-    source = open_source(spec, split=split, data_dir=data_dir)
-    return source.read_all(), source.where

@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from .errors import InputError
 from .latent_field import bilinear, occupancy_field, realism_field
-from .latent_index import METRICS, LatentIndex
+from .latent_index import METRICS, LatentIndex, node_points
 from .latent_search import _components, _factor, _weighted_graph
 
 DEFAULT_K = 12  # neighbours per node
@@ -101,16 +101,6 @@ def reconstruction_cosine(model, x: NDArray[np.float32], codes: NDArray) -> NDAr
         ur, _ = unit_rows(model.decode_rows(np.ascontiguousarray(codes[s : s + ENCODE_CHUNK])))
         out[s : s + ENCODE_CHUNK] = 1.0 - np.einsum("ij,ij->i", ux, ur)
     return out
-
-
-def node_points(model, codes: NDArray, metric: str) -> NDArray[np.float32]:
-    """Where node codes live in the metric space of the edges."""
-    from .realism import unit_rows
-
-    if metric == "latent":
-        return np.asarray(codes, dtype=np.float32)
-    decoded = model.decode(codes)
-    return unit_rows(decoded)[0] if metric == "cosine" else decoded
 
 
 def _pair_distances(a: NDArray, b: NDArray, chunk: int = 16384) -> NDArray[np.float32]:

@@ -186,3 +186,14 @@ def read_index(model) -> LatentIndex:
             f"{model.latent_size}-D; rebuild the index"
         )
     return index
+
+
+def node_points(model, codes: NDArray, metric: str) -> NDArray[np.float32]:
+    """Where codes live in the metric space of an index's edges (METRICS): their decoded images scaled to
+    unit length ("cosine"), their decoded images ("decoded"), or the codes themselves ("latent")."""
+    from .realism import unit_rows
+
+    if metric == "latent":
+        return np.asarray(codes, dtype=np.float32)
+    decoded = model.decode(codes)
+    return unit_rows(decoded)[0] if metric == "cosine" else decoded

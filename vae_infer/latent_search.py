@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from .errors import InputError
 from .latent_field import bilinear
-from .latent_index import LatentIndex, read_index
+from .latent_index import LatentIndex, node_points, read_index
 
 SEARCHES = ("astar", "dijkstra")
 DEFAULT_FADE_FLOOR = 0.8  # nodes dimmer than this times the blend of the endpoints are penalised ...
@@ -102,8 +102,6 @@ class LatentGraph:
     def points(self, z: NDArray) -> NDArray[np.float32]:
         """Where codes live in the graph's metric space: their decoded images scaled to unit length ("cosine"),
         their decoded images ("decoded"), or the codes themselves ("latent")."""
-        from .latent_build import node_points
-
         return node_points(self.model, np.asarray(z, dtype=np.float32), self.index.metric)
 
     def cost_at(self, z: NDArray, grad: bool = False):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, MissingExtraError
-from .sources import Source
+from .image_source import Source
 
 
 def _pyarrow():

@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import NDArray
 
 from .datasets import (
     IMAGE_FILES,
@@ -29,89 +28,11 @@ from .datasets import (
     read_idx,
 )
 from .errors import DataError
+from .image_source import PngFolderSource, Source
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 PNG_SUFFIX = ".png"
 SPLITS = tuple(IMAGE_FILES)
-
-
-class Source:
-    """Rows of images: len(), row_shape, dtype, read(start, stop), labels()."""
-
-    def __init__(self, name: str, data: np.ndarray, labels: NDArray[np.int64] | None = None,
-                 where: str | None = None) -> None:
-        if data.ndim < 1:
-            raise DataError(f"{where or name}: expected an array of images (rows first), found a 0-d array")
-        if data.dtype.names is not None or data.dtype == object:
-            raise DataError(f"{where or name}: expected a plain numeric array of images, found dtype {data.dtype}")
-        self.name = name  # the spec as the user gave it: what outputs record as the source
-        self.where = where or name  # the file actually read, for messages
-        self._data = data
-        self._labels = labels
-
-    def __len__(self) -> int:
-        return int(self._data.shape[0])
-
-    def __repr__(self) -> str:
-        return f"Source({self.name!r}, rows={len(self)}, row_shape={self.row_shape}, dtype={self.dtype})"
-
-    @property
-    def row_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self._data.shape[1:])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._data.dtype
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as an in-memory array of the stored dtype, (stop - start, *row_shape)."""
-        n = len(self)
-        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
-                and 0 <= start <= stop <= n):
-            raise DataError(f"{self.where}: rows [{start}, {stop}) are outside the source's {n} rows")
-        try:
-            return np.array(self._data[start:stop])
-        except (OSError, ValueError) as e:  # a memory-mapped file truncated under us
-            raise DataError(f"{self.where}: cannot read rows [{start}, {stop}): {e}") from e
-
-    def read_all(self) -> np.ndarray:
-        return self.read(0, len(self))
-
-    def labels(self) -> NDArray[np.int64] | None:
-        """Class labels (n,) when the source has them (named data sets, IDX folders, .npz with labels)."""
-        return self._labels
-
-
-class PngFolderSource(Source):
-    """A folder of .png images, one row per file in sorted name order; files are read when asked for."""
-
-    def __init__(self, name: str, files: list[Path], image_shape: tuple[int, int] | None) -> None:
-        self.name, self.where = name, str(Path(files[0]).parent)
-        self._files, self._labels = files, None
-        first = self._read_one(files[0], image_shape)
-        self._shape, self._image_shape = first.shape, image_shape or first.shape
-
-    def _read_one(self, file: Path, image_shape: tuple[int, int] | None) -> np.ndarray:
-        from .viz import read_png
-
-        return read_png(file, image_shape)
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    @property
-    def row_shape(self) -> tuple[int, ...]:
-        return tuple(self._shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.float32)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        if not (0 <= start <= stop <= len(self)):
-            raise DataError(f"{self.where}: rows [{start}, {stop}) are outside the folder's {len(self)} images")
-        rows = [self._read_one(f, self._image_shape) for f in self._files[start:stop]]
-        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, *self._shape), np.float32)
 
 
 # -- opening a source by what the user typed ------------------------------------------------------------------
@@ -294,3 +215,11 @@ def _npz_member(file: Path, info: zipfile.ZipInfo) -> np.ndarray:
 def _read_member(file: Path, info: zipfile.ZipInfo) -> np.ndarray:
     with zipfile.ZipFile(file) as zf, zf.open(info) as member:
         return np.lib.format.read_array(member, allow_pickle=False)
+
+
+def load_images(spec: str | Path, split: str = "train", data_dir: str | Path | None = None
+                ) -> tuple[np.ndarray, str]:
+    """(images, where they came from) for a whole, small set: open_source read whole.
+    Images keep their stored dtype and shape; the model validates them."""
+    source = open_source(spec, split=split, data_dir=data_dir)
+    return source.read_all(), source.where

@@ -213,7 +213,7 @@ def check_export(package_dir: str | Path, out_dir: str | Path, weights: str = "f
 def check_images(n: int) -> tuple[np.ndarray | None, str]:
     """The first n Fashion-MNIST test images when they are installed, else None (random images)."""
     try:
-        from ..datasets import load_images
+        from ..sources import load_images
 
         images, _ = load_images("fashion-mnist", split="test")
         return images[:n], f"{min(n, len(images))} Fashion-MNIST test images"
