@@ -91,11 +91,7 @@ def score(model, images: object, kind: str = "nelbo", samples: int | None = None
     out = np.empty(len(rows))
     for s in range(0, len(rows), model.chunk_size):
         chunk = model.to_float32(rows[s : s + model.chunk_size])
-        if kind == "nelbo":  # one encoder pass and k decoder passes, nothing else
-            mu, logvar = model.encode_rows(chunk)
-            out[s : s + len(chunk)] = likelihood.negative_elbo(model.decode_logits, chunk, mu, logvar, k, rng)
-        else:
-            out[s : s + len(chunk)] = _scores_chunk(model, chunk, (kind,), k, k, rng, reference)[kind]
+        out[s : s + len(chunk)] = _scores_chunk(model, chunk, (kind,), k, k, rng, reference)[kind]
     return _finite(out, model, kind)
 
 
@@ -113,15 +109,18 @@ def _finite(scores: Scores, model, kind: str) -> Scores:
 
 def _scores_chunk(model, x: NDArray[np.float32], kinds: tuple[str, ...], samples: int, iw_samples: int,
                   rng: np.random.Generator, reference: dict | None = None) -> dict[str, Scores]:
-    """The requested kinds for one chunk, sharing one encoder and one decoder pass between them."""
+    """The requested kinds for one chunk, sharing one encoder pass, and one decoder pass at mu between the
+    kinds that use it (recon, mse, excess, dose); nelbo, iwae and ic need only their own draws."""
     mu, logvar = model.encode_rows(x)
-    logits = model.decode_logits(mu)
-    recon = likelihood.bernoulli_nll(logits, x)
+    wanted = set(kinds)
+    at_mu = wanted & {"recon", "mse", "excess", "dose"}
+    logits = model.decode_logits(mu) if at_mu else None
+    recon = likelihood.bernoulli_nll(logits, x) if at_mu else None
     kl = likelihood.kl_to_standard_normal(mu, logvar)
     out: dict[str, Scores] = {}
-    needs_png = {"ic", "dose"} & set(kinds)
+    needs_png = {"ic", "dose"} & wanted
     bits = png_bits(x, model.image_shape) if needs_png else None
-    excess = recon - pixel_entropy(x)
+    excess = recon - pixel_entropy(x) if wanted & {"excess", "dose"} else None
     if "recon" in kinds:
         out["recon"] = recon
     if "mse" in kinds:

@@ -14,6 +14,7 @@ import numpy as np
 
 from .atomic import write_atomically
 from .errors import InputError
+from .sources import split_key
 
 IMAGE_SUFFIXES = (".npy", ".npz", ".png")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -22,16 +23,6 @@ NPY_MAGIC = b"\x93NUMPY"
 # refused before reading. `vae-infer batch` reads bigger data by row ranges.
 MAX_READ_BYTES = 4 << 30
 PICKLED = "it holds Python objects (pickled data), which vae-infer never loads; save numeric arrays instead"
-
-
-def split_key(path: str | Path) -> tuple[Path, str | None]:
-    """`file.npz:key` -> (Path("file.npz"), "key"); anything else -> (path, None)."""
-    text = str(path)
-    if not Path(text).exists():
-        head, sep, key = text.rpartition(":")
-        if sep and key and head.lower().endswith(".npz"):
-            return Path(head), key
-    return Path(text), None
 
 
 def read_images(path: str | Path, image_shape: tuple[int, int]) -> np.ndarray:

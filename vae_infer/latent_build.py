@@ -201,7 +201,7 @@ def build_index(
             rows = np.sort(rng.choice(n_given, max_codes, replace=False))
             arr = arr[rows]
         # validated once, as float32 rows; the narrow interface then runs the graphs without checking again
-        arr = np.concatenate([model.as_images(arr[s : s + ENCODE_CHUNK]) for s in range(0, len(arr), ENCODE_CHUNK)])
+        arr = model.as_images(arr)
         z = model.encode_rows(arr)[0]
     else:
         z = as_latents(codes, model.latent_size)

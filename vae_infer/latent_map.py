@@ -28,7 +28,6 @@ from .errors import InputError, ModelPackageError
 MAP_FILE = "latent_map.npz"
 MAP_FORMAT = 1
 DEFAULT_POINTS = 10_000
-ENCODE_CHUNK = 8192
 
 
 class LatentMap(NamedTuple):
@@ -56,8 +55,7 @@ def build_latent_map(model, images: object, labels: object | None = None,
         raise InputError("a latent map needs at least one image, got none")
     rng = np.random.default_rng(as_seed(seed))
     pick = np.sort(rng.choice(n, points, replace=False)) if n > points else np.arange(n)
-    codes = np.concatenate([model.encode(arr[pick[s : s + ENCODE_CHUNK]])[0]
-                            for s in range(0, len(pick), ENCODE_CHUNK)]).astype(np.float32)
+    codes = model.encode(arr[pick])[0]  # encode converts and runs in chunks of model.chunk_size itself
     lab = None
     names: tuple[str, ...] = ()
     if labels is not None:

@@ -56,13 +56,6 @@ def expected_nll(decode_logits: DecodeLogits, x: Array, mu: Array, logvar: Array
     return total / k
 
 
-def negative_elbo(decode_logits: DecodeLogits, x: Array, mu: Array, logvar: Array, k: int,
-                  rng: np.random.Generator) -> Scores:
-    """The negative ELBO per example in nats: E_q[-log p(x|z)] (k draws) + KL(q(z|x) || p(z)) in closed form.
-    The same figure training reports (train/loss.py)."""
-    return expected_nll(decode_logits, x, mu, logvar, k, rng) + kl_to_standard_normal(mu, logvar)
-
-
 def importance_weighted_nll(decode_logits: DecodeLogits, x: Array, mu: Array, logvar: Array, k: int,
                             rng: np.random.Generator) -> Scores:
     """-log (1/k) sum_j p(x|z_j) p(z_j) / q(z_j|x), z_j ~ q(z|x) (Burda et al. 2016, eq. 8): a bound on

@@ -27,19 +27,24 @@ TRACEBACK_ENV = "VAE_INFER_TRACEBACK"  # set to 1 to see the Python traceback of
 MESSAGE_LIMIT = 600  # characters of an error message shown on the one line
 
 
-class _Command(click.Command):
-    """A command whose unexpected errors name the paths the user gave it (its parameters are known here)."""
+class _OneLineErrors:
+    """Turns anything unexpected raised while a command or group runs into the one-line error of
+    _as_click_error (click's own exceptions pass through)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except Exception as e:
+        except Exception as e:  # raised by the work, while parsing (option callbacks), or by a plain command
             raise _as_click_error(e, ctx) from e
 
 
-class _Group(click.Group):
+class _Command(_OneLineErrors, click.Command):
+    """A command whose unexpected errors name the paths the user gave it (its parameters are known here)."""
+
+
+class _Group(_OneLineErrors, click.Group):
     """The one place where errors become a one-line `Error: ...` and a non-zero exit, for any input: the
     library's named errors as they are, file system errors naming the file, anything unexpected (a
     ValueError, MemoryError, RecursionError) as its kind and message with the paths the command was given.
@@ -47,14 +52,6 @@ class _Group(click.Group):
 
     command_class = _Command
     group_class = type  # subgroups (`index`) are _Groups, so their commands are _Commands too
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except Exception as e:  # raised while parsing (option callbacks) or by a plain click.Command
-            raise _as_click_error(e, ctx) from e
 
 
 def _as_click_error(e: Exception, ctx: click.Context) -> Exception:
