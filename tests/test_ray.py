@@ -122,6 +122,21 @@ def test_the_worker_refuses_a_package_that_changed_on_the_way(cluster, tiny_pack
         ModelMapper([damaged], digest, Options().to_dict(), 1, "data")
 
 
+def test_sampled_scores_on_ray_are_keyed_by_the_row_column_not_the_batch_position(cluster, tiny_package, images):
+    """The same rows, in a batch of their own or after other rows, get the same sampled scores: the noise is
+    keyed by (seed, source, row) from the `row` column, as in the batch engine."""
+    from vae_infer.batch.options import BatchOptions as Options
+    from vae_infer.ray import ModelMapper, package_payload
+
+    files, digest = package_payload(tiny_package)
+    mapper = ModelMapper([files], digest, Options(outputs=("score",), kind="nelbo").to_dict(), 1, "data")
+    x = images[:6]
+    whole = mapper({"data": x, "source": np.full(6, "a.npy"), "row": np.arange(6)})
+    tail = mapper({"data": x[3:], "source": np.full(3, "a.npy"), "row": np.arange(3, 6)})
+    np.testing.assert_array_equal(tail["row"], [3, 4, 5])
+    np.testing.assert_array_equal(tail["score"], whole["score"][3:])
+
+
 def _map_workers() -> list[int]:
     """Pids of the Ray Data actors this test process's cluster runs for map_model (its descendants only)."""
     import psutil

@@ -119,9 +119,7 @@ class ModelMapper:
             pieces = []
             for src in dict.fromkeys(keys.tolist()):
                 idx = np.nonzero(keys == src)[0]
-                cols = self.computer.columns(images[idx], src, 0)
-                cols["row"] = np.asarray(rows)[idx]
-                pieces.append((idx, cols))
+                pieces.append((idx, self.computer.columns(images[idx], src, np.asarray(rows)[idx])))
             for name in pieces[0][1]:
                 if name == "row":
                     continue

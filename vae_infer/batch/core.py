@@ -45,11 +45,13 @@ class ChunkComputer:
                 kind, anomaly.default_samples(kind))
             self.flag = (kind, limit, int(samples))
 
-    def columns(self, block: np.ndarray, source: str, start: int) -> Columns:
-        """{"row", and each of the options' outputs} for rows [start, start + len(block)) of `source`.
+    def columns(self, block: np.ndarray, source: str, start: int | NDArray[np.integer]) -> Columns:
+        """{"row", and each of the options' outputs} for rows [start, start + len(block)) of `source`, or for
+        the given row indices when `start` is an array of them (sampled scores key their noise by these).
         Raises InputError for rows the model does not accept (wrong shape or dtype, NaN, out of range)."""
         x = self.model.as_images(block)  # (n, features) float32
-        rows = np.arange(start, start + len(x), dtype=np.int64)
+        rows = (np.arange(start, start + len(x), dtype=np.int64) if np.ndim(start) == 0
+                else np.asarray(start, dtype=np.int64))
         mu, logvar = self.model.encode_rows(x)  # the narrow interface for validated rows
         out: Columns = {"row": rows}
         wanted = self.options.outputs
