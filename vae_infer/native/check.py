@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import VaeInferError
 from .build import STRICT_FLAGS, run_compiler
+from .export import ROLES
 from .targets import DEFAULT_TARGET, Target, get_target, require_compiler, require_emulator
 
 REFERENCE_BOUND = 1e-4  # |C - numpy float64 with the same weights| / max(1, |value|), any weight format
@@ -35,7 +36,6 @@ LOGIT_BOUND = 5e-5
 EXAMPLE_TIMEOUT_S = 600
 MAKE_TIMEOUT_S = 900
 KINDS = {"encode": ("latent", "latent"), "decode": ("pixel", "logit")}  # the manifest's output order
-ROLES = {"encode": "encoder", "decode": "decoder"}
 
 
 class ExportCheckError(VaeInferError):
@@ -119,20 +119,6 @@ def run_example(binary: Path, function: str, inputs: np.ndarray, widths: list[in
     return [flat[:, a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
-def onnxruntime_outputs(package_dir: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
-    """Every output of each graph for its feed, from onnxruntime sessions of the package's own graphs."""
-    from ..package import read_manifest, read_verified
-    from ..sessions import create_session
-
-    manifest = read_manifest(package_dir)
-    result = {}
-    for fname, role in ROLES.items():
-        spec = getattr(manifest, role)
-        session, _ = create_session(read_verified(package_dir, manifest, spec.file), "cpu", threads=1)
-        result[fname] = session.run(None, {spec.inputs[0].name: feeds[fname]})
-    return result
-
-
 def check_export(package_dir: str | Path, out_dir: str | Path, weights: str = "fp32", prefix: str = "vae",
                  images: np.ndarray | None = None, n: int = 32, seed: int = 0,
                  compilers: list[str] | None = None, target: str | None = None) -> dict:
@@ -159,10 +145,10 @@ def check_export(package_dir: str | Path, out_dir: str | Path, weights: str = "f
     mu, _ = model.encode(x)
     z = np.concatenate([mu, rng.standard_normal(mu.shape).astype(np.float32)])
     feeds = {"encode": x, "decode": z}
-    ort = onnxruntime_outputs(package_dir, feeds)
-    reference, names = {}, {}
+    reference, names, ort = {}, {}, {}
     for fname, role in ROLES.items():
         spec = getattr(model.manifest, role)
+        ort[fname] = model.runners[role].run(None, {spec.inputs[0].name: feeds[fname]})  # the loaded sessions
         graph = read_graph(read_verified(package_dir, model.manifest, spec.file), spec.file)
         reference[fname] = evaluate(graph, feeds[fname], weights)
         names[fname] = graph.output_names

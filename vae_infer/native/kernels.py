@@ -80,7 +80,7 @@ def kernel_source(weights: str, k: int, width: int, act: str | None, stored: int
         v = f"{acc} * scale[k] + bias[k]" if scaled else f"{acc} + bias[k]"
         if act is None:
             return v
-        return f"vae_{act}({v})" if act != "relu" else f"vae_relu({v})"
+        return f"vae_{act}({v})"
 
     name = kernel_name(weights, k, width, act, stored)
     if weights == "fp32":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import InputError
 from .build import CompilerError
@@ -41,7 +41,6 @@ class Target:
     ram_bytes: int | None = None
     stack_bytes: int | None = None  # the stack the firmware reserves
     native: bool = False  # runs on this machine without an emulator
-    extra: dict = field(default_factory=dict)
 
     @property
     def program(self) -> str:

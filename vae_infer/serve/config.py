@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..machine import available_cores
 
 LOOPBACK = "127.0.0.1"
 
@@ -15,10 +15,7 @@ LOOPBACK = "127.0.0.1"
 def default_compute_threads() -> int:
     """The cores this process may use: one onnxruntime call per core at a time keeps them busy without
     oversubscribing them (each call itself runs on one intra-op thread by default, see ServeConfig.threads)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cores()
 
 
 def is_loopback(host: str) -> bool:

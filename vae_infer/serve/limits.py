@@ -32,12 +32,16 @@ class Limiter:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) on a compute thread; 503 when the server is full or the call takes too long."""
+    def _admit(self) -> None:
+        """503 (Busy) when max_in_flight requests are already in flight."""
         if self.in_flight >= self.max_in_flight:
             self.metrics.rejected["busy"] += 1
             raise Busy(f"the server is busy: {self.in_flight} requests in flight, the limit is {self.max_in_flight} "
                        f"(--max-in-flight); retry after {self.retry_after_s} s", self.retry_after_s)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on a compute thread; 503 when the server is full or the call takes too long."""
+        self._admit()
         loop = asyncio.get_running_loop()
         try:
             job = self.executor.submit(fn, *args)
@@ -58,10 +62,7 @@ class Limiter:
     def run_inline(self, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args) on the event loop's own thread, for calls shorter than a hand-off to a compute thread
         (ServeConfig.inline_rows); it counts against the same cap and shows in the same metrics."""
-        if self.in_flight >= self.max_in_flight:
-            self.metrics.rejected["busy"] += 1
-            raise Busy(f"the server is busy: {self.in_flight} requests in flight, the limit is {self.max_in_flight} "
-                       f"(--max-in-flight); retry after {self.retry_after_s} s", self.retry_after_s)
+        self._admit()
         self._acquire()
         try:
             return fn(*args)
