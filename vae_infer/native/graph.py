@@ -3,8 +3,12 @@
 Only what our exported graphs contain (and what other exporters make of the same layers) is accepted:
 Gemm, or MatMul followed by Add of a constant bias; Relu, Sigmoid, Tanh, Identity; Constant nodes. The
 graph takes one float32 input shaped (batch, features) with a fixed feature count, and gives float32
-outputs shaped (batch, width). Anything else is refused with an UnsupportedModelError naming the node,
-operator, attribute or dimension that cannot be compiled."""
+outputs shaped (batch, width). Every weight and bias that is compiled is finite. Anything else is refused
+with an UnsupportedModelError naming the node, operator, attribute or dimension that cannot be compiled.
+
+This reader is the one gate between a graph and the C generator, and it runs before any file is written.
+Names in the graph (tensors, nodes) are used only to follow the data flow and, quoted with repr, in error
+messages; the generator names everything by position (vae_infer.native.abi.argument_names, layer indices)."""
 
 from __future__ import annotations
 
@@ -181,6 +185,7 @@ class _Reader:
             outputs.append((o.name, self.widths[o.name]))
         if not outputs:
             raise self.fail("the graph has no outputs")
+        self._check_finite()
         return Graph(input=(in_name, self.widths[in_name]), outputs=outputs, ops=self.ops, widths=dict(self.widths),
                      batch_name=self.batch_name)
 
@@ -191,9 +196,21 @@ class _Reader:
             raise self.fail(f"cannot read the constant {name!r}: {e}") from e
         if arr.dtype != np.float32:
             raise self.fail(f"the constant {name!r} has dtype {arr.dtype}; the C generator supports float32 weights")
-        if not np.all(np.isfinite(arr)):
-            raise self.fail(f"the constant {name!r} holds NaN or infinite values")
-        return arr
+        return arr  # finite or not: what is compiled is checked once, per layer, in _check_finite
+
+    def _check_finite(self) -> None:
+        """Every compiled weight and bias is finite (after alpha and beta are applied, which can overflow). The
+        error names the layer by its position, as the generated C does, never by a name from the graph."""
+        for index, op in enumerate(self.ops):
+            if not isinstance(op, Dense):
+                continue
+            for part, values in (("weight", op.weight), ("bias", op.bias)):
+                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+                if bad:
+                    raise UnsupportedModelError(
+                        f"{self.where} layer {index} {part} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} "
+                        f"(of {values.size}); the C generator compiles finite weights only: export the model again "
+                        f"from weights that are finite")
 
     def _act(self, name: str, node) -> int:
         if name in self.consts:
@@ -229,9 +246,9 @@ class _Reader:
         return None
 
     def _node(self, node) -> None:
-        op, name = node.op_type, node.name or f"{node.op_type}_{len(self.ops)}"
+        op, name = node.op_type, node.name or f"{node.op_type[:40]}_{len(self.ops)}"
         if node.domain not in ("", "ai.onnx"):
-            raise self.fail(f"unsupported operator {node.domain}.{op} (node {name!r}); the C generator supports "
+            raise self.fail(f"unsupported operator {node.domain!r}.{op!r} (node {name!r}); the C generator supports "
                             f"{', '.join(SUPPORTED_OPS)}")
         if op == "Constant":
             attrs = self._attrs(node)
@@ -241,7 +258,8 @@ class _Reader:
             self.consts[node.output[0]] = self._array(attrs["value"], node.output[0])
             return
         if op not in SUPPORTED_OPS:
-            raise self.fail(f"unsupported operator {op} (node {name!r}); the C generator supports "
+            shown = op if op.isascii() and op.isidentifier() else repr(op)
+            raise self.fail(f"unsupported operator {shown} (node {name!r}); the C generator supports "
                             f"{', '.join(SUPPORTED_OPS)}")
         if len(node.output) != 1:
             raise self.fail(f"node {name!r} ({op}) has {len(node.output)} outputs; expected 1")
