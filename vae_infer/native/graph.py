@@ -153,7 +153,21 @@ class _Reader:
         )
 
     # -- the graph -----------------------------------------------------------------------------------
+    def _check_text(self) -> None:
+        """Every name the reader follows is text: protobuf hands back bytes for a string field that is not
+        valid UTF-8, which would otherwise pass as a different (and never equal) name."""
+        g = self.g
+        values = (*g.input, *g.output, *g.value_info)
+        names = [g.name, *(i.name for i in g.initializer), *(v.name for v in values),
+                 *(n for node in g.node for n in (node.name, node.op_type, node.domain, *node.input, *node.output)),
+                 *(d.dim_param for v in values for d in v.type.tensor_type.shape.dim)]
+        bad = sum(1 for n in names if not isinstance(n, str))
+        if bad:
+            raise ModelPackageError(f"{self.where}: {bad} of the graph's names are not valid UTF-8; a graph's names "
+                                    f"must be text")
+
     def read(self) -> Graph:
+        self._check_text()
         for init in self.g.initializer:
             self.consts[init.name] = self._array(init, init.name)
         inputs = [i for i in self.g.input if i.name not in self.consts]
