@@ -18,13 +18,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import fails, needs_binary, ok
+from tests.conftest import fails, needs_binary
 from tests.hostile_corpus import CANARY, COMBINED, HOSTILE_TEXT
 from vae_infer.errors import InputError, ModelPackageError, VaeInferError
 
@@ -326,3 +325,106 @@ def test_export_c_of_a_hostile_package_is_byte_identical_or_refused(text, neutra
         for name in want:
             assert got[name] == want[name], f"{target} {weights}: {name} differs for hostile text"
         assert CANARY.encode() not in got["vae.c"] + got["vae.h"] + got["main.c"] + got["Makefile"]
+
+
+# -- the gate: non-finite and unsupported graphs are refused before any file is written ------------------------
+
+
+def _export_cli(*args: str):
+    from click.testing import CliRunner
+
+    from vae_infer.cli import main
+
+    return CliRunner().invoke(main, ["export-c", *args])
+
+
+@pytest.mark.parametrize("role, name, index, value, where", [
+    ("encoder", "mu.bias", 0, np.nan, "encoder layer 1 bias holds 1 NaN or infinite value (of 2)"),
+    ("encoder", "hidden.weight", 5, np.inf, "encoder layer 0 weight holds 1 NaN or infinite value (of 25088)"),
+    ("decoder", "logits.out.bias", 3, -np.inf, "decoder layer 1 bias holds 1 NaN or infinite value (of 784)"),
+])
+def test_a_non_finite_weight_is_refused_by_position_and_nothing_is_written(tmp_path, role, name, index, value,
+                                                                           where):
+    def change(a):
+        a.reshape(-1)[index] = value
+
+    pkg = edited_package(tmp_path / "pkg", role, set_initializer(name, change))
+    out = tmp_path / "out"
+    with pytest.raises(ModelPackageError, match=re.escape(where)) as e:
+        native.export_c(pkg, out)
+    assert name not in str(e.value)  # the layer's position, not the package's name for the tensor
+    assert not out.exists()
+    err = fails(_export_cli(str(pkg), "--out", str(out)), where, "finite weights only")
+    assert name not in err and not out.exists()
+
+
+def test_weights_that_overflow_with_alpha_are_refused(tmp_path):
+    """Finite initializers, but Gemm's alpha makes the compiled weights infinite: the check is on what is
+    compiled."""
+    def big(a):
+        a.reshape(-1)[0] = 1e38
+
+    def edit(model):
+        set_initializer("mu.weight", big)(model)
+        node = model.graph.node[2]  # the mu layer
+        del node.attribute[[a.name for a in node.attribute].index("alpha")]
+        node.attribute.append(onnx.helper.make_attribute("alpha", 10.0))
+
+    pkg = edited_package(tmp_path / "pkg", "encoder", edit)
+    with pytest.raises(ModelPackageError, match=r"encoder layer 1 weight holds 1 NaN or infinite value \(of 64\)"):
+        native.export_c(pkg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@needs_gcc
+def test_the_c_backend_refuses_a_nan_weight_before_compiling(tmp_path):
+    import vae_infer
+
+    pkg = edited_package(tmp_path / "pkg", "encoder", set_initializer("mu.bias", lambda a: a.fill(np.nan)))
+    with pytest.raises(ModelPackageError, match=r"encoder\.onnx layer 1 bias holds 2 NaN or infinite values"):
+        vae_infer.load(pkg, backend="c", threads=1)
+    assert not list((Path(os.environ["XDG_CACHE_HOME"]) / "vae-infer" / "native").glob(
+        f"{_sha((pkg / 'encoder.onnx').read_bytes())}*"))
+
+
+def test_an_unsupported_graph_writes_no_file_and_replaces_none(tmp_path):
+    def edit(model):
+        model.graph.node[1].op_type = "Softplus"
+
+    pkg = edited_package(tmp_path / "pkg", "encoder", edit)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "vae.c").write_text("/* an earlier export */\n")
+    with pytest.raises(ModelPackageError, match=r"encoder: unsupported operator Softplus"):
+        native.export_c(pkg, out)
+    assert sorted(p.name for p in out.iterdir()) == ["vae.c"]
+    assert (out / "vae.c").read_text() == "/* an earlier export */\n"
+
+
+# -- the Makefile: the package's folder is quoted for make and the shell ----------------------------------------
+
+
+@needs_binary("make", "make")
+def test_a_package_folder_with_make_and_shell_syntax_is_quoted_in_the_makefile(tmp_path):
+    """`make -n check` expands $(MODEL) (and would run a $(shell ...) in it) without running the recipe."""
+    folder = tmp_path / f"pk $(shell touch {CANARY}) ;touch {CANARY}; `touch {CANARY}` 'q' #c"
+    pkg = hostile_package(folder, None)
+    out = tmp_path / "out"
+    native.export_c(pkg, out)
+    run = subprocess.run(["make", "-n", "-C", str(out), "check"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    words = [line for line in run.stdout.splitlines() if "vae_infer.native.check" in line]
+    assert len(words) == 1 and str(pkg.resolve()).replace("'", "'\"'\"'") in words[0], run.stdout
+    subprocess.run(["sh", "-c", f"set -- {words[0].split(' -m vae_infer.native.check ')[1]}; "
+                    f"test \"$1\" = \"$EXPECTED\""], env={**os.environ, "EXPECTED": str(pkg.resolve())},
+                   check=True, cwd=tmp_path)  # the shell reads the path back as one word, unchanged
+    assert not list(tmp_path.rglob(CANARY))
+
+
+def test_a_package_folder_a_makefile_cannot_hold_is_refused_before_writing(tmp_path):
+    pkg = hostile_package(tmp_path / "pk\ng", None)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"the model package's path .* holds '\\n', which the Makefile cannot hold"):
+        native.export_c(pkg, out)
+    assert not out.exists()

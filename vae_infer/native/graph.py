@@ -322,11 +322,12 @@ class _Reader:
                             f"(transB={a.get('transB', 0)}), which does not take {k} input features")
         alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
         n = w.shape[0]
-        if len(node.input) > 2 and node.input[2]:
-            bias = self._bias(self._const(node.input[2], node, "bias"), n, node, node.input[2]) * np.float32(beta)
-        else:
-            bias = np.zeros(n, np.float32)
-        weight = w if alpha == 1.0 else w * np.float32(alpha)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by _check_finite, by layer
+            if len(node.input) > 2 and node.input[2]:
+                bias = self._bias(self._const(node.input[2], node, "bias"), n, node, node.input[2]) * np.float32(beta)
+            else:
+                bias = np.zeros(n, np.float32)
+            weight = w if alpha == 1.0 else w * np.float32(alpha)
         self._add_dense(name, node.input[0], dst, weight, bias.astype(np.float32))
 
     def _add_dense(self, name: str, src: str, dst: str, weight: np.ndarray, bias: np.ndarray) -> None:
@@ -349,6 +350,7 @@ class _Reader:
         if fused is None or fused.act is not None:
             raise self.fail(f"node {name!r} (Add) adds a bias to {x!r}, which is not the result of a MatMul or Gemm "
                             f"used only here; the C generator supports Add only as a layer's bias")
-        fused.bias = (fused.bias + bias).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # refused by _check_finite
+            fused.bias = (fused.bias + bias).astype(np.float32)
         fused.dst = dst
         self.widths[dst] = width
