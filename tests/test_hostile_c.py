@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ onnx = pytest.importorskip("onnx")  # the native extra
 
 from vae_infer import native  # noqa: E402
 from vae_infer.native.ctext import c_string, check_c_text  # noqa: E402
-from vae_infer.native.graph import UnsupportedModelError, read_graph  # noqa: E402
+from vae_infer.native.graph import read_graph  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny-model"
@@ -428,3 +429,76 @@ def test_a_package_folder_a_makefile_cannot_hold_is_refused_before_writing(tmp_p
     with pytest.raises(InputError, match=r"the model package's path .* holds '\\n', which the Makefile cannot hold"):
         native.export_c(pkg, out)
     assert not out.exists()
+
+
+# -- the combined worst case, end to end: export --check for every target, make, the example, backend='c' -------
+
+
+def _target_params() -> list:
+    from vae_infer.native.targets import TARGETS
+
+    params = []
+    for name, t in TARGETS.items():
+        marks = [pytest.mark.slow, needs_binary("make", "make"), needs_binary(t.cc, t.cc_package)]
+        if t.emulator:
+            marks.append(needs_binary(t.emulator[0], t.emulator_package))
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+def _child_env() -> dict[str, str]:
+    """The environment for a child process: this worktree's code first, the test's build cache."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _no_canary(*folders: Path) -> None:
+    for folder in folders:
+        found = [p for p in folder.rglob("*") if CANARY in p.name]
+        assert not found, f"a payload ran: {found}"
+
+
+@pytest.mark.parametrize("target", _target_params())
+def test_the_combined_worst_case_runs_nothing_on_export_check_make_and_load(target, tmp_path, tiny_images):
+    """COMBINED in every field (names model.json holds cut to the loader's limit), exported with --check from a
+    temporary working folder, built again with `make`, its example program run, and (x86_64) loaded with
+    backend='c' and compared with onnxruntime: results are right and the canary file never appears."""
+    from vae_infer.native.targets import TARGETS
+
+    t = TARGETS[target]
+    cwd, out = tmp_path / "cwd", tmp_path / "out"
+    cwd.mkdir()
+    pkg = hostile_package(tmp_path / "pkg", COMBINED, name_text=COMBINED[: NAME_LIMIT - 3])
+    env = _child_env()
+    run = subprocess.run([sys.executable, "-m", "vae_infer", "export-c", str(pkg), "--out", str(out), "--target",
+                          target, "--check"], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr
+    assert f"checked {target}" in run.stdout and "vs onnxruntime" in run.stdout, run.stdout
+    assert CANARY not in (out / "vae.c").read_text() + (out / "vae.h").read_text() + (out / "main.c").read_text()
+    made = subprocess.run(["make", "-C", str(out)], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert made.returncode == 0, made.stderr
+    if t.bare_metal:
+        info = subprocess.run(["make", "-s", "-C", str(out), "run-info"], cwd=cwd, capture_output=True, text=True,
+                              timeout=300)
+    else:
+        info = subprocess.run([*t.emulator, str(out / t.program), "info"], cwd=cwd, capture_output=True, text=True,
+                              timeout=300)
+    assert info.returncode == 0 and info.stdout.startswith("generator=vae-infer-native/2; "), info
+    assert re.fullmatch(r"[A-Za-z0-9=/;:. >-]*", info.stdout.strip()), info.stdout
+    if target == "x86_64":
+        np.save(tmp_path / "images.npy", tiny_images[:20])
+        script = ("import sys, numpy as np, vae_infer\n"
+                  "x = np.load(sys.argv[2])\n"
+                  "c = vae_infer.load(sys.argv[1], backend='c', threads=1)\n"
+                  "o = vae_infer.load(sys.argv[1], threads=1)\n"
+                  "(mc, lc), (mo, lo) = c.encode(x), o.encode(x)\n"
+                  "xc, xo = c.decode(mc), o.decode(mc)\n"
+                  "print(float(np.abs(mc - mo).max()), float(np.abs(lc - lo).max()), float(np.abs(xc - xo).max()),\n"
+                  "      mc.shape, type(c.runners['encoder']).__name__)\n")
+        loaded = subprocess.run([sys.executable, "-c", script, str(pkg), str(tmp_path / "images.npy")], cwd=cwd,
+                                env=env, capture_output=True, text=True, timeout=900)
+        assert loaded.returncode == 0, loaded.stderr
+        d_mu, d_logvar, d_x, *rest = loaded.stdout.split(maxsplit=3)
+        assert max(float(d_mu), float(d_logvar), float(d_x)) <= 1e-5 and "NativeRunner" in rest[0], loaded.stdout
+    _no_canary(cwd, out, pkg, tmp_path)
