@@ -211,7 +211,8 @@ def test_c_string_writes_any_text_as_plain_bytes_and_three_digit_octal_escapes(t
 @pytest.mark.parametrize("std", ["-std=c99", "-std=gnu99"])
 def test_c_string_literals_compile_to_exactly_their_bytes(tmp_path, std):
     """One program holding every corpus string as a c_string literal, built with trigraphs on (-std=c99 turns
-    them on; -trigraphs for gnu99) and warnings as errors, prints each literal's bytes: they are the text's."""
+    them on; -trigraphs for gnu99) and warnings as errors (but the 5000-byte string is over C99's 4095), prints
+    each literal's bytes: they are the text's."""
     texts = [t for _, t in HOSTILE_TEXT] + list(EXTRA_STRINGS)
     table = ",\n".join(f"    {{{c_string(t)}, sizeof({c_string(t)}) - 1}}" for t in texts)
     program = (
@@ -225,7 +226,8 @@ def test_c_string_literals_compile_to_exactly_their_bytes(tmp_path, std):
     src = tmp_path / "strings.c"
     src.write_text(check_c_text("strings.c", program))
     exe = tmp_path / "strings"
-    subprocess.run([GCC, std, "-trigraphs", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o", str(exe), str(src)],
+    subprocess.run([GCC, std, "-trigraphs", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wno-overlength-strings",
+                    "-o", str(exe), str(src)],
                    check=True, capture_output=True, text=True)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, cwd=tmp_path).stdout.splitlines()
     assert out == [t.encode("utf-8", "surrogatepass").hex() for t in texts]
@@ -484,8 +486,10 @@ def test_the_combined_worst_case_runs_nothing_on_export_check_make_and_load(targ
     else:
         info = subprocess.run([*t.emulator, str(out / t.program), "info"], cwd=cwd, capture_output=True, text=True,
                               timeout=300)
-    assert info.returncode == 0 and info.stdout.startswith("generator=vae-infer-native/2; "), info
-    assert re.fullmatch(r"[A-Za-z0-9=/;:. >-]*", info.stdout.strip()), info.stdout
+    printed = [line for line in (info.stdout + info.stderr).splitlines() if line.startswith("generator=")]
+    assert info.returncode == 0 and printed == [printed[0]], info  # semihosting prints to stderr
+    assert re.fullmatch(r"generator=vae-infer-native/2; weights=fp32; block=\d+; encode=[0-9a-f]{64} 784 -> 2 2; "
+                        r"decode=[0-9a-f]{64} 2 -> 784 784", printed[0]), printed
     if target == "x86_64":
         np.save(tmp_path / "images.npy", tiny_images[:20])
         script = ("import sys, numpy as np, vae_infer\n"
