@@ -489,6 +489,33 @@ def test_a_prebuilt_library_is_matched_to_each_graph_by_sha256(tiny_package, tin
         native.create_runner(other, library=lib)
 
 
+@needs_gcc
+def test_the_runner_answers_to_the_graphs_names_and_the_library_holds_none(tmp_path, monkeypatch):
+    """The C names are positional (input, output0); the graph's own names come from the caller's spec or the
+    graph, never from the library, whose info string holds only the sha256 and widths."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["the_out"])]
+    data = tiny_onnx(nodes, [weights("w", (3, 4))], out_name="the_out")
+    runner = native.create_runner(data)
+    assert runner.get_inputs()[0].name == "x" and [o.name for o in runner.get_outputs()] == ["the_out"]
+    x = np.ones((2, 4), np.float32)
+    assert runner.run(["the_out"], {"x": x})[0].shape == (2, 3)
+    source = next(tmp_path.rglob("vae.c")).read_text()
+    assert "int vae_run(const float *input, float *output0, int n)" in source and "the_out" not in source
+    with pytest.raises(vae_infer.InputError, match="unknown output 'output0'"):
+        runner.run(["output0"], {"x": x})
+
+
+def test_a_library_from_an_older_generator_is_refused_with_a_rebuild_hint():
+    old = ("generator=vae-infer-native/1; weights=fp32; block=64; encode=" + "0" * 64 + " x:784 -> mu:2 logvar:2")
+    with pytest.raises(ValueError, match=r"built by 'vae-infer-native/1'.*export or build the library again"):
+        native.parse_info(old)
+    settings, functions = native.parse_info(f"generator={native.GENERATOR}; weights=int8; block=1; "
+                                            f"encode={'a' * 64} 784 -> 2 2")
+    assert settings["weights"] == "int8" and functions["encode"].input == 784
+    assert functions["encode"].outputs == (2, 2)
+
+
 def test_unknown_weight_format_is_an_input_error():
     with pytest.raises(vae_infer.InputError, match="unknown weight format 'int4'"):
         native.create_runner(b"", weights="int4")

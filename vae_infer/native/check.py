@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VaeInferError
+from .abi import argument_names
 from .build import STRICT_FLAGS, run_compiler
 from .export import ROLES
 from .targets import DEFAULT_TARGET, Target, get_target, require_compiler, require_emulator
@@ -149,9 +150,9 @@ def check_export(package_dir: str | Path, out_dir: str | Path, weights: str = "f
     for fname, role in ROLES.items():
         spec = getattr(model.manifest, role)
         ort[fname] = model.runners[role].run(None, {spec.inputs[0].name: feeds[fname]})  # the loaded sessions
-        graph = read_graph(read_verified(package_dir, model.manifest, spec.file), spec.file)
+        graph = read_graph(read_verified(package_dir, model.manifest, spec.file), role)
         reference[fname] = evaluate(graph, feeds[fname], weights)
-        names[fname] = graph.output_names
+        names[fname] = argument_names(fname, len(graph.outputs))[1:]  # mu, logvar...: not the package's names
     memory = None
     if t.native:
         compilers = compilers if compilers is not None else available_compilers()
