@@ -817,3 +817,29 @@ def test_cli_export_c_check_works_with_a_relative_out(tiny_package, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     result = ok(CliRunner().invoke(main, ["export-c", str(tiny_package), "--out", "build/vae_c", "--check"]))
     assert "checked x86_64" in result.output and (tmp_path / "build" / "vae_c" / "vae.c").is_file()
+    assert "PASSED: the C equals numpy with the same weights within 0.0001 and onnxruntime within 1e-05" in \
+        result.output, result.output
+
+
+REPORT = {"target": "x86_64", "compilers": ["gcc"], "rows": 50, "emulator": None, "memory": None,
+          "vs_reference": {"mu": 1e-7, "x_hat": 2e-7}, "vs_onnxruntime": {"mu": 3e-7, "x_hat": 1e-6}}
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_the_check_report_ends_with_a_verdict_naming_its_tolerances(weights):
+    text = check.format_report({**REPORT, "weights": weights}, "50 images")
+    verdict = text.splitlines()[-1]
+    assert verdict.startswith("PASSED: the C equals numpy with the same weights within 0.0001"), text
+    if weights == "fp32":
+        assert "onnxruntime within 1e-05 (5e-05 for logits)" in verdict and "[bounds 1e-05, logits 5e-05]" in text
+    else:  # int8 results differ from fp32 onnxruntime by design: shown, never judged against fp32's bound
+        assert "onnxruntime" not in verdict and "[for information: int8 weights change the results" in text
+
+
+def test_check_images_follow_the_model_shape_and_the_check_data(tmp_path):
+    images, what = check.check_images(5, (32, 32))
+    assert images is None and what == "5 random images (pass --check-data for real ones)"
+    data = np.random.default_rng(0).integers(0, 256, (7, 32, 32), dtype=np.uint8)
+    np.save(tmp_path / "mine.npy", data)
+    images, what = check.check_images(5, (32, 32), str(tmp_path / "mine.npy"))
+    assert np.array_equal(images, data[:5]) and what.startswith("5 images of ")
