@@ -27,7 +27,8 @@ ORT_BUILD = "ort.wasm.min.mjs"  # onnxruntime-web's CPU-only build: the one the 
 
 pytestmark = [pytest.mark.slow, needs_binary("chromium", "chromium"), needs_module("playwright", "dev"),
               needs_module("fastapi", "serve")]
-needs_ort = needs((ORT_DIST / ORT_BUILD).is_file(), "onnxruntime-web from npm: make web (npm ci in vae_infer/serve/web)")
+needs_ort = needs((ORT_DIST / ORT_BUILD).is_file(),
+                  "onnxruntime-web from npm: make web (npm ci in vae_infer/serve/web)")
 
 
 @contextlib.contextmanager
@@ -57,11 +58,14 @@ def server():
 
 
 def open_page(browser, url: str, page=None):
+    """The page, loaded and ready. (Waits are written as functions: a string expression would be run through
+    eval, which the page's Content-Security-Policy refuses.)"""
     page = page or browser.new_page(viewport={"width": 1280, "height": 1500})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url + "/")
-    page.wait_for_function("window.explorer && (window.explorer.ready || window.explorer.error)", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => window.explorer && (window.explorer.ready || window.explorer.error)",
+                           timeout=TIMEOUT_MS)
     assert page.evaluate("window.explorer.error || null") is None
     assert not errors, errors
     return page
@@ -118,7 +122,7 @@ def test_browser_decode_equals_server_and_hover_changes_the_image(browser, serve
     for fx, fy in ((0.3, 0.3), (0.7, 0.65)):
         before = page.evaluate("window.explorer.hovers")
         page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-        page.wait_for_function(f"window.explorer.hovers > {before}", timeout=TIMEOUT_MS)
+        page.wait_for_function(f"() => window.explorer.hovers > {before}", timeout=TIMEOUT_MS)
         page.wait_for_timeout(100)
         hover = page.evaluate("window.explorer.lastHover")
         np.testing.assert_allclose(hover["row"], server_decode(server, [hover["z"]])[0], atol=1e-4, rtol=0)
@@ -135,7 +139,7 @@ def test_two_points_draw_three_paths_and_png_upload_shows_a_score(browser, serve
     box = page.locator("#map").bounding_box()
     for fx, fy in ((0.25, 0.3), (0.75, 0.7)):
         page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-    page.wait_for_function("window.explorer.pathsDrawn === 3", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => window.explorer.pathsDrawn === 3", timeout=TIMEOUT_MS)
     methods = page.eval_on_selector_all(".strip[data-method]", "els => els.map(e => e.dataset.method)")
     assert sorted(methods) == ["graph", "linear", "slerp"]
     assert page.eval_on_selector_all(".strip .frames canvas", "els => els.length") == 30
@@ -183,7 +187,7 @@ def test_without_onnxruntime_web_the_page_decodes_through_the_api(browser, tmp_p
                                                       "(POST /v1/decode)")
         box = page.locator("#map").bounding_box()
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 3)
-        page.wait_for_function("window.explorer.hovers > 0", timeout=TIMEOUT_MS)
+        page.wait_for_function("() => window.explorer.hovers > 0", timeout=TIMEOUT_MS)
         hover = page.evaluate("window.explorer.lastHover")
         np.testing.assert_allclose(hover["row"], server_decode(url, [hover["z"]])[0], atol=1e-6, rtol=0)
         assert "decoded by the server" in page.text_content("#hover-time")

@@ -173,7 +173,8 @@ export class MapView {
     const { ctx } = this;
     // markers on the same spot (a test image that is also pick A) share one label: "A: Coat", not "Coat" under it
     const spots = [];
-    for (const [name, m] of Object.entries(this.markers)) {
+    const picksFirst = (a, b) => (a[0].length === 1 ? 0 : 1) - (b[0].length === 1 ? 0 : 1);  // "A", "B" lead
+    for (const [name, m] of Object.entries(this.markers).sort(picksFirst)) {
       const [x, y] = this.toScreen(m.z);
       const spot = spots.find((s) => Math.hypot(s.x - x, s.y - y) < SAME_SPOT_PX);
       if (spot) spot.items.push({ name, ...m });
