@@ -57,13 +57,13 @@ def server():
     proc.wait(30)
 
 
-def open_page(browser, url: str, page=None):
+def open_page(browser, url: str, page=None, path: str = "/"):
     """The page, loaded and ready. (Waits are written as functions: a string expression would be run through
     eval, which the page's Content-Security-Policy refuses.)"""
     page = page or browser.new_page(viewport={"width": 1280, "height": 1500})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url + "/")
+    page.goto(url + path)
     page.wait_for_function("() => window.explorer && (window.explorer.ready || window.explorer.error)",
                            timeout=TIMEOUT_MS)
     assert page.evaluate("window.explorer.error || null") is None
