@@ -209,3 +209,20 @@ def test_a_new_pick_clears_the_old_pair_and_its_strips(browser, server):
     page.wait_for_function("() => window.explorer.pathsDrawn === 3", timeout=TIMEOUT_MS)
     assert page.eval_on_selector_all(".strip", "els => els.length") == 3
     page.context.close()
+
+
+def test_no_horizontal_overflow_at_any_width_from_360_to_2560(browser, server):
+    """One page resized through the layout's steps (one column, two from 900 px, three from 1600 px): the page
+    never scrolls sideways, the drop box is whole, and the map stays square and fully on screen."""
+    page = page_at(browser, server, 360)
+    for width in (360, 414, 600, 768, 899, 900, 950, 1280, 1599, 1600, 2000, 2560):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(100)  # the map follows its new box (ResizeObserver)
+        no_horizontal_overflow(page)
+        box = page.locator("#map").bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, (width, box)
+        assert abs(box["width"] - box["height"]) < 1, (width, box)
+        size = page.evaluate("[window.explorer.map.width, window.explorer.map.height]")
+        assert abs(size[0] - (box["width"] - 2)) < 1, (width, size, box)  # drawn at its size on screen (1 px border)
+        check_labels(page)
+    page.context.close()
