@@ -63,6 +63,12 @@ def hostile_package(dest, name: str):
     return dest
 
 
+def nothing_ran(page, dialogs: list[str]) -> None:
+    assert page.evaluate(f"document.documentElement.hasAttribute({CANARY_ATTRIBUTE!r})") is False
+    assert dialogs == []
+    assert page.evaluate(PARSED_MARKUP) == []
+
+
 @pytest.mark.parametrize("label", sorted(HTML))
 def test_hostile_names_in_a_package_and_a_file_name_are_shown_as_text(browser, tmp_path, label):
     text = HTML[label]
@@ -92,9 +98,15 @@ def test_hostile_names_in_a_package_and_a_file_name_are_shown_as_text(browser, t
         for selector in ("#model-name", "#legend", "#map-source", "#upload-result .title"):
             page.hover(selector)
         page.wait_for_timeout(500)
-        assert page.evaluate(f"document.documentElement.hasAttribute({CANARY_ATTRIBUTE!r})") is False
-        assert dialogs == []
-        assert page.evaluate(PARSED_MARKUP) == []
+        nothing_ran(page, dialogs)
+        # a file that is no image, under the same name: refused beside the upload, the name shown as text
+        page.set_input_files("#upload", files=[{"name": text, "mimeType": "image/png", "buffer": b"not a PNG"}])
+        page.wait_for_selector("#upload-result .error", timeout=TIMEOUT_MS)
+        assert page.text_content("#upload-result .error").startswith(text + " is not an image this browser can read")
+        assert page.evaluate("window.explorer.error || null") is None
+        page.hover("#upload-result")
+        page.wait_for_timeout(200)
+        nothing_ran(page, dialogs)
         page.close()
     finally:
         proc.terminate()

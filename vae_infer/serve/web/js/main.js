@@ -128,15 +128,22 @@ async function start() {
     setStatus("ready");
     return result;
   };
-  const fromFile = async (file) => showImage(await fileToPixels(file, shape), file.name);
-  $("upload").addEventListener("change", (e) => e.target.files[0] && fromFile(e.target.files[0]).catch(fail));
+  // a file that cannot be read is this upload's failure, said beside the upload; the page carries on
+  const fromFile = (file) => fileToPixels(file, shape).then((pixels) => showImage(pixels, file.name)).catch((e) => {
+    const p = document.createElement("p");
+    p.className = "error";
+    p.textContent = e.message;
+    $("upload-result").replaceChildren(p);
+    setStatus("ready");
+  });
+  $("upload").addEventListener("change", (e) => e.target.files[0] && fromFile(e.target.files[0]));
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    if (e.dataTransfer.files[0]) fromFile(e.dataTransfer.files[0]).catch(fail);
+    if (e.dataTransfer.files[0]) fromFile(e.dataTransfer.files[0]);
   });
   // a test image: its encoding and score; two picked in a row also become A and B of the paths view
   await loadExamples($("examples"), shape, (pixels, name) => showImage(pixels, name).then((r) => pick(r.z, name))
