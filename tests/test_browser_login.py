@@ -35,6 +35,14 @@ def server():
     proc.wait(30)
 
 
+def server_has_login(url: str) -> None:
+    import httpx
+
+    right = httpx.post(url + "/v1/login", json={"token": TOKEN}, timeout=30)
+    assert right.status_code == 204, f"POST /v1/login with the right token: {right.status_code} {right.text[:200]}"
+    assert httpx.post(url + "/v1/login", json={"token": "wrong"}, timeout=30).status_code == 401
+
+
 def watched_page(browser):
     """A fresh context (no cookie yet) and a page that records what it sent."""
     context = browser.new_context(viewport={"width": 1024, "height": 900})
@@ -58,6 +66,7 @@ def token_kept_nowhere(page, sent: list[dict]) -> None:
 
 
 def test_a_token_link_signs_in_and_leaves_the_address_bar(browser, server):
+    server_has_login(server)
     page, sent = watched_page(browser)
     open_page(browser, server, page, path=f"/#token={TOKEN}")
     assert page.evaluate("window.explorer.info.auth") is True
@@ -69,6 +78,7 @@ def test_a_token_link_signs_in_and_leaves_the_address_bar(browser, server):
 
 
 def test_a_401_asks_for_the_token_refuses_a_wrong_one_and_retries_with_the_right_one(browser, server):
+    server_has_login(server)
     page, sent = watched_page(browser)
     page.goto(server + "/")
     page.wait_for_selector("#login:not([hidden])", timeout=TIMEOUT_MS)
