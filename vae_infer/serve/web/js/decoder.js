@@ -2,9 +2,9 @@
 // (fetched from the server, its sha256 checked against model.json), so hovering keeps up with the mouse; or,
 // where onnxruntime-web is not installed beside the server, through POST /v1/decode (and the page says so).
 //
-// The page loads onnxruntime-web's CPU-only build (ort.wasm.min.mjs): the default build carries the WebGPU/JSEP
-// code, which compiles functions at run time (new Function), something the page's Content-Security-Policy refuses;
-// the wasm build needs only 'wasm-unsafe-eval' to compile its WebAssembly.
+// The page loads onnxruntime-web's CPU-only build (ort.wasm.min.mjs): the default build carries the WebGPU code,
+// which makes functions from strings at run time, something the page's Content-Security-Policy refuses (as eval);
+// the CPU build needs only 'wasm-unsafe-eval' to compile its WebAssembly, and is half the download.
 
 import { getBytes, getJSON, postJSON } from "./api.js";
 
