@@ -233,3 +233,15 @@ def test_cli_caps_images_times_samples_before_any_work(tiny_package, tiny_images
               f"{rows} images x samples={MAX_SAMPLES}", f"MAX_WORK = {MAX_WORK}")
         fails(run("detect", tiny_package, tmp_path / "many.npy", "--kind", "nelbo", "--threshold", 0,
                   "--samples", MAX_SAMPLES), f"{rows} images x samples={MAX_SAMPLES}")
+
+
+def test_cli_refuses_options_the_command_would_ignore(calibrated, tiny_images, tmp_path):
+    np.save(tmp_path / "x.npy", tiny_images)
+    pkg, x = calibrated.path, tmp_path / "x.npy"
+    fails(run("score", pkg, x, "--kind", "mse", "--seed", 3), "--seed would be ignored: kind mse draws no z", code=2)
+    fails(run("detect", pkg, x, "--seed", 3), "--seed would be ignored: kind dose draws no z", code=2)
+    fails(run("calibrate", pkg, "--data", x, "--kind", "recon", "--kind", "dose", "--seed", 1),
+          "--seed would be ignored: no calibrated kind draws z", code=2)
+    fails(run("interpolate", pkg, x, x, "--a-index", 0, "--b-index", 1, "--search", "dijkstra", "--no-refine"),
+          "--search, --no-refine would be ignored: options of --method graph, not linear", code=2)
+    assert "negative ELBO" in run("score", pkg, x, "--seed", 3).output  # where the seed is used, it is taken

@@ -24,6 +24,7 @@ from .base import (
     save_grid,
     status_note,
 )
+from .model_commands import given, refuse_ignored
 from .streams import chunks, first_rows, open_images, write_rows
 
 SPLITS = ("validation", "train", "test")
@@ -116,6 +117,7 @@ def calibrate(model: Path, data: str, split: str | None, data_dir: Path | None, 
         images = images[:limit]
         about += f", first {len(images)}"
     kinds = kinds or anomaly.SCORE_KINDS
+    refuse_ignored(given("seed"), not set(kinds) & set(anomaly.STOCHASTIC_KINDS), "no calibrated kind draws z")
     status_note(f"calibrating on {len(images)} images...", quiet=as_json)
     section = anomaly.calibrate(m, images, quantile=quantile, kinds=kinds, default_kind=default_kind,
                                 samples=samples, iw_samples=iw_samples, seed=seed, source=about)
@@ -156,6 +158,7 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
         raise click.UsageError("pass either --threshold or --quantile, not both")
     m = open_model(model, device, threads)
     kind, limit, samples = anomaly.detect_rule(m, kind, quantile, threshold, samples)
+    refuse_ignored(given("seed"), kind not in anomaly.STOCHASTIC_KINDS, f"kind {kind} draws no z")
     where = "--threshold" if threshold is not None else (
         f"the {quantile or m.manifest.calibration['quantile']:g} quantile of the calibration scores")
     source = open_images(input, m)

@@ -17,6 +17,7 @@ from ..latent_search import SEARCHES, load_graph
 from ..realism import Reference
 from ..work_limits import MAX_STEPS
 from .base import check_out, check_png, echo_json, json_option, main, model_options, open_model, save_grid, status_note
+from .model_commands import given, refuse_ignored
 from .streams import open_images
 
 DATA_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache/vae-infer/datasets/NAME or "
@@ -100,6 +101,8 @@ def interpolate_command(model: Path, image_a: Path, image_b: Path, method: str |
     to B's and is decoded to STEPS images. Prints each path's length in data space (distances between
     successive decoded images on a fine resampling), its largest step and, with --reference, its realism."""
     method = method or ("graph" if compare else "linear")
+    refuse_ignored(given("search", "realism_weight", "no_refine"), method != "graph",
+                   f"options of --method graph, not {method}")
     if compare and method == "linear":
         raise click.UsageError("--compare draws --method above the linear path; pick --method graph or slerp")
     m = open_model(model, device, threads)

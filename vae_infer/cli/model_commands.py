@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from .. import arrays
-from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS, ChunkScorer, resolve_samples
+from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS, STOCHASTIC_KINDS, ChunkScorer, resolve_samples
 from ..inputs import as_latents
 from ..work_limits import MAX_SAMPLES
 from .base import (
@@ -29,6 +30,20 @@ from .base import (
     status_note,
 )
 from .streams import chunks, first_rows, open_images, progress, write_rows
+
+
+def given(*names: str) -> list[str]:
+    """Which of these parameters the user typed on the command line, as their option names."""
+    ctx = click.get_current_context()
+    return [f"--{name.replace('_', '-')}" for name in names
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+
+
+def refuse_ignored(options: list[str], ignored: bool, why: str) -> None:
+    """An option the command would ignore is refused, not silently dropped."""
+    if options and ignored:
+        them = "it" if len(options) == 1 else "them"
+        raise click.UsageError(f"{', '.join(options)} would be ignored: {why}; leave {them} out")
 
 
 @main.command()
@@ -229,6 +244,7 @@ def score(model: Path, input: Path, kind: str, samples: int | None, seed: int, o
     Higher is less likely under the model. Prints n, mean, min and max; --out also writes the per-image
     scores."""
     resolve_samples(kind, samples, "--samples")  # before the model is even loaded
+    refuse_ignored(given("seed"), kind not in STOCHASTIC_KINDS, f"kind {kind} draws no z")
     m = open_model(model, device, threads)
     source = open_images(input, m)
     scorer = ChunkScorer(m, kind, samples, seed, rows=len(source))  # checks images x samples before any work
