@@ -111,13 +111,14 @@ def calibrate(model: Path, data: str, split: str | None, data_dir: Path | None, 
     Scores the images with every kind, keeps each kind's --quantile as its threshold in model.json (section
     calibration) and the scores and the density-of-states reference in calibration.npz. The package is
     rewritten atomically; every file is verified first. detect then works without options."""
+    refuse_ignored(given("seed"), not set(kinds or anomaly.SCORE_KINDS) & set(anomaly.STOCHASTIC_KINDS),
+                   "no calibrated kind draws z")
     m = open_model(model, device, threads)
     images, about = calibration_images(m, data, split, data_dir)
     if limit is not None:
         images = images[:limit]
         about += f", first {len(images)}"
     kinds = kinds or anomaly.SCORE_KINDS
-    refuse_ignored(given("seed"), not set(kinds) & set(anomaly.STOCHASTIC_KINDS), "no calibrated kind draws z")
     status_note(f"calibrating on {len(images)} images...", quiet=as_json)
     section = anomaly.calibrate(m, images, quantile=quantile, kinds=kinds, default_kind=default_kind,
                                 samples=samples, iw_samples=iw_samples, seed=seed, source=about)
