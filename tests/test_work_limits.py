@@ -171,6 +171,9 @@ def test_interpolation_bounds(tiny_model, tiny_images):
             it.interpolate_codes(tiny_model, z[0], z[1], method="graph", **{option: value})
     with refused_at_once(), pytest.raises(InputError, match=f"fine={10**6} is above the maximum of {MAX_FINE}"):
         it.path_metrics(tiny_model, z, fine=10**6)
+    with pytest.raises(InputError, match="fine=4 applies to a path of latent codes"):
+        it.path_metrics(tiny_model, tiny_images[:3], fine=4)  # a path of images is measured as given
+    assert it.path_metrics(tiny_model, tiny_images[:3])["kind"] == "images"
     with pytest.raises(InputError, match=f"iterations={10**6} is above the maximum"):
         relax(lambda c: c, np.zeros((5, 2)), iterations=10**6)
     with pytest.raises(InputError, match=f"points={MAX_REFINE_POINTS + 1} is above the maximum"):

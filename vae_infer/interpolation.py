@@ -368,13 +368,14 @@ def _fine(fine: object) -> int:
     return check_at_most(int(fine), MAX_FINE, "fine", "parts per segment")
 
 
-def path_metrics(model, path: object, *, reference: object | None = None, fine: int = FINE) -> dict[str, Any]:
+def path_metrics(model, path: object, *, reference: object | None = None, fine: int | None = None) -> dict[str, Any]:
     """Length, brightness and realism of a path, per frame and summarised.
 
     path: latent codes (n, latent size), e.g. from interpolate_codes, or images (n, features) / (n, h, w), n >= 2.
     reference: real images (e.g. the training set) or a vae_infer.realism.Reference, for realism.
-    fine: with codes, each segment is split into `fine` parts and decoded to measure the length (integer >= 1,
-    at most MAX_FINE = 64; the decoded points at most 2 GiB, vae_infer.inputs.MAX_OUTPUT_BYTES).
+    fine: with codes, each segment is split into `fine` parts (default 16) and decoded to measure the length
+    (integer >= 1, at most MAX_FINE = 64; the decoded points at most 2 GiB, vae_infer.inputs.MAX_OUTPUT_BYTES).
+    A path of images is measured as given: fine is refused with one, which would ignore it.
 
     Returns:
     - "points", "kind" ("codes" or "images");
@@ -390,9 +391,9 @@ def path_metrics(model, path: object, *, reference: object | None = None, fine: 
       "brightness_ratio_min", "faint_share" (share of frames under 0.5), "realism" (mean cosine distance;
       lower is more realistic; None without reference) and "realism_l2" (its Euclidean counterpart, kept for
       comparison: it rewards dim images, see vae_infer.realism)."""
-    fine = _fine(fine)
     arr = as_array(path, "a path (latent codes or images)")
     if arr.ndim == 2 and arr.shape[1] == model.latent_size and model.latent_size != model.manifest.features:
+        fine = FINE if fine is None else _fine(fine)
         codes = as_latents(arr, model.latent_size)
         if len(codes) < 2:
             raise InputError(f"a path needs at least 2 points, got {len(codes)}")
@@ -401,6 +402,9 @@ def path_metrics(model, path: object, *, reference: object | None = None, fine: 
         fine_points = model.decode(subdivide(codes, fine)) if fine > 1 else points
         kind = "codes"
     else:
+        if fine is not None:
+            raise InputError(f"fine={fine!r} applies to a path of latent codes (it splits their segments); a path of "
+                             f"images is measured as given: leave fine out")
         points = model.as_images(arr)
         if len(points) < 2:
             raise InputError(f"a path needs at least 2 points, got {len(points)}")
