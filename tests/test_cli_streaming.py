@@ -120,6 +120,14 @@ def test_a_bad_row_in_a_later_chunk_is_named_and_leaves_no_file(small, tiny_imag
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file
 
 
+def test_a_fifo_named_like_an_array_file_is_refused_without_blocking(tmp_path):
+    for name in ("in.npz", "in.npy"):
+        os.mkfifo(tmp_path / name)  # opening it to read would wait for a writer that never comes
+        result = subprocess.run([sys.executable, "-m", "vae_infer", "encode", MODEL, tmp_path / name, "--out",
+                                 tmp_path / "o.npy"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and "is not a regular file (a device, FIFO or socket)" in result.stderr
+
+
 def test_write_rows_is_atomic_and_counts_its_rows(tmp_path):
     out = tmp_path / "a.npy"
     blocks = [np.full((3, 4), i, np.float32) for i in range(3)]

@@ -43,6 +43,8 @@ def open_images(path: str | Path, model) -> Source:
 
 
 def _stored_only(file: Path) -> bool:
+    if not file.is_file():  # a FIFO would block the reader: read_images says what the path is instead
+        return False
     try:
         with zipfile.ZipFile(file) as zf:
             return all(info.compress_type == zipfile.ZIP_STORED for info in zf.infolist())
