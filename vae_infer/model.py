@@ -178,7 +178,9 @@ class VAEModel:
         return self.decode_rows(mu)
 
     def sample(self, n: int, seed: int | None = None) -> Array:
-        """n images decoded from z ~ N(0, I), (n, features). The same seed gives the same images."""
+        """n images decoded from z ~ N(0, I), (n, features). The same seed gives the same images.
+        n is at most the rows of a 2 GiB float32 output (vae_infer.inputs.MAX_OUTPUT_BYTES: 684,784 images of
+        28 x 28), checked before any work."""
         n = as_count(n, "n")
         check_output_rows(n, self.manifest.features, "sample")
         z = np.random.default_rng(as_seed(seed)).standard_normal((n, self.latent_size)).astype(np.float32)
@@ -190,28 +192,31 @@ class VAEModel:
 
         kind="nelbo" (default): the negative ELBO in nats, -E_q[log p(x|z)] + KL(q(z|x) || p(z)), estimated
         with `samples` reparameterized draws of z per example (seeded; the same figure training reports).
-        samples defaults to 1 draw, and to k = 64 for kind="iwae", as in the CLI and calibration.
-        Other kinds are the anomaly scores of vae_infer.anomaly."""
+        samples defaults to 1 draw, and to k = 64 for kind="iwae", as in the CLI and calibration; it is at most
+        MAX_SAMPLES (1024), images x samples at most MAX_WORK (2**24), and a deterministic kind takes no samples
+        (vae_infer.work_limits; checked before any work). Other kinds are the anomaly scores of vae_infer.anomaly."""
         from .anomaly import score as anomaly_score
 
         return anomaly_score(self, images, kind=kind, samples=samples, seed=seed)
 
     def detect(self, images: object, **options):
-        """(flags, scores): which images score above the threshold calibrated on training data (vae_infer.anomaly)."""
+        """(flags, scores): which images score above the threshold calibrated on training data (vae_infer.anomaly;
+        samples as in score)."""
         from .anomaly import detect
 
         return detect(self, images, **options)
 
     def denoise(self, images: object, **options) -> Array:
-        """Images mapped through the encoder mean and the decoder (vae_infer.anomaly.denoise)."""
+        """Images mapped through the encoder mean and the decoder (vae_infer.anomaly.denoise): steps at most
+        MAX_DENOISE_STEPS (100), images x steps at most MAX_WORK (2**24)."""
         from .anomaly import denoise
 
         return denoise(self, images, **options)
 
     def interpolate(self, image_a: object, image_b: object, steps: int = 10, method: str = "linear",
                     **options) -> Array:
-        """Decoded images along a path from image_a to image_b, (steps, features) (vae_infer.interpolation; the
-        latent path alone, from two codes: vae_infer.interpolation.interpolate_codes)."""
+        """Decoded images along a path from image_a to image_b, (steps, features), steps at most MAX_STEPS (256)
+        (vae_infer.interpolation; the latent path alone, from two codes: vae_infer.interpolation.interpolate_codes)."""
         from .interpolation import interpolate
 
         return interpolate(self, image_a, image_b, steps=steps, method=method, **options)

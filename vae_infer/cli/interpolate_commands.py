@@ -15,7 +15,10 @@ from ..latent_index import INDEX_FILE, METRICS, read_index
 from ..latent_map import DEFAULT_POINTS, MAP_FILE, build_latent_map, manifest_section, to_bytes
 from ..latent_search import SEARCHES, load_graph
 from ..realism import Reference
+from ..work_limits import MAX_STEPS
 from .base import check_out, check_png, echo_json, json_option, main, model_options, open_model, save_grid, status_note
+from .model_commands import given, refuse_ignored
+from .streams import open_images
 
 DATA_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache/vae-infer/datasets/NAME or "
              "/usr/share/datasets/NAME; nothing is downloaded), a folder of IDX files, an IDX file, or a .npy / "
@@ -24,14 +27,15 @@ DATA_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache
 
 def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
     """One image from a file: the file's only image, or the one at --a-index / --b-index."""
-    arr = arrays.read_images(path, model.image_shape)
+    source = open_images(path, model)  # by row range: only the image asked for is read
+    n = len(source)
     if index is None:
-        if len(arr) != 1:
-            raise InputError(f"{path} holds {len(arr)} images; pick one with --{name}-index I (0..{len(arr) - 1})")
-        return arr[0]
-    if not 0 <= index < len(arr):
-        raise InputError(f"--{name}-index {index} is out of range: {path} holds {len(arr)} images (0..{len(arr) - 1})")
-    return arr[index]
+        if n != 1:
+            raise InputError(f"{path} holds {n} images; pick one with --{name}-index I (0..{n - 1})")
+        index = 0
+    if not 0 <= index < n:
+        raise InputError(f"--{name}-index {index} is out of range: {path} holds {n} images (0..{n - 1})")
+    return source.read(index, index + 1)[0]
 
 
 def _open_data(spec: str, split: str):
@@ -62,8 +66,8 @@ def _describe(metrics: dict) -> str:
               help="linear: straight line between the latent means; slerp: spherical arc; graph: shortest path "
                    "through the package's latent graph (build it with `vae-infer index build`), then refined.  "
                    "[default: linear; graph with --compare]")
-@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True, metavar="N",
-              help="Images on the path, both endpoints included.")
+@click.option("--steps", type=click.IntRange(min=2, max=MAX_STEPS), default=10, show_default=True, metavar="N",
+              help=f"Images on the path, both endpoints included, at most {MAX_STEPS}.")
 @click.option("--compare", is_flag=True,
               help="Also compute the linear path; --png draws the --method path (default graph) above the linear one.")
 @click.option("--spacing", type=click.Choice(SPACINGS), default="data", show_default=True,
@@ -97,6 +101,8 @@ def interpolate_command(model: Path, image_a: Path, image_b: Path, method: str |
     to B's and is decoded to STEPS images. Prints each path's length in data space (distances between
     successive decoded images on a fine resampling), its largest step and, with --reference, its realism."""
     method = method or ("graph" if compare else "linear")
+    refuse_ignored(given("search", "realism_weight", "no_refine"), method != "graph",
+                   f"options of --method graph, not {method}")
     if compare and method == "linear":
         raise click.UsageError("--compare draws --method above the linear path; pick --method graph or slerp")
     m = open_model(model, device, threads)
