@@ -136,6 +136,15 @@ class VAEModel:
     def encode_rows(self, x: Array) -> tuple[Array, Array]:
         """(mu, logvar) for validated rows: float32 (n, features) in [0, 1], as as_images returns them."""
         mu, logvar = self._run("encoder", self._enc_out, self._enc_in, x)
+        # Rows in [0, 1] give finite codes from any sound encoder; a NaN or inf weight (which the base install
+        # cannot read out of the graph) shows here. The outputs are (n, latent_size): checking them is cheap.
+        for name, out in (("mu", mu), ("logvar", logvar)):
+            if not np.isfinite(out).all():
+                row = int(np.nonzero(~np.isfinite(out).all(axis=1))[0][0])
+                raise ModelPackageError(
+                    f"{self.path}: the package's encoder produced non-finite values (NaN or inf) in {name} for a valid "
+                    f"image in [0, 1] (row {row} of a batch of {len(out)}); the encoder graph is damaged or was edited "
+                    f"(a NaN or inf weight): re-export the model")
         return mu, logvar
 
     def decode_logits(self, z: Array) -> Array:

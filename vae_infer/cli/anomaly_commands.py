@@ -15,6 +15,7 @@ from .base import (
     PNG_PAIRS,
     check_out,
     check_png,
+    echo,
     echo_json,
     json_option,
     main,
@@ -121,11 +122,11 @@ def calibrate(model: Path, data: str, split: str | None, data_dir: Path | None, 
         echo_json({"model": str(model), **{k: section[k] for k in ("source", "examples", "quantile", "default_kind",
                                                                    "samples", "thresholds", "reference_file")}})
         return
-    click.echo(f"calibrated {model} on {about}")
-    click.echo(f"thresholds (quantile {quantile:g} of {section['examples']} images; detect's default: "
+    echo(f"calibrated {model} on {about}")
+    echo(f"thresholds (quantile {quantile:g} of {section['examples']} images; detect's default: "
                f"{section['default_kind']}):")
     for k, t in section["thresholds"].items():
-        click.echo(f"  {k:<7} {t:.6g}")
+        echo(f"  {k:<7} {t:.6g}")
 
 
 @main.command()
@@ -169,13 +170,13 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
         echo_json({"n": len(flags), "flagged": len(flagged), "kind": kind, "threshold": limit,
                    "flags": flags.tolist(), "scores": scores.tolist(), "out": out and str(out)})
         return
-    click.echo(f"flagged {len(flagged)} of {len(flags)} images: {kind} score above {limit:.6g} ({where})")
+    echo(f"flagged {len(flagged)} of {len(flags)} images: {kind} score above {limit:.6g} ({where})")
     if len(flagged):
         shown = ", ".join(str(i) for i in flagged[:FLAGGED_SHOWN])
         more = f", ... ({len(flagged) - FLAGGED_SHOWN} more)" if len(flagged) > FLAGGED_SHOWN else ""
-        click.echo(f"  flagged images (0-based): {shown}{more}")
+        echo(f"  flagged images (0-based): {shown}{more}")
     if out is not None:
-        click.echo(f"wrote flags and scores to {out}")
+        echo(f"wrote flags and scores to {out}")
 
 
 @main.command()
@@ -198,8 +199,8 @@ def denoise(model: Path, input: Path, out: Path, steps: int, png: Path | None, d
     x = m.as_images(arrays.read_images(input, m.image_shape))
     clean = m.denoise(x, steps=steps)
     arrays.write_array(out, {"images": clean})
-    click.echo(f"wrote {len(clean)} denoised images ({shape_text(clean)}, {steps} step(s)) to {out}")
+    echo(f"wrote {len(clean)} denoised images ({shape_text(clean)}, {steps} step(s)) to {out}")
     if png is not None:
         k = min(len(x), PNG_PAIRS)
         save_grid(np.concatenate([x[:k], clean[:k]]), m, png, ncols=k, title="inputs (top) and denoised (bottom)")
-        click.echo(f"wrote {png}")
+        echo(f"wrote {png}")

@@ -15,6 +15,7 @@ from .base import (
     PNG_PAIRS,
     check_out,
     check_png,
+    echo,
     echo_json,
     flatten,
     fmt,
@@ -60,16 +61,16 @@ def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
         ("opset", man.opset), ("device", f"{m.device} ({providers})"),
     ]
     for k, v in rows:
-        click.echo(f"{k + ':':<13} {v}")
+        echo(f"{k + ':':<13} {v}")
     for k, text in section_lines(sections):
-        click.echo(f"{k + ':':<13} {text}")
-    click.echo("files (sha256, verified):")
+        echo(f"{k + ':':<13} {text}")
+    echo("files (sha256, verified):")
     for name, digest in sorted(man.files.items()):
-        click.echo(f"  {name}  {digest}")
+        echo(f"  {name}  {digest}")
     if man.training:
-        click.echo("training:")
+        echo("training:")
         for k, v in flatten(man.training):
-            click.echo(f"  {k}: {fmt(v)}")
+            echo(f"  {k}: {fmt(v)}")
 
 
 def package_sections(man) -> dict:
@@ -121,7 +122,7 @@ def encode(model: Path, input: Path, out: Path, device: str, threads: int | None
     if as_json:
         echo_json({"out": str(out), "arrays": keys, "n": len(mu), "latent_size": m.latent_size})
     else:
-        click.echo(f"wrote {' and '.join(keys)} ({shape_text(mu)}) to {out}")
+        echo(f"wrote {' and '.join(keys)} ({shape_text(mu)}) to {out}")
 
 
 @main.command()
@@ -139,10 +140,10 @@ def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str,
     z = as_latents(arrays.read_latents(latents), m.latent_size)
     images = in_chunks(m, m.decode, z, "decoding")
     arrays.write_array(out, {"images": images})
-    click.echo(f"wrote {len(images)} decoded images ({shape_text(images)}) to {out}")
+    echo(f"wrote {len(images)} decoded images ({shape_text(images)}) to {out}")
     if png is not None:
         save_grid(images[:PNG_MAX], m, png)
-        click.echo(f"wrote {png}")
+        echo(f"wrote {png}")
 
 
 @main.command()
@@ -162,12 +163,12 @@ def reconstruct(model: Path, input: Path, out: Path, png: Path | None, device: s
     x = m.as_images(arrays.read_images(input, m.image_shape))
     recon = in_chunks(m, m.reconstruct, x, "reconstructing")
     arrays.write_array(out, {"images": recon})
-    click.echo(f"wrote {len(recon)} reconstructions ({shape_text(recon)}) to {out}")
+    echo(f"wrote {len(recon)} reconstructions ({shape_text(recon)}) to {out}")
     if png is not None:
         k = min(len(x), PNG_PAIRS)
         save_grid(np.concatenate([x[:k], recon[:k]]), m, png, ncols=k,
               title="originals (top) and reconstructions (bottom)")
-        click.echo(f"wrote {png}")
+        echo(f"wrote {png}")
 
 
 @main.command()
@@ -189,11 +190,11 @@ def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, d
         status_note(f"sampling {n} images...")
     images = m.sample(n, seed=seed)
     arrays.write_array(out, {"images": images})
-    click.echo(f"wrote {n} samples ({shape_text(images)}) to {out}")
+    echo(f"wrote {n} samples ({shape_text(images)}) to {out}")
     if png is not None:
         title = f"{m.manifest.name}: samples" + ("" if seed is None else f", seed {seed}")
         save_grid(images[:PNG_MAX], m, png, title=title)
-        click.echo(f"wrote {png}")
+        echo(f"wrote {png}")
 
 
 @main.command()
@@ -230,9 +231,9 @@ def score(model: Path, input: Path, kind: str, samples: int | None, seed: int, o
                    "out": out and str(out)})
         return
     label = "negative ELBO" if kind == "nelbo" else f"{kind} score"
-    click.echo(f"{label} of {summary['n']} images, {unit} ({samples} draw(s) of z each, seed {seed}):")
+    echo(f"{label} of {summary['n']} images, {unit} ({samples} draw(s) of z each, seed {seed}):")
     for k in ("mean", "min", "max"):
-        click.echo(f"  {k + ':':<5} {summary[k]:.4f}")
+        echo(f"  {k + ':':<5} {summary[k]:.4f}")
     if out is not None:
-        click.echo(f"wrote per-image scores to {out}")
+        echo(f"wrote per-image scores to {out}")
 
