@@ -139,7 +139,7 @@ class LatentIndex:
                 self.alt_nodes.min() < 0 or self.alt_nodes.max() >= n)):
             problems.append(f"A* landmarks shaped {self.alt_nodes.shape} / {self.alt_dist.shape} for {n} nodes")
         if np.isnan(self.alt_dist).any() or (self.alt_dist.size and self.alt_dist.min() < 0):
-            problems.append("A* landmark distances hold NaN or negative values")
+            problems.append("alt_dist (A* landmark distances) holds NaN or negative values")
         if not (math.isfinite(self.realism_weight) and self.realism_weight >= 0):
             problems.append(f"realism_weight {self.realism_weight}, expected a finite number >= 0")
         if self.metric not in METRICS:

@@ -143,6 +143,8 @@ class Manifest:
         """The manifest from parsed model.json, checked field by field: exact types (no "1" for 1, no true
         for 1, no 2.7 for an integer), ranges, shapes, and file names confined to the package folder.
         Anything else is a ModelPackageError naming the field."""
+        if isinstance(d, dict):
+            check_manifest_text(d)  # first, so a field's text is refused by the same rule wherever it is
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             found = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ModelPackageError(f"model.json: expected format {FORMAT_NAME!r}, found {found!r}")
