@@ -21,6 +21,7 @@ from .inputs import (
 )
 from .manifest import BATCH_AXIS, GraphSpec, Manifest
 from .package import read_manifest, read_verified, verify_all
+from .sections import section_checks
 from .sessions import create_backend
 
 Array = NDArray[np.float32]
@@ -78,7 +79,7 @@ class VAEModel:
             devices.add(got)
         # Every other file (calibration, latent index, other variants) is checked now too, as the README says;
         # each is checked again when it is read for use.
-        verify_all(self.path, self.manifest, skip=tuple(graph_files))
+        verify_all(self.path, self.manifest, skip=tuple(graph_files), checks=section_checks(self.path, self.manifest))
         self.device = "cuda" if devices == {"cuda"} else "cpu"
         self._enc_in = self.manifest.encoder.inputs[0].name
         self._enc_out = [t.name for t in self.manifest.encoder.outputs]  # mu, logvar

@@ -103,50 +103,19 @@ def read_verified(package_dir: str | Path, manifest: Manifest, file_name: str) -
     return data
 
 
-def verify_all(package_dir: str | Path, manifest: Manifest, skip: tuple[str, ...] = ()) -> None:
-    """Check every file model.json lists against its sha256, and the arrays of every optional section (calibration,
-    latent index, latent map: shapes, ranges, every value finite) as their readers do. load() does, so a damaged
-    or edited section is found when the package loads, not at first use. `skip`: files already checked (the
-    graphs a load has just read), unless a section names one."""
-    checks = section_checks(package_dir, manifest)
+def verify_all(package_dir: str | Path, manifest: Manifest, skip: tuple[str, ...] = (),
+               checks: dict[str, list[Callable[[bytes], object]]] | None = None) -> None:
+    """Check every file model.json lists against its sha256 (load() does, so a damaged calibration, index or
+    variant is found when the package loads, not at first use), then run `checks` (file name -> functions of
+    its verified bytes: the optional sections' own checks, vae_infer.sections) on the same bytes. `skip`: files
+    already checked (the graphs a load has just read), unless a check names one."""
+    checks = checks or {}
     for name in manifest.files:
         if name in skip and name not in checks:
             continue
         data = read_verified(package_dir, manifest, name)
         for check in checks.get(name, ()):
             check(data)
-
-
-def section_checks(package_dir: str | Path, manifest: Manifest) -> dict[str, list[Callable[[bytes], object]]]:
-    """file name -> the checks of the optional sections that name it, each taking the file's verified bytes."""
-    from .calibration_schema import check_calibration_file, validate_calibration
-    from .latent_index import parse_index
-    from .latent_map import parse_latent_map
-
-    package_dir = Path(package_dir)
-    checks: dict[str, list[Callable[[bytes], object]]] = {}
-    rebuild = f"rebuild it with `vae-infer index build {package_dir} --data DATASET`"
-    if manifest.calibration is not None:
-        validate_calibration(manifest.calibration, where=str(package_dir / MANIFEST_NAME))  # names the bad field
-    parsers = {
-        "calibration": (manifest.calibration, "reference_file",
-                        lambda data, origin: check_calibration_file(manifest.calibration, data, str(package_dir))),
-        "latent_index": (manifest.latent_index, "file",
-                         lambda data, origin: parse_index(data, manifest.latent_size, origin)),
-        "latent_map": (manifest.latent_map, "file",
-                       lambda data, origin: parse_latent_map(data, manifest.latent_map, manifest.latent_size, origin,
-                                                             rebuild)),
-    }
-    for section_name, (section, key, parse) in parsers.items():
-        if not section:
-            continue
-        name = section.get(key)
-        if not isinstance(name, str) or name not in manifest.files:
-            raise ModelPackageError(f"{package_dir / MANIFEST_NAME}: the {section_name} section names the file "
-                                    f"{name!r} under {key!r}, which model.json does not list")
-        origin = f"{package_dir / name} ({section_name})"
-        checks.setdefault(name, []).append(lambda data, parse=parse, origin=origin: parse(data, origin))
-    return checks
 
 
 def _exchange(a: Path, b: Path) -> bool:
