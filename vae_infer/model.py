@@ -27,6 +27,7 @@ from .sessions import create_backend
 
 Array = NDArray[np.float32]
 DEFAULT_CHUNK = 4096  # rows per onnxruntime call: ~13 MB of decoder output, so memory stays bounded
+SMALL_SUM = 256  # values of one output summed in Python rather than numpy (cheaper below this)
 
 
 class VAEModel:
@@ -139,9 +140,12 @@ class VAEModel:
         """(mu, logvar) for validated rows: float32 (n, features) in [0, 1], as as_images returns them."""
         mu, logvar = self._run("encoder", self._enc_out, self._enc_in, x)
         # Rows in [0, 1] give finite codes from any sound encoder; a NaN or inf weight (which the base install
-        # cannot read out of the graph) shows here. One float64 sum of each output is finite exactly when every
-        # value is (float32 values cannot overflow it), and is cheaper than isfinite on a batch of one.
-        total = np.add.reduce(mu, axis=None, dtype=np.float64) + np.add.reduce(logvar, axis=None, dtype=np.float64)
+        # cannot read out of the graph) shows here. A float64 sum of the outputs is finite exactly when every
+        # value is (float32 values cannot overflow it); for a few rows Python's own sum is the cheapest (~1 us).
+        if mu.size <= SMALL_SUM:
+            total = sum(mu.ravel().tolist()) + sum(logvar.ravel().tolist())
+        else:
+            total = np.add.reduce(mu, axis=None, dtype=np.float64) + np.add.reduce(logvar, axis=None, dtype=np.float64)
         if not math.isfinite(total):
             raise self._non_finite_codes(mu, logvar)
         return mu, logvar
