@@ -323,6 +323,11 @@ def test_a_lone_surrogate_path_and_click_errors_are_escaped(tmp_path):
     err = run.stderr.decode("utf-8")
     assert run.returncode == 1 and not _unsafe(err)
     assert err.count("\n") == 1 and "nope\\udc80\\x1b[2J" in err and "UnicodeEncodeError" not in err
+    folder = tmp_path / "pkg\udc80\x1b[2J"  # a real package in such a folder: its path printed escaped
+    shutil.copytree(TINY_PACKAGE, folder)
+    run = _run_cli("info", str(folder))
+    out = run.stdout.decode("utf-8")
+    assert run.returncode == 0 and not _unsafe(out) and f"path:         {tmp_path}/pkg\\udc80\\x1b[2J\n" in out
     run = _run_cli("sample", str(tmp_path), "-n", "\x1b]0;x\x07", "--out", "o.npy")  # click's own error
     err = run.stderr.decode("utf-8")
     assert run.returncode == 2 and not _unsafe(err) and "\\x1b]0;x\\x07" in err
@@ -355,7 +360,8 @@ def test_a_non_finite_encoder_weight_loads_but_nothing_returns_non_finite_values
     refusal = rf"the package's encoder produced non-finite values \(NaN or inf\) in {shown} for a valid image"
     calls = {
         "encode": lambda: m.encode(x),
-        "encode uint8 one": lambda: m.encode(x[:1]),
+        "encode one": lambda: m.encode(x[:1]),
+        "encode many": lambda: m.encode(np.tile(x, (5, 1, 1))),  # 160 rows: the numpy sum, not Python's
         "reconstruct": lambda: m.reconstruct(x),
         "denoise": lambda: m.denoise(x),
         "detect": lambda: m.detect(x),
