@@ -24,14 +24,14 @@ def section_checks(package_dir: str | Path, manifest: Manifest) -> dict[str, lis
     if manifest.calibration is not None:
         validate_calibration(manifest.calibration, where=str(package_dir / MANIFEST_NAME))  # names the bad field
     rebuild = f"rebuild it with `vae-infer index build {package_dir} --data DATASET`"
+    lmap: dict = manifest.latent_map or {}
     parsers: dict[str, tuple[dict | None, str, Callable[[bytes, str], object]]] = {
         "calibration": (manifest.calibration, "reference_file",
                         lambda data, origin: check_calibration_file(manifest.calibration, data, str(package_dir))),
         "latent_index": (manifest.latent_index, "file",
                          lambda data, origin: parse_index(data, manifest.latent_size, origin)),
         "latent_map": (manifest.latent_map, "file",
-                       lambda data, origin: parse_latent_map(data, manifest.latent_map, manifest.latent_size, origin,
-                                                             rebuild)),
+                       lambda data, origin: parse_latent_map(data, lmap, manifest.latent_size, origin, rebuild)),
     }
     checks: dict[str, list[Check]] = {}
     for section_name, (section, key, parse) in parsers.items():
@@ -42,5 +42,9 @@ def section_checks(package_dir: str | Path, manifest: Manifest) -> dict[str, lis
             raise ModelPackageError(f"{package_dir / MANIFEST_NAME}: the {section_name} section names the file "
                                     f"{name!r} under {key!r}, which model.json does not list")
         origin = f"{package_dir / name} ({section_name})"
-        checks.setdefault(name, []).append(lambda data, parse=parse, origin=origin: parse(data, origin))
+        checks.setdefault(name, []).append(_bound(parse, origin))
     return checks
+
+
+def _bound(parse: Callable[[bytes, str], object], origin: str) -> Check:
+    return lambda data: parse(data, origin)

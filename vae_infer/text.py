@@ -48,22 +48,22 @@ def check_name(where: str, value: object, error: type[Exception] = ModelPackageE
     """value, if it is a name: a string of valid Unicode (no lone surrogates), at most MAX_NAME_CHARS characters.
     `where` names the field in the error (`model.json: .latent_map.class_names[3]`); `error` is the named
     exception of the door (ModelPackageError for a package, InputError for a request or a file)."""
-    _check_unicode(where, value, "a name", error)
-    if len(value) > MAX_NAME_CHARS:
-        raise error(f"{where}: expected a name of at most {MAX_NAME_CHARS} characters, found {len(value)} "
-                    f"characters ({_preview(value)}); shorten it")
-    return value
+    name = _check_unicode(where, value, "a name", error)
+    if len(name) > MAX_NAME_CHARS:
+        raise error(f"{where}: expected a name of at most {MAX_NAME_CHARS} characters, found {len(name)} "
+                    f"characters ({_preview(name)}); shorten it")
+    return name
 
 
 def check_text(where: str, value: object, error: type[Exception] = ModelPackageError) -> str:
     """value, if it is free text (a description, a note, a source): a string of valid Unicode, at most
     MAX_TEXT_BYTES bytes as UTF-8. `where` and `error` as for check_name."""
-    _check_unicode(where, value, "text", error)
-    size = len(value.encode("utf-8"))
+    text = _check_unicode(where, value, "text", error)
+    size = len(text.encode("utf-8"))
     if size > MAX_TEXT_BYTES:
         raise error(f"{where}: expected text of at most {MAX_TEXT_BYTES} bytes (UTF-8), found {size} bytes "
-                    f"({_preview(value)}); shorten it")
-    return value
+                    f"({_preview(text)}); shorten it")
+    return text
 
 
 def _escape(ch: str) -> str:

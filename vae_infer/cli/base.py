@@ -52,7 +52,7 @@ class _OneLineErrors:
 
 def _escaped(e: click.exceptions.ClickException) -> click.exceptions.ClickException:
     """click's own errors quote what the user typed (a path, an option value): shown with controls escaped."""
-    e.message = terminal_text(e.message)
+    e.message = terminal_text(e.message)  # type: ignore[misc]  # click marks it final; set once, here
     return e
 
 
