@@ -443,3 +443,15 @@ def test_a_sectioned_package_loads_and_its_sections_read(sectioned):
     assert read_latent_map(m).class_names == tuple(CLASSES) and read_index(m).n_nodes > 2
     flags, scores = m.detect(_images()[0])
     assert np.isfinite(scores).all() and flags.shape == scores.shape
+
+
+@pytest.mark.parametrize("argv", [["\x1b[2Jx"], ["--\x1b[2J"], ["index", "\x1b]0;t\x07"], ["info", "\u202emodel\x9b"]])
+def test_click_usage_errors_quote_the_command_line_escaped(argv):
+    from click.testing import CliRunner
+
+    from vae_infer.cli import main
+
+    result = CliRunner().invoke(main, argv)
+    err = result.stderr_bytes.decode("utf-8")
+    assert result.exit_code in (1, 2) and not _unsafe(err) and terminal_text(argv[-1]) in err, err
+    assert err.strip().splitlines()[-1].startswith("Error: ")
