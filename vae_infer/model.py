@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -21,10 +22,12 @@ from .inputs import (
 )
 from .manifest import BATCH_AXIS, GraphSpec, Manifest
 from .package import read_manifest, read_verified, verify_all
+from .sections import section_checks
 from .sessions import create_backend
 
 Array = NDArray[np.float32]
 DEFAULT_CHUNK = 4096  # rows per onnxruntime call: ~13 MB of decoder output, so memory stays bounded
+SMALL_SUM = 256  # values of one output summed in Python rather than numpy (cheaper below this)
 
 
 class VAEModel:
@@ -78,7 +81,7 @@ class VAEModel:
             devices.add(got)
         # Every other file (calibration, latent index, other variants) is checked now too, as the README says;
         # each is checked again when it is read for use.
-        verify_all(self.path, self.manifest, skip=tuple(graph_files))
+        verify_all(self.path, self.manifest, skip=tuple(graph_files), checks=section_checks(self.path, self.manifest))
         self.device = "cuda" if devices == {"cuda"} else "cpu"
         self._enc_in = self.manifest.encoder.inputs[0].name
         self._enc_out = [t.name for t in self.manifest.encoder.outputs]  # mu, logvar
@@ -136,7 +139,24 @@ class VAEModel:
     def encode_rows(self, x: Array) -> tuple[Array, Array]:
         """(mu, logvar) for validated rows: float32 (n, features) in [0, 1], as as_images returns them."""
         mu, logvar = self._run("encoder", self._enc_out, self._enc_in, x)
+        # Rows in [0, 1] give finite codes from any sound encoder; a NaN or inf weight (which the base install
+        # cannot read out of the graph) shows here. A float64 sum of the outputs is finite exactly when every
+        # value is (float32 values cannot overflow it); for a few rows Python's own sum is the cheapest (~1 us).
+        if mu.size <= SMALL_SUM:
+            total = sum(mu.ravel().tolist()) + sum(logvar.ravel().tolist())
+        else:
+            total = np.add.reduce(mu, axis=None, dtype=np.float64) + np.add.reduce(logvar, axis=None, dtype=np.float64)
+        if not math.isfinite(total):
+            raise self._non_finite_codes(mu, logvar)
         return mu, logvar
+
+    def _non_finite_codes(self, mu: Array, logvar: Array) -> ModelPackageError:
+        name, out = ("mu", mu) if not np.isfinite(mu).all() else ("logvar", logvar)
+        row = int(np.nonzero(~np.isfinite(out).all(axis=1))[0][0])
+        return ModelPackageError(
+            f"{self.path}: the package's encoder produced non-finite values (NaN or inf) in {name} for a valid image "
+            f"in [0, 1] (row {row} of a batch of {len(out)}); the encoder graph is damaged or was edited (a NaN or "
+            f"inf weight): re-export the model")
 
     def decode_logits(self, z: Array) -> Array:
         """The decoder's logits (n, features) for validated float32 codes (n, latent_size)."""

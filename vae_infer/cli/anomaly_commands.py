@@ -16,6 +16,7 @@ from .base import (
     PNG_PAIRS,
     check_out,
     check_png,
+    echo,
     echo_json,
     json_option,
     main,
@@ -126,11 +127,11 @@ def calibrate(model: Path, data: str, split: str | None, data_dir: Path | None, 
         echo_json({"model": str(model), **{k: section[k] for k in ("source", "examples", "quantile", "default_kind",
                                                                    "samples", "thresholds", "reference_file")}})
         return
-    click.echo(f"calibrated {model} on {about}")
-    click.echo(f"thresholds (quantile {quantile:g} of {section['examples']} images; detect's default: "
+    echo(f"calibrated {model} on {about}")
+    echo(f"thresholds (quantile {quantile:g} of {section['examples']} images; detect's default: "
                f"{section['default_kind']}):")
     for k, t in section["thresholds"].items():
-        click.echo(f"  {k:<7} {t:.6g}")
+        echo(f"  {k:<7} {t:.6g}")
 
 
 @main.command()
@@ -177,13 +178,13 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
         echo_json({"n": len(flags), "flagged": len(flagged), "kind": kind, "threshold": limit,
                    "flags": flags.tolist(), "scores": scores.tolist(), "out": out and str(out)})
         return
-    click.echo(f"flagged {len(flagged)} of {len(flags)} images: {kind} score above {limit:.6g} ({where})")
+    echo(f"flagged {len(flagged)} of {len(flags)} images: {kind} score above {limit:.6g} ({where})")
     if len(flagged):
         shown = ", ".join(str(i) for i in flagged[:FLAGGED_SHOWN])
         more = f", ... ({len(flagged) - FLAGGED_SHOWN} more)" if len(flagged) > FLAGGED_SHOWN else ""
-        click.echo(f"  flagged images (0-based): {shown}{more}")
+        echo(f"  flagged images (0-based): {shown}{more}")
     if out is not None:
-        click.echo(f"wrote flags and scores to {out}")
+        echo(f"wrote flags and scores to {out}")
 
 
 @main.command()
@@ -212,8 +213,8 @@ def denoise(model: Path, input: Path, out: Path, steps: int, png: Path | None, d
     images = first_rows((x for _, x in chunks(m, source, "denoising")), inputs, PNG_PAIRS)
     blocks = (anomaly.denoise_rows(m, x, steps) for x in images)
     write_rows(out, "images", (n, features), np.float32, first_rows(blocks, shown, PNG_PAIRS))
-    click.echo(f"wrote {n} denoised images ({n} x {features}, {steps} step(s)) to {out}")
+    echo(f"wrote {n} denoised images ({n} x {features}, {steps} step(s)) to {out}")
     if png is not None:
         k = min(n, PNG_PAIRS)
         save_grid(np.concatenate(inputs + shown), m, png, ncols=k, title="inputs (top) and denoised (bottom)")
-        click.echo(f"wrote {png}")
+        echo(f"wrote {png}")

@@ -16,7 +16,18 @@ from ..latent_map import DEFAULT_POINTS, MAP_FILE, build_latent_map, manifest_se
 from ..latent_search import SEARCHES, load_graph
 from ..realism import Reference
 from ..work_limits import MAX_STEPS
-from .base import check_out, check_png, echo_json, json_option, main, model_options, open_model, save_grid, status_note
+from .base import (
+    check_out,
+    check_png,
+    echo,
+    echo_json,
+    json_option,
+    main,
+    model_options,
+    open_model,
+    save_grid,
+    status_note,
+)
 from .model_commands import given, refuse_ignored
 from .streams import open_images
 
@@ -140,16 +151,16 @@ def interpolate_command(model: Path, image_a: Path, image_b: Path, method: str |
                    "out": out and str(out), "png": png and str(png)})
         return
     for name, (_, _, metrics) in paths.items():
-        click.echo(f"{name}: {steps} images, {_describe(metrics)}")
+        echo(f"{name}: {steps} images, {_describe(metrics)}")
     if compare:
         a, b = paths[method][2], paths["linear"][2]
         ratios = f"length x{a['length'] / b['length']:.3f}"
         if a.get("realism") is not None:
             ratios += f", realism x{a['realism'] / b['realism']:.3f}"
-        click.echo(f"{method} vs linear: {ratios}")
+        echo(f"{method} vs linear: {ratios}")
     for path in (out, png):
         if path is not None:
-            click.echo(f"wrote {path}")
+            echo(f"wrote {path}")
 
 
 @main.group("index")
@@ -225,14 +236,14 @@ def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: f
         echo_json({**section, "sha256": manifest.files[section["file"]], "model": str(model),
                    "latent_map": manifest.latent_map if not no_map else None})
         return
-    click.echo(f"built the latent graph of {model} from {index.n_codes} codes ({origin}) in "
+    echo(f"built the latent graph of {model} from {index.n_codes} codes ({origin}) in "
                f"{index.info['build_seconds']:.2f} s")
-    click.echo(f"  {index.n_nodes} nodes, {len(index.edges)} edges (k={k}, {metric} distances), "
+    echo(f"  {index.n_nodes} nodes, {len(index.edges)} edges (k={k}, {metric} distances), "
                f"{section['n_bridges']} bridges; {section['bytes'] / 1e6:.2f} MB")
-    click.echo(f"  wrote {Path(model) / section['file']} (sha256 {manifest.files[section['file']][:16]}...)")
+    echo(f"  wrote {Path(model) / section['file']} (sha256 {manifest.files[section['file']][:16]}...)")
     if not no_map:
         lm = manifest.latent_map
-        click.echo(f"  latent map: {lm['points']} codes from {lm['source']}"
+        echo(f"  latent map: {lm['points']} codes from {lm['source']}"
                    f"{', labelled' if lm['labelled'] else ', no labels'}; wrote {Path(model) / lm['file']}")
 
 
@@ -252,8 +263,8 @@ def index_info(model: Path, device: str, threads: int | None, as_json: bool) -> 
     for key in ("file", "source", "n_codes", "n_nodes", "n_edges", "n_bridges", "k", "metric", "cell",
                 "field_cell", "realism_weight", "build_seconds", "bytes"):
         if key in section:
-            click.echo(f"{key + ':':<16} {section[key]}")
-    click.echo(f"{'components:':<16} {components}")
-    click.echo(f"{'sha256:':<16} {m.manifest.files[section['file']]} (verified)")
+            echo(f"{key + ':':<16} {section[key]}")
+    echo(f"{'components:':<16} {components}")
+    echo(f"{'sha256:':<16} {m.manifest.files[section['file']]} (verified)")
     if index.n_nodes != section.get("n_nodes"):
-        click.echo(f"warning: model.json says {section.get('n_nodes')} nodes, the file holds {index.n_nodes}")
+        echo(f"warning: model.json says {section.get('n_nodes')} nodes, the file holds {index.n_nodes}")

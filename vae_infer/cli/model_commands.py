@@ -17,6 +17,7 @@ from .base import (
     PNG_PAIRS,
     check_out,
     check_png,
+    echo,
     echo_json,
     flatten,
     fmt,
@@ -76,16 +77,16 @@ def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
         ("opset", man.opset), ("device", f"{m.device} ({providers})"),
     ]
     for k, v in rows:
-        click.echo(f"{k + ':':<13} {v}")
+        echo(f"{k + ':':<13} {v}")
     for k, text in section_lines(sections):
-        click.echo(f"{k + ':':<13} {text}")
-    click.echo("files (sha256, verified):")
+        echo(f"{k + ':':<13} {text}")
+    echo("files (sha256, verified):")
     for name, digest in sorted(man.files.items()):
-        click.echo(f"  {name}  {digest}")
+        echo(f"  {name}  {digest}")
     if man.training:
-        click.echo("training:")
+        echo("training:")
         for k, v in flatten(man.training):
-            click.echo(f"  {k}: {fmt(v)}")
+            echo(f"  {k}: {fmt(v)}")
 
 
 def package_sections(man) -> dict:
@@ -141,7 +142,7 @@ def encode(model: Path, input: Path, out: Path, device: str, threads: int | None
     if as_json:
         echo_json({"out": str(out), "arrays": keys, "n": len(mu), "latent_size": m.latent_size})
     else:
-        click.echo(f"wrote {' and '.join(keys)} ({shape_text(mu)}) to {out}")
+        echo(f"wrote {' and '.join(keys)} ({shape_text(mu)}) to {out}")
 
 
 @main.command()
@@ -161,10 +162,10 @@ def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str,
     step = m.chunk_size
     blocks = progress((m.decode_rows(z[s : s + step]) for s in range(0, len(z), step)), len(z), "decoding")
     write_rows(out, "images", (len(z), m.manifest.features), np.float32, first_rows(blocks, shown, PNG_MAX))
-    click.echo(f"wrote {len(z)} decoded images ({len(z)} x {m.manifest.features}) to {out}")
+    echo(f"wrote {len(z)} decoded images ({len(z)} x {m.manifest.features}) to {out}")
     if png is not None:
         save_grid(np.concatenate(shown), m, png)
-        click.echo(f"wrote {png}")
+        echo(f"wrote {png}")
 
 
 @main.command()
@@ -189,12 +190,12 @@ def reconstruct(model: Path, input: Path, out: Path, png: Path | None, device: s
     blocks = (m.decode_rows(m.encode_rows(x)[0]) for x in images)
     n, features = len(source), m.manifest.features
     write_rows(out, "images", (n, features), np.float32, first_rows(blocks, shown, PNG_PAIRS))
-    click.echo(f"wrote {n} reconstructions ({n} x {features}) to {out}")
+    echo(f"wrote {n} reconstructions ({n} x {features}) to {out}")
     if png is not None:
         k = min(n, PNG_PAIRS)
         save_grid(np.concatenate(originals + shown), m, png, ncols=k,
                   title="originals (top) and reconstructions (bottom)")
-        click.echo(f"wrote {png}")
+        echo(f"wrote {png}")
 
 
 @main.command()
@@ -216,11 +217,11 @@ def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, d
         status_note(f"sampling {n} images...")
     images = m.sample(n, seed=seed)
     arrays.write_array(out, {"images": images})
-    click.echo(f"wrote {n} samples ({shape_text(images)}) to {out}")
+    echo(f"wrote {n} samples ({shape_text(images)}) to {out}")
     if png is not None:
         title = f"{m.manifest.name}: samples" + ("" if seed is None else f", seed {seed}")
         save_grid(images[:PNG_MAX], m, png, title=title)
-        click.echo(f"wrote {png}")
+        echo(f"wrote {png}")
 
 
 @main.command()
@@ -263,9 +264,9 @@ def score(model: Path, input: Path, kind: str, samples: int | None, seed: int, o
                    "out": out and str(out)})
         return
     label = "negative ELBO" if kind == "nelbo" else f"{kind} score"
-    click.echo(f"{label} of {summary['n']} images, {unit} ({samples} draw(s) of z each, seed {seed}):")
+    echo(f"{label} of {summary['n']} images, {unit} ({samples} draw(s) of z each, seed {seed}):")
     for k in ("mean", "min", "max"):
-        click.echo(f"  {k + ':':<5} {summary[k]:.4f}")
+        echo(f"  {k + ':':<5} {summary[k]:.4f}")
     if out is not None:
-        click.echo(f"wrote per-image scores to {out}")
+        echo(f"wrote per-image scores to {out}")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .base import echo_json, json_option, main
+from .base import echo, echo_json, json_option, main
 
 CHECK_IMAGES = 50  # images --check runs the example program on
 TARGET_NAMES = ("x86_64", "aarch64-linux", "armv7-linux", "cortex-m4")  # vae_infer.native.targets.TARGETS
@@ -70,10 +70,10 @@ def export_c(model: Path, out_dir: Path, target: str, weights: str, flash: str |
                    "sha256": result.digests, "flash_bytes": result.flash_bytes, "ram_bytes": result.ram_bytes,
                    "check": report})
         return
-    click.echo(f"wrote {', '.join(f.name for f in result.files)} to {out_dir} for {result.target} "
+    echo(f"wrote {', '.join(f.name for f in result.files)} to {out_dir} for {result.target} "
                f"({weights} weights, {result.weight_bytes:,} bytes of tables)")
     for signature in result.functions.values():
-        click.echo(f"  {signature};")
+        echo(f"  {signature};")
     if report is not None:
-        click.echo(format_report(report, what))
-    click.echo(f"build: make -C {out_dir}")
+        echo(format_report(report, what))
+    echo(f"build: make -C {out_dir}")
