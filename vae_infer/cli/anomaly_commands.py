@@ -7,10 +7,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import anomaly, arrays
-from ..datasets import validation_split
+from .. import anomaly, arrays, sources
+from ..datasets import training_rows, validation_split
 from ..errors import DataError, InputError
-from ..sources import open_source
 from .base import (
     PNG_PAIRS,
     check_out,
@@ -39,8 +38,9 @@ def validation_indices(n: int, training: dict) -> np.ndarray:
     if not isinstance(config, dict) or "validation_size" not in config or "seed" not in config:
         raise DataError("model.json records no training configuration, so its validation split is unknown; "
                         "use --split test, or pass held-out images as a .npy/.npz file")
+    rows = training_rows(n, training)  # a source without splits: what training's held-out test part left
     size, seed, limit = int(config["validation_size"]), int(config["seed"]), int(config.get("train_limit") or 0)
-    used = min(n, limit) if limit else n
+    used = min(len(rows), limit) if limit else len(rows)
     expected = training.get("train_examples"), training.get("validation_examples")
     if None not in expected and sum(expected) != used:
         raise DataError(f"the data holds {used} training images but the model was trained on "
@@ -48,27 +48,48 @@ def validation_indices(n: int, training: dict) -> np.ndarray:
     if size < 1:
         raise DataError("the model was trained on all its training images (validation_size 0); use --split test "
                         "or pass held-out images as a .npy/.npz file")
-    return validation_split(used, size, seed)[1]
+    return rows[validation_split(used, size, seed)[1]]
+
+
+def _trained_on(spec: str, training: dict) -> bool:
+    """Whether spec names the source without splits that training read (and held a test part out of)."""
+    if not isinstance(training, dict) or not isinstance(training.get("holdout"), dict):
+        return False
+    recorded = training.get("data_source")
+    return isinstance(recorded, str) and Path(recorded).resolve() == Path(spec).resolve()
 
 
 def calibration_images(model, data: str, split: str | None, data_dir: Path | None) -> tuple[np.ndarray, str]:
-    """(images, a description of them) for --data: an array file (all its images), or IDX files by folder
-    or by name, of which --split picks the validation split (the default), the training or the test set."""
-    file, _ = arrays.split_key(data)
-    if file.suffix.lower() in arrays.IMAGE_SUFFIXES:
+    """(images, a description of them) for --data, any source spec. Where the source has splits (or is the
+    source without splits that training read), --split (or DATA:train, DATA:test) picks the validation split
+    training held out (the default), the training or the test set; any other source is used whole."""
+    base, explicit = sources.parse_split(data)
+    if explicit and split and explicit != split:
+        raise InputError(f"--split {split} and {data} name different splits; give one")
+    split = split or explicit
+    training = model.manifest.training
+    holdout = not sources.spec_splits(base, data_dir) and _trained_on(base, training)
+    if not sources.spec_splits(base, data_dir) and not holdout:
         if split is not None:
-            raise InputError(f"--split applies to IDX datasets; {data} is used whole (drop --split)")
-        images = arrays.read_images(data, model.image_shape)
+            raise InputError(f"--split applies to sources with train and test splits; {data} is used whole "
+                             f"(drop --split)")
+        images, _ = sources.images_for_model(data, model.manifest, data_dir=data_dir)
         return images, f"{data} ({len(images)} images)"
     split = split or "validation"
-    source = open_source(data, split="test" if split == "test" else "train", data_dir=data_dir)
-    images = source.read_all()
+    read = "test" if split == "test" and not holdout else "train"
+    images, source = sources.images_for_model(base, model.manifest, split=read, data_dir=data_dir)
+    where = source.where if source is not None else base
+    if holdout and split != "validation":
+        rows = training_rows(len(images), training)
+        if split == "test":
+            rows = np.setdiff1d(np.arange(len(images)), rows)
+        return images[rows], f"{where} ({split} part held out by training, {len(rows)} images)"
     if split == "validation":
-        idx = validation_indices(len(images), model.manifest.training)
-        cfg = model.manifest.training["config"]
-        return images[idx], (f"{source.where}: the validation split ({len(idx)} images held out of training, "
+        idx = validation_indices(len(images), training)
+        cfg = training["config"]
+        return images[idx], (f"{where}: the validation split ({len(idx)} images held out of training, "
                              f"validation_size {cfg['validation_size']}, seed {cfg['seed']})")
-    return images, f"{source.where} ({split} set, {len(images)} images)"
+    return images, f"{where} ({split} set, {len(images)} images)"
 
 
 # -- commands -----------------------------------------------------------------------------------------------
@@ -77,12 +98,10 @@ def calibration_images(model, data: str, split: str | None, data_dir: Path | Non
 @main.command()
 @model_options
 @click.option("--data", required=True, metavar="SOURCE",
-              help="Held-out images of the training distribution: a dataset name (fashion-mnist, mnist: IDX files "
-                   "looked for as python -m train does, never downloaded), a folder of IDX files, or a .npy/.npz "
-                   "file of images (FILE.npz:KEY picks one array).")
+              help="Held-out images of the training distribution: " + sources.SPEC_HELP + ".")
 @click.option("--split", type=click.Choice(SPLITS), default=None,
-              help="For IDX data: which images. validation (the default) re-creates the split that training held "
-                   "out, from model.json; train and test take the whole set.")
+              help="For a source with splits: which images. validation (the default) re-creates the split that "
+                   "training held out, from model.json; train and test take the whole set.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Folder holding named datasets (looked in before VAE_DATA_DIR and the usual places).")
 @click.option("--quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -152,7 +171,7 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
     if threshold is not None and quantile is not None:
         raise click.UsageError("pass either --threshold or --quantile, not both")
     m = open_model(model, device, threads)
-    x = m.as_images(arrays.read_images(input, m.image_shape))
+    x = m.as_images(sources.images_for_model(input, m.manifest)[0])
     if threshold is None:
         kind, limit = anomaly.threshold(m, kind, quantile)
         where = f"the {quantile or m.manifest.calibration['quantile']:g} quantile of the calibration scores"
@@ -195,7 +214,7 @@ def denoise(model: Path, input: Path, out: Path, steps: int, png: Path | None, d
 
     Writes decode(mu(x)) for every image of INPUT to --out, repeated --steps times."""
     m = open_model(model, device, threads)
-    x = m.as_images(arrays.read_images(input, m.image_shape))
+    x = m.as_images(sources.images_for_model(input, m.manifest)[0])
     clean = m.denoise(x, steps=steps)
     arrays.write_array(out, {"images": clean})
     click.echo(f"wrote {len(clean)} denoised images ({shape_text(clean)}, {steps} step(s)) to {out}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import arrays
+from .. import arrays, sources
 from ..errors import DataError, InputError
 from ..interpolation import METHODS, SPACINGS, interpolate, path_metrics
 from ..latent_build import DEFAULT_FAINT_WEIGHT, DEFAULT_K, DEFAULT_REALISM_WEIGHT, MAX_CODES, build_index
@@ -15,16 +15,15 @@ from ..latent_index import INDEX_FILE, METRICS, read_index
 from ..latent_map import DEFAULT_POINTS, MAP_FILE, build_latent_map, manifest_section, to_bytes
 from ..latent_search import SEARCHES, load_graph
 from ..realism import Reference
+from ..sources import SPEC_HELP
 from .base import check_out, check_png, echo_json, json_option, main, model_options, open_model, save_grid, status_note
 
-DATA_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache/vae-infer/datasets/NAME or "
-             "/usr/share/datasets/NAME; nothing is downloaded), a folder of IDX files, an IDX file, or a .npy / "
-             ".npz of images (FILE.npz:KEY picks an array)")
+DATA_HELP = SPEC_HELP
 
 
 def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
     """One image from a file: the file's only image, or the one at --a-index / --b-index."""
-    arr = arrays.read_images(path, model.image_shape)
+    arr, _ = sources.images_for_model(path, model.manifest)
     if index is None:
         if len(arr) != 1:
             raise InputError(f"{path} holds {len(arr)} images; pick one with --{name}-index I (0..{len(arr) - 1})")
@@ -34,16 +33,13 @@ def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
     return arr[index]
 
 
-def _open_data(spec: str, split: str):
+def _open_data(spec: str, split: str, model):
     """The images of a data source, its labels (or None), class names and where it was read: the data layer's
     sources read whole (an index build reads every row)."""
-    from ..datasets import CLASS_NAMES
-    from ..sources import open_source
-
-    source = open_source(spec, split=split)
+    source = sources.open_for_model(spec, model.manifest, split=split)
     if len(source) == 0:
         raise DataError(f"{source.where}: holds no images (0 rows); expected a data set to build the index from")
-    return source.read(0, len(source)), source.labels(), CLASS_NAMES.get(str(spec)), source.where
+    return source.read(0, len(source)), source.labels(), sources.class_names(source, spec), source.where
 
 
 def _describe(metrics: dict) -> str:
@@ -103,7 +99,7 @@ def interpolate_command(model: Path, image_a: Path, image_b: Path, method: str |
     xa, xb = _one(image_a, a_index, m, "a"), _one(image_b, b_index, m, "b")
     ref = None
     if reference is not None:
-        images, _, _, origin = _open_data(reference, "train")
+        images, _, _, origin = _open_data(reference, "train", m)
         status_note(f"realism against {len(images)} images from {origin}", quiet=as_json)
         ref = Reference(m, images)
     options = {"search": search, "realism_weight": realism_weight, "refine": not no_refine} if method == "graph" else {}
@@ -196,7 +192,7 @@ def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: f
     from ..package import update_package
 
     m = open_model(model, device, threads)
-    images, labels, names, origin = _open_data(data, split)
+    images, labels, names, origin = _open_data(data, split, m)
     status_note(f"encoding {len(images)} images from {origin}...", quiet=as_json)
     index = build_index(m, images, k=k, metric=metric, cell=cell, field_cell=field_cell,
                         realism_weight=realism_weight, faint_weight=faint_weight, max_codes=max_codes,
@@ -208,7 +204,7 @@ def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: f
     if not no_map:
         map_images, map_origin = images, origin
         if map_split != split:
-            map_images, labels, names, map_origin = _open_data(data, map_split)
+            map_images, labels, names, map_origin = _open_data(data, map_split, m)
         lmap = build_latent_map(m, map_images, labels, names if labels is not None else None, points=map_points,
                                 seed=seed, source=f"{map_origin} ({map_split})")
         files[MAP_FILE] = to_bytes(lmap)
