@@ -13,6 +13,7 @@ Pillow (the `images` extra) is imported here only, when a file is read."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,10 @@ def read_image_file(path: str | Path, prep: Preprocessing, size: tuple[int, int]
     Image, ImageOps = pillow()
     path = Path(path)
     try:
-        with Image.open(path, formats=FORMATS) as im:
+        with warnings.catch_warnings():  # Pillow warns between its bound and twice it; refused just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path, formats=FORMATS)
+        with im:
             w, h = im.size
             if w * h > MAX_FILE_PIXELS:
                 raise DataError(f"{path}: its header declares {w}x{h} = {w * h:,} pixels, more than the "

@@ -71,8 +71,9 @@ def calibration_images(model, data: str, split: str | None, data_dir: Path | Non
     holdout = not sources.spec_splits(base, data_dir) and _trained_on(base, training)
     if not sources.spec_splits(base, data_dir) and not holdout:
         if split is not None:
-            raise InputError(f"--split applies to sources with train and test splits; {data} is used whole "
-                             f"(drop --split)")
+            raise InputError(f"--split applies to IDX datasets and the other sources with train and test splits "
+                             f"(.npz files with x_train and x_test, image folders with train/ and test/); {data} "
+                             f"is used whole (drop --split)")
         images, _ = sources.images_for_model(data, model.manifest, data_dir=data_dir)
         return images, f"{data} ({len(images)} images)"
     split = split or "validation"
