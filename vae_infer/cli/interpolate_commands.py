@@ -198,15 +198,16 @@ def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: f
                         realism_weight=realism_weight, faint_weight=faint_weight, max_codes=max_codes,
                         bridge=not no_bridge, seed=seed)
     data_bytes = index.to_bytes()
-    section = index.manifest_section(INDEX_FILE, f"{origin} ({split})")
+    has_splits = bool(sources.spec_splits(data))  # a source without splits is read whole, whatever --split says
+    section = index.manifest_section(INDEX_FILE, f"{origin} ({split if has_splits else 'all'})")
     section["bytes"] = len(data_bytes)
     files, sections = {INDEX_FILE: data_bytes}, {"latent_index": section}
     if not no_map:
         map_images, map_origin = images, origin
-        if map_split != split:
+        if map_split != split and has_splits:
             map_images, labels, names, map_origin = _open_data(data, map_split, m)
         lmap = build_latent_map(m, map_images, labels, names if labels is not None else None, points=map_points,
-                                seed=seed, source=f"{map_origin} ({map_split})")
+                                seed=seed, source=f"{map_origin} ({map_split if has_splits else 'all'})")
         files[MAP_FILE] = to_bytes(lmap)
         sections["latent_map"] = {**manifest_section(lmap, MAP_FILE, seed), "bytes": len(files[MAP_FILE])}
     manifest = update_package(model, files, **sections)
