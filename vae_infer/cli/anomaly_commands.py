@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import anomaly, arrays, sources
+from .. import anomaly, arrays, model_sources, sources
 from ..datasets import training_rows, validation_split
 from ..errors import DataError, InputError
 from .base import (
@@ -74,11 +74,11 @@ def calibration_images(model, data: str, split: str | None, data_dir: Path | Non
             raise InputError(f"--split applies to IDX datasets and the other sources with train and test splits "
                              f"(.npz files with x_train and x_test, image folders with train/ and test/); {data} "
                              f"is used whole (drop --split)")
-        images, _ = sources.images_for_model(data, model.manifest, data_dir=data_dir)
+        images, _ = model_sources.images_for_model(data, model.manifest, data_dir=data_dir)
         return images, f"{data} ({len(images)} images)"
     split = split or "validation"
     read = "test" if split == "test" and not holdout else "train"
-    images, source = sources.images_for_model(base, model.manifest, split=read, data_dir=data_dir)
+    images, source = model_sources.images_for_model(base, model.manifest, split=read, data_dir=data_dir)
     where = source.where if source is not None else base
     if holdout and split != "validation":
         rows = training_rows(len(images), training)
@@ -172,7 +172,7 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
     if threshold is not None and quantile is not None:
         raise click.UsageError("pass either --threshold or --quantile, not both")
     m = open_model(model, device, threads)
-    x = m.as_images(sources.images_for_model(input, m.manifest)[0])
+    x = m.as_images(model_sources.images_for_model(input, m.manifest)[0])
     if threshold is None:
         kind, limit = anomaly.threshold(m, kind, quantile)
         where = f"the {quantile or m.manifest.calibration['quantile']:g} quantile of the calibration scores"
@@ -215,7 +215,7 @@ def denoise(model: Path, input: Path, out: Path, steps: int, png: Path | None, d
 
     Writes decode(mu(x)) for every image of INPUT to --out, repeated --steps times."""
     m = open_model(model, device, threads)
-    x = m.as_images(sources.images_for_model(input, m.manifest)[0])
+    x = m.as_images(model_sources.images_for_model(input, m.manifest)[0])
     clean = m.denoise(x, steps=steps)
     arrays.write_array(out, {"images": clean})
     click.echo(f"wrote {len(clean)} denoised images ({shape_text(clean)}, {steps} step(s)) to {out}")

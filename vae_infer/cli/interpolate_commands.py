@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import arrays, sources
+from .. import arrays, model_sources, sources
 from ..errors import DataError, InputError
 from ..interpolation import METHODS, SPACINGS, interpolate, path_metrics
 from ..latent_build import DEFAULT_FAINT_WEIGHT, DEFAULT_K, DEFAULT_REALISM_WEIGHT, MAX_CODES, build_index
@@ -23,7 +23,7 @@ DATA_HELP = SPEC_HELP
 
 def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
     """One image from a file: the file's only image, or the one at --a-index / --b-index."""
-    arr, _ = sources.images_for_model(path, model.manifest)
+    arr, _ = model_sources.images_for_model(path, model.manifest)
     if index is None:
         if len(arr) != 1:
             raise InputError(f"{path} holds {len(arr)} images; pick one with --{name}-index I (0..{len(arr) - 1})")
@@ -36,7 +36,7 @@ def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
 def _open_data(spec: str, split: str, model):
     """The images of a data source, its labels (or None), class names and where it was read: the data layer's
     sources read whole (an index build reads every row)."""
-    source = sources.open_for_model(spec, model.manifest, split=split)
+    source = model_sources.open_for_model(spec, model.manifest, split=split)
     if len(source) == 0:
         raise DataError(f"{source.where}: holds no images (0 rows); expected a data set to build the index from")
     return source.read(0, len(source)), source.labels(), sources.class_names(source, spec), source.where

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import arrays, sources
+from .. import arrays, model_sources
 from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS, default_samples
 from ..inputs import as_latents
 from .base import (
@@ -113,7 +113,7 @@ def encode(model: Path, input: Path, out: Path, device: str, threads: int | None
 
     Reads the images in INPUT and writes mu and logvar, each (n, latent size) float32, to --out."""
     m = open_model(model, device, threads)
-    x = m.as_images(sources.images_for_model(input, m.manifest)[0])
+    x = m.as_images(model_sources.images_for_model(input, m.manifest)[0])
     mu, logvar = in_chunks(m, m.encode, x, "encoding", quiet=as_json)
     npz = out.suffix.lower() == ".npz"
     arrays.write_array(out, {"mu": mu, "logvar": logvar} if npz else mu)
@@ -159,7 +159,7 @@ def reconstruct(model: Path, input: Path, out: Path, png: Path | None, device: s
 
     Reads the images in INPUT and writes decode(mu), the deterministic reconstruction, to --out."""
     m = open_model(model, device, threads)
-    x = m.as_images(sources.images_for_model(input, m.manifest)[0])
+    x = m.as_images(model_sources.images_for_model(input, m.manifest)[0])
     recon = in_chunks(m, m.reconstruct, x, "reconstructing")
     arrays.write_array(out, {"images": recon})
     click.echo(f"wrote {len(recon)} reconstructions ({shape_text(recon)}) to {out}")
@@ -217,7 +217,7 @@ def score(model: Path, input: Path, kind: str, samples: int | None, seed: int, o
     scores."""
     samples = samples or default_samples(kind)
     m = open_model(model, device, threads)
-    x = m.as_images(sources.images_for_model(input, m.manifest)[0])
+    x = m.as_images(model_sources.images_for_model(input, m.manifest)[0])
     if len(x) > m.chunk_size:
         status_note(f"scoring {len(x)} images ({samples} draw(s) each)...", quiet=as_json)
     values = m.score(x, kind=kind, samples=samples, seed=seed)
