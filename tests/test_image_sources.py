@@ -321,7 +321,7 @@ def test_rgb_patches_as_png_and_jpeg(tmp_path):
     np.testing.assert_array_equal(gray, ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16).astype(np.uint8))
 
 
-def test_alpha_sixteen_bit_and_exif_orientation(tmp_path):
+def test_alpha_sixteen_bit_palette_cmyk_and_exif_orientation(tmp_path):
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., :3], rgba[..., 3] = 200, 255
     rgba[0, 0, 3] = 0
@@ -337,6 +337,22 @@ def test_alpha_sixteen_bit_and_exif_orientation(tmp_path):
     Image.fromarray(deep).save(tmp_path / "d.png")
     np.testing.assert_array_equal(read_image_file(tmp_path / "d.png", Preprocessing(), None, "gray"),
                                   [[0, 255], [1, 128]])
+
+    gray_palette = Image.fromarray(np.array([[0, 1], [2, 3]], np.uint8), "P")
+    gray_palette.putpalette([0, 0, 0, 10, 10, 10, 20, 20, 20, 30, 30, 30])
+    gray_palette.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(read_image_file(tmp_path / "p.png", Preprocessing(), None, None),
+                                  [[0, 10], [20, 30]])  # a gray palette is gray: (h, w)
+    gray_palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    gray_palette.save(tmp_path / "c.png")
+    colour = read_image_file(tmp_path / "c.png", Preprocessing(), None, None)
+    np.testing.assert_array_equal(colour[0, 1], [255, 0, 0])
+    assert colour.shape == (2, 2, 3)
+
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # no cyan and key, full magenta and yellow: red
+    cmyk.save(tmp_path / "k.jpg", quality=100)
+    red = read_image_file(tmp_path / "k.jpg", Preprocessing(), None, "rgb")
+    assert red.shape == (4, 4, 3) and red[..., 0].min() > 240 and red[..., 1:].max() < 15
 
     wide = np.tile(np.arange(16, dtype=np.uint8) * 16, (8, 1))  # 8 rows, 16 columns
     exif = Image.Exif()

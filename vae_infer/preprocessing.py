@@ -164,10 +164,10 @@ def _to_channels(im, prep: Preprocessing, channels: str | None, path: Path) -> N
     if mode == "1":
         arr = np.array(im.convert("L"), dtype=np.uint8)
     elif mode.startswith("I"):
-        v = np.asarray(im).astype(np.int64)
+        v = np.asarray(im)
         if v.size and (v.min() < 0 or v.max() > 65535):
             raise DataError(f"{path}: a {mode} image with values outside 0..65535; expected 8- or 16-bit pixels")
-        arr = ((v * 255 * 2 + 65535) // (65535 * 2)).astype(np.uint8)  # round(v * 255 / 65535)
+        arr = ((v.astype(np.uint32) * 510 + 65535) // 131070).astype(np.uint8)  # round(v * 255 / 65535)
     else:
         arr = np.array(im, dtype=np.uint8)
     if mode in _ALPHA_MODES:

@@ -111,7 +111,10 @@ def section_lines(sections: dict) -> list[tuple[str, str]]:
 def encode(model: Path, input: Path, out: Path, device: str, threads: int | None, as_json: bool) -> None:
     """Encode images to latent codes: mu and logvar of q(z|x).
 
-    Reads the images in INPUT and writes mu and logvar, each (n, latent size) float32, to --out."""
+    Reads the images in INPUT and writes mu and logvar, each (n, latent size) float32, to --out. INPUT is any
+    image source: a .npy or .npz file, a PNG or JPEG file or a folder of them (read as the model's package
+    says training read them), an IDX folder, FILE.parquet:COLUMN or a data set name; the test split of a
+    source with splits, unless INPUT:train."""
     m = open_model(model, device, threads)
     x = m.as_images(model_sources.images_for_model(input, m.manifest)[0])
     mu, logvar = in_chunks(m, m.encode, x, "encoding", quiet=as_json)
