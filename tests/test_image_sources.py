@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import struct
 import zlib
@@ -262,6 +263,35 @@ def test_corrupt_png_empty_class_and_other_files(tmp_path, digits):
     (root / "b" / ".DS_Store").write_text("x")  # hidden files are skipped, so b is still empty
     with pytest.raises(DataError, match="an empty class folder"):
         open_source(root)
+    os.mkfifo(root / "b" / "pipe.png")  # reading it would block forever
+    with pytest.raises(DataError, match="not a regular file") as info:
+        open_source(root)
+    assert str(root / "b" / "pipe.png") in str(info.value)
+
+
+def test_train_data_from_image_folders(tmp_path, digits):
+    from train.data import load_dataset
+
+    folder, images, labels = digits
+    ds = load_dataset(folder)  # no splits: a seeded 10% held out, recorded
+    assert ds.train_images.shape == (1617, 8, 8) and ds.test_images.shape == (180, 8, 8)
+    assert ds.holdout == {"rule": "random", "test_fraction": 0.1, "seed": 0, "rows": 1797}
+    assert ds.class_names == tuple(str(d) for d in range(10))
+    order = np.argsort(labels, kind="stable")
+    train_idx, test_idx = holdout_split(1797)
+    np.testing.assert_array_equal(ds.test_images, images[order][test_idx])
+    np.testing.assert_array_equal(ds.test_labels, labels[order][test_idx])
+    assert ds.preprocessing == Preprocessing().to_dict()
+    split_root = tmp_path / "split"
+    write_digits(split_root / "train", images[:30], labels[:30])
+    write_digits(split_root / "test", images[30:40], labels[30:40])
+    ds = load_dataset(split_root, preprocessing=Preprocessing(image_size=(4, 4), resize_filter="box"))
+    assert ds.train_images.shape == (30, 4, 4) and ds.test_images.shape == (10, 4, 4) and ds.holdout is None
+    first = sorted(range(30), key=lambda i: (str(labels[i]), f"{i:04d}"))[0]
+    box_mean = images[first].reshape(4, 2, 4, 2).mean((1, 3))  # a box filter halving each side: 2x2 means
+    np.testing.assert_allclose(ds.train_images[0], box_mean, atol=1)  # Pillow rounds in fixed point
+    with pytest.raises(DataError, match="training reads both the train and the test split"):
+        load_dataset(f"{split_root}:train")
 
 
 def test_an_image_over_the_pixel_bound_is_refused_before_decoding(tmp_path):

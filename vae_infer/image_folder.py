@@ -121,6 +121,8 @@ def _walk_files(folder: Path, flat: bool) -> list[Path]:
             if not is_image_file(path):
                 raise DataError(f"{path}: not a PNG or JPEG file ({', '.join(IMAGE_SUFFIXES)}); an image folder "
                                 f"holds images only: move it out (names starting with '.' are skipped)")
+            if not path.is_file():  # a FIFO would block the reader; a device never ends
+                raise DataError(f"{path}: not a regular file (a FIFO, device or broken link); expected an image")
             out.append(path)
             if len(out) > MAX_FILES:
                 raise DataError(f"{folder}: more than {MAX_FILES:,} files; split the data into several sources")
