@@ -413,6 +413,8 @@ def test_preprocessing_in_the_manifest(tmp_path):
     d = dict(shipped, preprocessing=prep.to_dict())
     man = Manifest.from_dict(d)
     assert Preprocessing.from_dict(man.to_dict()["preprocessing"]) == prep
+    assert prep.describe((28, 28)) == ("resized to 28x28 (bicubic, crop); colour made gray (luma); transparency "
+                                       "over white; EXIF orientation applied")
     for bad, fragment in (({**prep.to_dict(), "fit": "squash"}, "fit must be one of stretch, crop"),
                           ({**prep.to_dict(), "image_size": [32, 32]}, "differs from input.image_shape [28, 28]"),
                           ({**prep.to_dict(), "rules": {}}, "rules differ"),
@@ -473,7 +475,8 @@ def test_train_on_a_png_folder_then_every_command(tmp_path, digits):
     assert man["training"]["holdout"] == {"rule": "random", "test_fraction": 0.1, "seed": 0, "rows": 1797}
     assert man["training"]["train_examples"] == 1617 - 200 and man["training"]["test_examples"] == 180
 
-    assert "8 x 8 (64 features)" in ok(run("info", pkg)).output
+    info = ok(run("info", pkg)).output
+    assert "8 x 8 (64 features)" in info and "image files:  must be 8x8; colour refused; transparency refused" in info
     model = vae_infer.load(pkg, threads=1)
     source = open_source(folder)
     ok(run("encode", pkg, folder, "--out", tmp_path / "z.npz"))

@@ -69,6 +69,16 @@ class Preprocessing:
             if not isinstance(getattr(self, name), bool):
                 raise DataError(f"preprocessing {name} must be true or false, got {getattr(self, name)!r}")
 
+    def describe(self, image_shape: tuple[int, int]) -> str:
+        """One line for `vae-infer info`: how PNG and JPEG files become this model's pixels."""
+        h, w = image_shape
+        size = (f"resized to {h}x{w} ({self.resize_filter}, {self.fit})" if self.image_size
+                else f"must be {h}x{w}")
+        colour = "colour made gray (luma)" if self.to_gray else "colour refused"
+        alpha = "transparency refused" if self.alpha == "refuse" else f"transparency over {self.alpha}"
+        exif = "EXIF orientation applied" if self.exif_orientation else "EXIF orientation ignored"
+        return f"{size}; {colour}; {alpha}; {exif}"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["image_size"] = list(self.image_size) if self.image_size else None
