@@ -435,6 +435,12 @@ def test_sizes_a_package_may_hold():
 
     with pytest.raises(ValueError, match="hidden-size"):
         ModelConfig(image_shape=(128, 384), hidden_size=4096)
+    from train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="--image-size 300,700: images of 210,000 values are more than a package"):
+        TrainConfig(image_size="300,700")
+    with pytest.raises(DataError, match="more than the 67,108,864 pixels"):
+        Preprocessing(image_size=(100000, 100000))
 
 
 def test_pin_folder_lists_sorted_files_with_digests(tmp_path, digits):

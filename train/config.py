@@ -89,7 +89,10 @@ class TrainConfig:
             from vae_infer.corruptions import parse_noise
 
             parse_noise(self.noise)  # raises InputError (a ValueError) naming what it expected
-        self.preprocessing()  # raises DataError naming the bad option
+        size = self.preprocessing().image_size  # raises DataError naming the bad option
+        problem = size_problem(size[0] * size[1], None, 1) if size else None
+        if problem:  # before a single image is resized to it
+            raise ValueError(f"--image-size {self.image_size}: {problem}")
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(image_size=parse_image_size(self.image_size), resize_filter=self.resize_filter,

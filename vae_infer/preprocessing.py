@@ -60,6 +60,9 @@ class Preprocessing:
         if size is not None:
             if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and 1 <= s for s in size):
                 raise DataError(f"image size must be two positive integers (height, width), got {size!r}")
+            if int(size[0]) * int(size[1]) > MAX_FILE_PIXELS:
+                raise DataError(f"image size {size[0]}x{size[1]} is more than the {MAX_FILE_PIXELS:,} pixels an "
+                                f"image may have")
             object.__setattr__(self, "image_size", (int(size[0]), int(size[1])))
         for name, allowed in (("resize_filter", FILTERS), ("fit", FITS), ("alpha", ALPHAS)):
             if getattr(self, name) not in allowed:
