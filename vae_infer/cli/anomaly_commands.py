@@ -8,8 +8,7 @@ import click
 import numpy as np
 
 from .. import anomaly, arrays, model_sources, sources
-from ..datasets import training_rows, validation_split
-from ..errors import DataError, InputError
+from ..model_sources import calibration_images
 from .base import (
     PNG_PAIRS,
     check_out,
@@ -24,73 +23,7 @@ from .base import (
     status_note,
 )
 
-SPLITS = ("validation", "train", "test")
 FLAGGED_SHOWN = 20  # indices of flagged images printed by detect (all are in --json and --out)
-
-
-# -- calibration data, without torch or train ---------------------------------------------------------------
-
-
-def validation_indices(n: int, training: dict) -> np.ndarray:
-    """The indices of the validation split that `python -m train fit` held out of training
-    (vae_infer.datasets.validation_split with the config recorded in model.json)."""
-    config = training.get("config") if isinstance(training, dict) else None
-    if not isinstance(config, dict) or "validation_size" not in config or "seed" not in config:
-        raise DataError("model.json records no training configuration, so its validation split is unknown; "
-                        "use --split test, or pass held-out images as a .npy/.npz file")
-    rows = training_rows(n, training)  # a source without splits: what training's held-out test part left
-    size, seed, limit = int(config["validation_size"]), int(config["seed"]), int(config.get("train_limit") or 0)
-    used = min(len(rows), limit) if limit else len(rows)
-    expected = training.get("train_examples"), training.get("validation_examples")
-    if None not in expected and sum(expected) != used:
-        raise DataError(f"the data holds {used} training images but the model was trained on "
-                        f"{sum(expected)} (train + validation); these are not the model's training data")
-    if size < 1:
-        raise DataError("the model was trained on all its training images (validation_size 0); use --split test "
-                        "or pass held-out images as a .npy/.npz file")
-    return rows[validation_split(used, size, seed)[1]]
-
-
-def _trained_on(spec: str, training: dict) -> bool:
-    """Whether spec names the source without splits that training read (and held a test part out of)."""
-    if not isinstance(training, dict) or not isinstance(training.get("holdout"), dict):
-        return False
-    recorded = training.get("data_source")
-    return isinstance(recorded, str) and Path(recorded).resolve() == Path(spec).resolve()
-
-
-def calibration_images(model, data: str, split: str | None, data_dir: Path | None) -> tuple[np.ndarray, str]:
-    """(images, a description of them) for --data, any source spec. Where the source has splits (or is the
-    source without splits that training read), --split (or DATA:train, DATA:test) picks the validation split
-    training held out (the default), the training or the test set; any other source is used whole."""
-    base, explicit = sources.parse_split(data)
-    if explicit and split and explicit != split:
-        raise InputError(f"--split {split} and {data} name different splits; give one")
-    split = split or explicit
-    training = model.manifest.training
-    holdout = not sources.spec_splits(base, data_dir) and _trained_on(base, training)
-    if not sources.spec_splits(base, data_dir) and not holdout:
-        if split is not None:
-            raise InputError(f"--split applies to IDX datasets and the other sources with train and test splits "
-                             f"(.npz files with x_train and x_test, image folders with train/ and test/); {data} "
-                             f"is used whole (drop --split)")
-        images, _ = model_sources.images_for_model(data, model.manifest, data_dir=data_dir)
-        return images, f"{data} ({len(images)} images)"
-    split = split or "validation"
-    read = "test" if split == "test" and not holdout else "train"
-    images, source = model_sources.images_for_model(base, model.manifest, split=read, data_dir=data_dir)
-    where = source.where if source is not None else base
-    if holdout and split != "validation":
-        rows = training_rows(len(images), training)
-        if split == "test":
-            rows = np.setdiff1d(np.arange(len(images)), rows)
-        return images[rows], f"{where} ({split} part held out by training, {len(rows)} images)"
-    if split == "validation":
-        idx = validation_indices(len(images), training)
-        cfg = training["config"]
-        return images[idx], (f"{where}: the validation split ({len(idx)} images held out of training, "
-                             f"validation_size {cfg['validation_size']}, seed {cfg['seed']})")
-    return images, f"{where} ({split} set, {len(images)} images)"
 
 
 # -- commands -----------------------------------------------------------------------------------------------
@@ -100,7 +33,7 @@ def calibration_images(model, data: str, split: str | None, data_dir: Path | Non
 @model_options
 @click.option("--data", required=True, metavar="SOURCE",
               help="Held-out images of the training distribution: " + sources.SPEC_HELP + ".")
-@click.option("--split", type=click.Choice(SPLITS), default=None,
+@click.option("--split", type=click.Choice(model_sources.CALIBRATION_SPLITS), default=None,
               help="For a source with splits: which images. validation (the default) re-creates the split that "
                    "training held out, from model.json; train and test take the whole set.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
