@@ -515,3 +515,7 @@ def test_train_on_a_png_folder_then_every_command(tmp_path, digits):
            "--steps", 7, "--out", tmp_path / "path.npy"))
     assert np.load(tmp_path / "path.npy").shape == (7, 64)
     fails(run("encode", pkg, f"{folder}:test", "--out", tmp_path / "x.npy"), "has no train/ and test/ folders")
+    # a variant is measured on the held-out test images of the same folder, re-read as training read it
+    result = CliRunner().invoke(train_main, ["export", str(pkg), "--quantize", "int8"])
+    assert result.exit_code == 0 and "variant int8:" in result.output, result.output
+    assert vae_infer.load(pkg, threads=1).manifest.variants["int8"]["test_examples"] == 180
