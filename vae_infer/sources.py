@@ -82,7 +82,10 @@ def spec_splits(spec: str | Path, data_dir: str | Path | None = None) -> tuple[s
             return SPLITS
         return folder_splits(file)
     if key is None and file.suffix.lower() == ".npz" and file.is_file():
-        members = _npz_members(file)
+        try:
+            members = _npz_members(file)
+        except DataError:
+            return ()  # a damaged archive: its reader says what is wrong with it
         return SPLITS if all(f"x_{s}" in members for s in SPLITS) else ()
     return ()
 
