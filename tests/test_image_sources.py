@@ -418,7 +418,7 @@ def test_preprocessing_in_the_manifest(tmp_path):
     for bad, fragment in (({**prep.to_dict(), "fit": "squash"}, "fit must be one of stretch, crop"),
                           ({**prep.to_dict(), "image_size": [32, 32]}, "differs from input.image_shape [28, 28]"),
                           ({**prep.to_dict(), "rules": {}}, "rules differ"),
-                          ({**prep.to_dict(), "extra": 1}, "unknown fields extra"),
+                          ({**prep.to_dict(), "\x1b[2J": 1}, "unknown fields '\\x1b[2J'"),
                           ("gray", "must be an object")):
         with pytest.raises(ModelPackageError, match="model.json: ") as info:
             Manifest.from_dict(dict(shipped, preprocessing=bad))

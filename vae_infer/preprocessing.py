@@ -93,7 +93,7 @@ class Preprocessing:
         if not isinstance(d, dict):
             raise DataError(f"preprocessing must be an object, found {type(d).__name__}")
         known = {"image_size", "resize_filter", "fit", "exif_orientation", "alpha", "to_gray", "rules"}
-        extra = sorted(str(k) for k in d if k not in known)
+        extra = sorted(repr(k) for k in d if k not in known)  # repr: a key's text is shown, never obeyed
         if extra:
             raise DataError(f"preprocessing: unknown fields {', '.join(extra)[:200]}; this vae_infer knows "
                             f"{', '.join(sorted(known))}")
