@@ -165,7 +165,7 @@ class ImageSource(Source):
         first = read_image_file(self._files[0], self.preprocessing, size, channels)
         self._size = first.shape[:2]
         self.channels = channels or ("rgb" if first.ndim == 3 else "gray")
-        self._row_shape = tuple(first.shape) if channels else tuple(first.shape)
+        self._row_shape = tuple(first.shape)  # (h, w) gray or (h, w, 3) rgb
 
     @property
     def files(self) -> list[Path]:

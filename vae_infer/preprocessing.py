@@ -24,8 +24,6 @@ from numpy.typing import NDArray
 from .errors import DataError, MissingExtraError
 
 MAX_FILE_PIXELS = 1 << 26  # 8192 x 8192: a file whose header declares more is refused before decoding
-CHANNELS = ("gray", "rgb")
-CHANNEL_COUNT = {"gray": 1, "rgb": 3}
 FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 FITS = ("stretch", "crop")
 ALPHAS = ("refuse", "black", "white")  # transparent pixels: refused, or composited over black or white
@@ -235,8 +233,3 @@ def _sized(pixels: NDArray[np.uint8], prep: Preprocessing, size: tuple[int, int]
     else:
         img = img.resize((target[1], target[0]), resample=resample)
     return np.asarray(img, dtype=np.uint8)
-
-
-def channels_of(row_shape: tuple[int, ...]) -> str:
-    """"rgb" for rows shaped (h, w, 3), else "gray"."""
-    return "rgb" if len(row_shape) == 3 and row_shape[-1] == 3 else "gray"

@@ -37,7 +37,7 @@ from .datasets import (
     read_idx,
 )
 from .errors import DataError
-from .image_folder import ImageSource, is_image_file, open_folder
+from .image_folder import ImageSource, folder_splits, is_image_file, open_folder
 from .image_source import Source
 from .preprocessing import Preprocessing
 
@@ -71,8 +71,6 @@ def parse_split(spec: str | Path) -> tuple[str, str | None]:
 def spec_splits(spec: str | Path, data_dir: str | Path | None = None) -> tuple[str, ...]:
     """The splits a source has: ("train", "test") for named sets, IDX folders, .npz files with x_train and
     x_test, and image folders with train/ and test/; () for every other source (it is read whole)."""
-    from .image_folder import folder_splits
-
     text, _ = parse_split(spec)
     if text in NAMED:
         return SPLITS
@@ -146,8 +144,6 @@ def open_source(spec: str | Path, split: str = "test", data_dir: str | Path | No
 
 
 def _default_split(folder: Path, split: str) -> str | None:
-    from .image_folder import folder_splits
-
     return split if folder_splits(folder) else None
 
 
