@@ -12,6 +12,7 @@ import click
 
 import vae_infer
 from vae_infer.errors import VaeInferError
+from vae_infer.preprocessing import ALPHAS, FILTERS, FITS
 
 from .config import SCHEDULES, ModelConfig, TrainConfig
 
@@ -38,8 +39,20 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--dataset", default=DEFAULTS.dataset, show_default=True,
-              help="fashion-mnist, mnist, a folder of IDX files, or a .npy / .npz file.")
+@click.option("--dataset", default=DEFAULTS.dataset, show_default=True, metavar="SOURCE",
+              help="fashion-mnist, mnist, a folder of IDX files, a .npy / .npz file, or a folder of PNG / JPEG "
+                   "images (class subfolders are labels; train/ and test/ folders are splits, else 10% is held "
+                   "out for testing).")
+@click.option("--image-size", default=DEFAULTS.image_size, metavar="H,W",
+              help="Image files: resize every image to H x W.  [default: all must have the first image's size]")
+@click.option("--resize-filter", type=click.Choice(FILTERS), default=DEFAULTS.resize_filter, show_default=True)
+@click.option("--image-fit", type=click.Choice(FITS), default=DEFAULTS.image_fit, show_default=True,
+              help="Resize by stretching, or crop the centre to H:W first.")
+@click.option("--alpha", type=click.Choice(ALPHAS), default=DEFAULTS.alpha, show_default=True,
+              help="Image files with transparent pixels: refuse them, or composite over black or white.")
+@click.option("--to-gray", is_flag=True, help="Convert colour images to gray (luma) instead of refusing them.")
+@click.option("--exif-orientation/--no-exif-orientation", default=DEFAULTS.exif_orientation, show_default=True,
+              help="Turn photos upright as their EXIF tag says.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding named datasets (else VAE_DATA_DIR).")
 @click.option("--epochs", type=int, default=DEFAULTS.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True)
@@ -83,7 +96,7 @@ def fit(data_dir, hidden_size, latent_size, run_dir, out, resume, pictures, quie
     command = "python -m train " + shlex.join(argv) if argv[:1] == ["fit"] else None
     record = result.record(command)
     export_package(result.model, out, to_tensor(result.dataset.test_images), training=record,
-                   drop_extras=drop_extras)
+                   drop_extras=drop_extras, preprocessing=result.dataset.preprocessing)
     _finish(result, out, run_dir, pictures)
 
 
@@ -114,8 +127,10 @@ def export(source, out, quantize, fp16, ort_format, data_dir, pictures, drop_ext
         if out is not None or not kinds:
             raise click.UsageError("SOURCE is a model package: name variants to add (--quantize int8, --fp16, "
                                    "--ort-format) and no --out")
-        dataset = vae_infer.load(source, threads=1).manifest.training.get("dataset", "fashion-mnist")
-        _report_variants(add_variants(source, kinds, load_dataset(dataset, data_dir=data_dir).test_images))
+        training = vae_infer.load(source, threads=1).manifest.training
+        recorded = TrainConfig.from_dict(training["config"]) if isinstance(training.get("config"), dict) else DEFAULTS
+        dataset = load_dataset(recorded.dataset, data_dir=data_dir, preprocessing=recorded.preprocessing())
+        _report_variants(add_variants(source, kinds, dataset.test_images))
         return
     if out is None:
         raise click.UsageError("SOURCE is a run folder: --out names the model package to write")
@@ -126,7 +141,8 @@ def export(source, out, quantize, fp16, ort_format, data_dir, pictures, drop_ext
     result = load_run(source, data_dir)
     old = _old_record(out)
     export_package(result.model, out, to_tensor(result.dataset.test_images),
-                   training=result.record(old.get("command")), drop_extras=True)  # checked just above
+                   training=result.record(old.get("command")), drop_extras=True,  # checked just above
+                   preprocessing=result.dataset.preprocessing)
     if kinds:
         _report_variants(add_variants(out, kinds, result.dataset.test_images))
     _finish(result, out, source, pictures)
@@ -162,7 +178,7 @@ def _finish(result, out: Path, run_dir: Path, pictures: bool) -> None:
             click.echo(f"pictures skipped: {e} (pip install matplotlib)", err=True)
             return
         paths = make_all(vae_infer.load(out), result.dataset, result.history, run_dir,
-                         class_names=_class_names(result.dataset.name))
+                         class_names=result.dataset.class_names or _class_names(result.dataset.name))
         click.echo(f"pictures: {', '.join(str(p) for p in paths)}")
     click.echo(f"run folder (checkpoint, history, pictures): {run_dir}")
 

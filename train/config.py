@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from vae_infer.manifest import size_problem
+from vae_infer.preprocessing import Preprocessing, parse_image_size
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -22,6 +25,9 @@ class ModelConfig:
                 f"hidden_size and latent_size must be positive, got {self.hidden_size}, {self.latent_size}"
             )
         object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+        problem = size_problem(self.input_size, self.hidden_size, self.latent_size)
+        if problem:  # refused before training, not after hours of it
+            raise ValueError(problem)
 
     @property
     def input_size(self) -> int:
@@ -58,6 +64,13 @@ class TrainConfig:
     iw_samples: int = 200  # k for the final importance-weighted bound on the test set
     threads: int = 0  # torch intra-op threads (0: the cores this process may use)
     noise: str = ""  # a denoising VAE: corrupt each input batch with this spec (gaussian:0.3, ...); targets stay clean
+    # Image files only (recorded in the package, so the runtime reads files as training did):
+    image_size: str = ""  # "H,W": resize every image; empty: every image must have the first image's size
+    resize_filter: str = "bicubic"  # Pillow's default resampling filter
+    image_fit: str = "stretch"  # stretch to image_size, or crop the centre to its aspect ratio first
+    alpha: str = "refuse"  # transparent pixels: refused (nothing guessed), or composited over black or white
+    to_gray: bool = False  # colour images made gray (luma); without it they are refused
+    exif_orientation: bool = True  # photos turned upright as their EXIF tag says
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -76,6 +89,15 @@ class TrainConfig:
             from vae_infer.corruptions import parse_noise
 
             parse_noise(self.noise)  # raises InputError (a ValueError) naming what it expected
+        size = self.preprocessing().image_size  # raises DataError naming the bad option
+        problem = size_problem(size[0] * size[1], None, 1) if size else None
+        if problem:  # before a single image is resized to it
+            raise ValueError(f"--image-size {self.image_size}: {problem}")
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(image_size=parse_image_size(self.image_size), resize_filter=self.resize_filter,
+                             fit=self.image_fit, exif_orientation=self.exif_orientation, alpha=self.alpha,
+                             to_gray=self.to_gray)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

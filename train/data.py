@@ -1,4 +1,5 @@
-"""Images for training: IDX files (raw or gzip), .npy / .npz arrays, and the named datasets.
+"""Images for training: IDX files (raw or gzip), .npy / .npz arrays, folders of PNG or JPEG images, and the
+named datasets: the source specs of vae_infer.sources (a source without a test split has one held out).
 
 A named dataset is looked up, in order, in: the `data_dir` argument, the VAE_DATA_DIR environment
 variable, the cache folder (XDG_CACHE_HOME or ~/.cache, then vae-infer/datasets/<name>), and, for
@@ -8,6 +9,7 @@ those it is downloaded from its official mirrors into the cache, each file check
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import os
@@ -21,8 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_infer.datasets import CLASS_NAMES, cache_dir, dataset_dirs, find_split_file, read_idx  # noqa: F401
+from vae_infer.datasets import (  # noqa: F401
+    CLASS_NAMES,
+    HOLDOUT_SEED,
+    TEST_FRACTION,
+    cache_dir,
+    dataset_dirs,
+    find_split_file,
+    holdout_split,
+    read_idx,
+)
 from vae_infer.errors import DataError
+from vae_infer.image_folder import ImageSource, folder_splits, is_image_file, open_folder
+from vae_infer.manifest import size_problem
+from vae_infer.preprocessing import Preprocessing
+from vae_infer.sources import parse_split
 
 SPLIT_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -79,6 +94,9 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray | None
     source: str  # where the files were found, for the run record
+    class_names: tuple[str, ...] | None = None  # an image folder's class folders, in label order
+    preprocessing: dict | None = None  # how image files became pixels (vae_infer.preprocessing), for the package
+    holdout: dict | None = None  # how a source without a test split had one held out (datasets.holdout_split)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -138,6 +156,7 @@ def load_array_file(path: Path, test_fraction: float = 0.1) -> Dataset:
     """A .npz with x_train/x_test (y_train/y_test optional), or a .npy of images of which the last
     `test_fraction` becomes the test set."""
     path = Path(path)
+    holdout = None
     try:
         if path.suffix == ".npz":
             z = np.load(path, allow_pickle=False)
@@ -162,11 +181,46 @@ def load_array_file(path: Path, test_fraction: float = 0.1) -> Dataset:
                 raise DataError(f"{path}: expected a single .npy array, found a .npz archive (name it .npz)")
             if images.ndim == 0 or len(images) < 2:
                 raise DataError(f"{path}: need at least 2 images to hold one out for testing, got shape {images.shape}")
-            n_test = min(len(images) - 1, max(1, int(round(len(images) * test_fraction))))
-            arrays = {"train_images": images[:-n_test], "test_images": images[-n_test:]}
+            train_idx, test_idx = holdout_split(len(images), test_fraction, rule="last")
+            arrays = {"train_images": images[train_idx], "test_images": images[test_idx]}
+            holdout = {"rule": "last", "test_fraction": test_fraction, "rows": len(images)}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"cannot read {path}: {e}") from e
-    return _checked_dataset(path.stem, arrays, str(path))
+    ds = _checked_dataset(path.stem, arrays, str(path))
+    return dataclasses.replace(ds, holdout=holdout)
+
+
+def load_image_folder(root: Path, preprocessing: Preprocessing | None = None) -> Dataset:
+    """A folder of PNG or JPEG images (vae_infer.image_folder): its train/ and test/ folders, or a seeded
+    TEST_FRACTION of its images held out for testing. Gray: colour images are refused unless
+    preprocessing.to_gray. The image size is checked against what a package holds before the rest is read."""
+    prep = preprocessing or Preprocessing()
+    root = Path(root)
+    if folder_splits(root):
+        train = _open_checked(root, "train", prep, prep.image_size)
+        test = _open_checked(root, "test", prep, prep.image_size or train.row_shape[:2])
+        train_images, test_images = train.read_all(), test.read_all()
+        train_labels, test_labels, holdout = train.labels(), test.labels(), None
+        names = train.class_names or test.class_names
+    else:
+        source = _open_checked(root, None, prep, prep.image_size)
+        images, labels = source.read_all(), source.labels()
+        train_idx, test_idx = holdout_split(len(images))
+        train_images, test_images = images[train_idx], images[test_idx]
+        train_labels, test_labels = (None, None) if labels is None else (labels[train_idx], labels[test_idx])
+        holdout = {"rule": "random", "test_fraction": TEST_FRACTION, "seed": HOLDOUT_SEED, "rows": len(images)}
+        names = source.class_names
+    return Dataset(root.name, train_images, train_labels, test_images, test_labels, str(root), names,
+                   prep.to_dict(), holdout)
+
+
+def _open_checked(root: Path, split: str | None, prep: Preprocessing, size) -> ImageSource:
+    source = open_folder(str(root), root, split, prep, tuple(size) if size else None, "gray")
+    h, w = source.row_shape[:2]
+    problem = size_problem(h * w, None, 1)
+    if problem:
+        raise DataError(f"{source.where}: {h}x{w} images: {problem}")
+    return source
 
 
 def download_named(name: str, dest: Path, timeout: float = 30.0) -> Path:
@@ -223,9 +277,14 @@ def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
     return dataset_dirs(name, data_dir, NAMED_DATASETS[name].system_dirs)
 
 
-def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
-    """Load a named dataset ("fashion-mnist", "mnist"), a folder of IDX files, or a .npy / .npz file."""
+def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None, download: bool = True,
+                 preprocessing: Preprocessing | None = None) -> Dataset:
+    """Load a named dataset ("fashion-mnist", "mnist"), a folder of IDX files or of PNG / JPEG images, or a
+    .npy / .npz file. preprocessing: how image files become pixels (image folders only)."""
     key = str(name_or_path)
+    _, split = parse_split(key)
+    if split is not None:
+        raise DataError(f"{key}: training reads both the train and the test split of a source; drop :{split}")
     if key in NAMED_DATASETS:
         looked = candidate_dirs(key, data_dir)
         for folder in looked:
@@ -253,6 +312,8 @@ def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None, d
     path = Path(key)
     if path.is_dir():
         ds = _read_idx_folder(path, path.name)
+        if ds is None and not any(find_split_file(path, stem) for stem in SPLIT_FILES.values()):
+            return load_image_folder(path, preprocessing)
         if ds is None:
             raise DataError(
                 f"{path}: expected IDX files named {SPLIT_FILES['train_images']}[.gz] and "
@@ -261,7 +322,9 @@ def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None, d
         return ds
     if path.suffix in (".npy", ".npz") and path.is_file():
         return load_array_file(path)
+    if is_image_file(path) and path.is_file():
+        raise DataError(f"{path}: one image; training reads a folder of images (put it in a folder with the others)")
     raise DataError(
-        f"unknown dataset {key!r}: expected one of {sorted(NAMED_DATASETS)}, a folder of IDX files, "
+        f"unknown dataset {key!r}: expected one of {sorted(NAMED_DATASETS)}, a folder of IDX files or of images, "
         f"or an existing .npy / .npz file"
     )

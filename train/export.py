@@ -178,13 +178,14 @@ def tool_versions() -> dict[str, str]:
 
 def export_package(
     model: VAE, out: str | Path, parity_inputs: torch.Tensor, name: str | None = None, training: dict | None = None,
-    drop_extras: bool = False,
+    drop_extras: bool = False, preprocessing: dict | None = None,
 ) -> Path:
     """Export `model` to a model package at `out` (replaced atomically if it exists); returns `out`.
 
     parity_inputs: real images (n, features) in [0, 1]; the first PARITY_ROWS are compared.
     An existing package's variants, calibration and latent index were made from other weights: export refuses
-    to replace it (ExportError naming them) unless drop_extras."""
+    to replace it (ExportError naming them) unless drop_extras. preprocessing: how image files became the
+    training pixels (vae_infer.preprocessing), recorded so the runtime reads image files the same way."""
     out = Path(out)
     check_replaceable(out, drop_extras)
     config = model.config
@@ -206,6 +207,7 @@ def export_package(
         opset=OPSET,
         training={**(training or {}), "export_parity_max_abs_diff": parity},
         tools=tool_versions(),
+        preprocessing=preprocessing,
     )
     write_package(out, files, manifest)
     vae_infer.load(out, threads=1)  # the same loader users run: sha256, names and shapes

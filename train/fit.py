@@ -67,6 +67,7 @@ class FitResult:
             "iw_samples": self.test.get("iw_samples"),
             "config": self.train_config.to_dict(),
             "command": command,
+            **({"holdout": self.dataset.holdout} if self.dataset.holdout else {}),
         }
 
 
@@ -132,7 +133,7 @@ def fit(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
-    dataset = dataset or load_dataset(config.dataset, data_dir=data_dir)
+    dataset = dataset or load_dataset(config.dataset, data_dir=data_dir, preprocessing=config.preprocessing())
     # The image size is the data's, not a choice: the model is built for whatever the dataset holds.
     model_config = dataclasses.replace(model_config or ModelConfig(), image_shape=dataset.image_shape)
 
@@ -274,7 +275,7 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> FitResu
     model = VAE(model_config)
     model.load_state_dict(ckpt["best"]["model"])
     model.eval()
-    dataset = load_dataset(config.dataset, data_dir=data_dir)
+    dataset = load_dataset(config.dataset, data_dir=data_dir, preprocessing=config.preprocessing())
     test = json.loads(test_path.read_text())
     n = len(dataset.train_images[: config.train_limit or None])
     return FitResult(model, model_config, config, dataset, ckpt["history"], n - config.validation_size,

@@ -120,3 +120,35 @@ def validation_split(n: int, validation_size: int, seed: int) -> tuple[NDArray[n
         raise DataError(f"validation_size {validation_size} leaves no training data out of {n} examples")
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[validation_size:]), np.sort(order[:validation_size])
+
+
+TEST_FRACTION = 0.1  # of a source without a test split, held out by training for its test figures
+HOLDOUT_SEED = 0  # the held-out test images do not move with the training seed
+
+
+def holdout_split(n: int, test_fraction: float = TEST_FRACTION, rule: str = "random", seed: int = HOLDOUT_SEED
+                  ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Indices (train, test) of a source without splits: a seeded random test_fraction of the rows ("random":
+    image folders, whose sorted order is by class), or its last rows ("last": a .npy file)."""
+    if n < 2:
+        raise DataError(f"need at least 2 images to hold one out for testing, got {n}")
+    n_test = min(n - 1, max(1, int(round(n * test_fraction))))
+    if rule == "last":
+        return np.arange(n - n_test, dtype=np.int64), np.arange(n - n_test, n, dtype=np.int64)
+    if rule != "random":
+        raise DataError(f"unknown holdout rule {rule!r}; expected random or last")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def training_rows(n: int, training: dict) -> NDArray[np.int64]:
+    """The rows of a source that training used as its training set (train + validation): all n for a source
+    with a train split, else what its recorded holdout left (model.json training.holdout)."""
+    holdout = training.get("holdout") if isinstance(training, dict) else None
+    if not isinstance(holdout, dict):
+        return np.arange(n, dtype=np.int64)
+    if holdout.get("rows") != n:
+        raise DataError(f"the source holds {n} images but the model was trained on one of {holdout.get('rows')} "
+                        f"(with a held-out test part); these are not the model's training data")
+    return holdout_split(n, float(holdout.get("test_fraction", TEST_FRACTION)), str(holdout.get("rule", "random")),
+                         int(holdout.get("seed", HOLDOUT_SEED)))[0]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from .errors import ModelPackageError
+from .errors import ModelPackageError, VaeInferError
 from .text import check_name, check_text
 
 MANIFEST_NAME = "model.json"
@@ -62,6 +62,8 @@ class Manifest:
     latent_map: dict[str, Any] | None = None  # codes and labels of a data sample, for the explorer page
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. "int8": other encoder/decoder files
     format_version: int = FORMAT_VERSION
+    # How image files become the model's pixels (vae_infer.preprocessing), where training read image files
+    preprocessing: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_manifest_text(self.to_dict())
@@ -89,6 +91,11 @@ class Manifest:
                 )
             if graph.file not in self.files:
                 raise ModelPackageError(f"model.json: no sha256 listed for the {role} file {graph.file!r}")
+        problem = size_problem(self.features, self.hidden_size, self.latent_size)
+        if problem:
+            raise ModelPackageError(f"model.json: {problem}")
+        if self.preprocessing is not None:
+            _check_preprocessing(self.preprocessing, self.image_shape)
         for section, name in self.referenced_files():
             check_file_name(name, section)
             if name not in self.files:
@@ -136,6 +143,7 @@ class Manifest:
             **({"calibration": self.calibration} if self.calibration else {}),
             **({"latent_map": self.latent_map} if self.latent_map else {}),
             **({"variants": self.variants} if self.variants else {}),
+            **({"preprocessing": self.preprocessing} if self.preprocessing else {}),
         }
 
     @classmethod
@@ -212,10 +220,48 @@ class Manifest:
             latent_map=sections["latent_map"],
             variants=dict(variants),
             format_version=version,
+            preprocessing=d.get("preprocessing"),
         )
 
 
 MAX_SIDE = 4096  # largest image side a manifest may declare
+# The largest dense model a package may hold, refused before training and when a package loads:
+MAX_FEATURES = 256 * 256 * 3  # values per image: a 256x256 colour image (196,608)
+MAX_LATENT = 1024  # latent dimensions
+MAX_WEIGHTS = 1 << 28  # encoder and decoder weights together (fp32: 1 GiB, far below protobuf's 2 GiB per graph)
+
+
+def dense_weights(features: int, hidden: int, latent: int) -> int:
+    """Weights and biases of the course's encoder (features -> hidden -> 2 x latent) and decoder."""
+    return (features * hidden + hidden + 2 * (hidden * latent + latent)) + (latent * hidden + hidden
+                                                                            + hidden * features + features)
+
+
+def size_problem(features: int, hidden: int | None, latent: int) -> str | None:
+    """What makes a model larger than a package may hold (with the numbers), or None."""
+    if features > MAX_FEATURES:
+        return (f"images of {features:,} values are more than a package holds ({MAX_FEATURES:,}: 256x256 colour); "
+                f"resize them (--image-size H,W)")
+    if latent > MAX_LATENT:
+        return f"a latent size of {latent:,} is more than a package holds ({MAX_LATENT:,})"
+    weights = dense_weights(features, hidden, latent) if hidden else 0
+    if weights > MAX_WEIGHTS:
+        return (f"{features:,} values per image with {hidden:,} hidden units and latent size {latent:,} make "
+                f"{weights:,} weights, more than a package holds ({MAX_WEIGHTS:,}); use a smaller --hidden-size or "
+                f"--image-size")
+    return None
+
+
+def _check_preprocessing(body: object, image_shape: tuple[int, int]) -> None:
+    from .preprocessing import Preprocessing  # no Pillow: the rules only
+
+    try:
+        prep = Preprocessing.from_dict(body)
+    except VaeInferError as e:
+        raise ModelPackageError(f"model.json: {e}") from None
+    if prep.image_size is not None and tuple(prep.image_size) != tuple(image_shape):
+        raise ModelPackageError(f"model.json: preprocessing.image_size {list(prep.image_size)} differs from "
+                                f"input.image_shape {list(image_shape)}")
 VARIANT_FILES = ("encoder_file", "decoder_file")
 # The identifier-like fields of model.json and its sections, held to the name rule (check_name); every other
 # string is free text (check_text), and every key of every object is a name too.

@@ -1,8 +1,17 @@
-"""Image sources read by row ranges: the one way every part of the project reads images from disk.
+"""Image sources read by row ranges: the one source spec, and the one way every part of the project reads
+images from disk.
 
-    source = open_source("fashion-mnist", split="test")     # or a file, a folder, FILE.npz:KEY
+    source = open_source("fashion-mnist", split="test")     # or a file, a folder, FILE.npz:KEY, FILE.parquet:COL
     len(source), source.row_shape, source.dtype             # 10000, (28, 28), uint8
     block = source.read(0, 4096)                            # (4096, 28, 28), the stored dtype, not validated
+
+The spec (what --dataset, --data, INPUT and batch inputs accept): a named set (fashion-mnist, mnist), a folder
+of IDX files, an IDX file, a .npy file, FILE.npz (one array, FILE.npz:KEY, or x_train/x_test with optional
+y_train/y_test labels), FILE.parquet:COLUMN, a PNG or JPEG file, or a folder of them (vae_infer.image_folder:
+class subfolders are labels, train/ and test/ are splits). Where a source has splits (named sets, IDX folders,
+.npz files with x_train and x_test, image folders with train/ and test/), the command picks the default (training
+and the latent index: train; calibration: the validation part of train; everything else: test) and
+SOURCE:train or SOURCE:test overrides it. A source without splits is read whole.
 
 A source is a reader, not an array: `.npy` files, raw IDX files and the uncompressed members of `.npz`
 files are memory-mapped, so a file larger than memory is read one range at a time (batch jobs split one big
@@ -28,10 +37,11 @@ from .datasets import (
     read_idx,
 )
 from .errors import DataError
-from .image_source import PngFolderSource, Source
+from .image_folder import ImageSource, folder_splits, is_image_file, open_folder
+from .image_source import Source
+from .preprocessing import Preprocessing
 
 ARRAY_SUFFIXES = (".npy", ".npz")
-PNG_SUFFIX = ".png"
 SPLITS = tuple(IMAGE_FILES)
 
 
@@ -48,17 +58,49 @@ def split_key(spec: str | Path) -> tuple[Path, str | None]:
     return Path(text), None
 
 
-def open_source(spec: str | Path, split: str = "train", data_dir: str | Path | None = None,
-                image_shape: tuple[int, int] | None = None) -> Source:
-    """A source of images from what a user typed.
+def parse_split(spec: str | Path) -> tuple[str, str | None]:
+    """`SOURCE:train` / `SOURCE:test` -> (SOURCE, split); anything else (a path that exists as typed, a
+    FILE.parquet:COLUMN) -> (spec, None)."""
+    text = str(spec)
+    head, sep, tail = text.rpartition(":")
+    if sep and head and tail in SPLITS and not Path(text).exists() and not head.lower().endswith(".parquet"):
+        return head, tail
+    return text, None
 
-    spec: a named data set ("fashion-mnist", "mnist": looked for as vae_infer.datasets.dataset_dirs says; the
-    runtime never downloads), a folder of IDX files, one IDX file (.gz or raw), a .npy file, FILE.npz[:KEY]
-    (without a key: x_<split>, else its only array), or a folder of .png images.
-    split: "train" or "test", for names, IDX folders and .npz files holding both."""
+
+def spec_splits(spec: str | Path, data_dir: str | Path | None = None) -> tuple[str, ...]:
+    """The splits a source has: ("train", "test") for named sets, IDX folders, .npz files with x_train and
+    x_test, and image folders with train/ and test/; () for every other source (it is read whole)."""
+    text, _ = parse_split(spec)
+    if text in NAMED:
+        return SPLITS
+    file, key = split_key(text)
+    if file.is_dir():
+        if any(find_split_file(file, stem) for stem in IMAGE_FILES.values()):
+            return SPLITS
+        return folder_splits(file)
+    if key is None and file.suffix.lower() == ".npz" and file.is_file():
+        try:
+            members = _npz_members(file)
+        except DataError:
+            return ()  # a damaged archive: its reader says what is wrong with it
+        return SPLITS if all(f"x_{s}" in members for s in SPLITS) else ()
+    return ()
+
+
+def open_source(spec: str | Path, split: str = "test", data_dir: str | Path | None = None,
+                image_shape: tuple[int, int] | None = None, preprocessing: Preprocessing | None = None,
+                channels: str | None = None) -> Source:
+    """A source of images from what a user typed (the spec: see the module's docstring).
+
+    split: the command's default split ("train" or "test") for sources that have splits; `SOURCE:split` in the
+    spec overrides it, and is refused for a source without splits. image_shape, preprocessing, channels: how
+    image files are read (a model's size, its recorded preprocessing, "gray" or "rgb"; None: as the first
+    file is)."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    text = str(spec)
+    text, explicit = parse_split(spec)
+    split = explicit or split
     if text in NAMED:
         looked = dataset_dirs(text, data_dir)
         for folder in looked:
@@ -71,14 +113,15 @@ def open_source(spec: str | Path, split: str = "train", data_dir: str | Path | N
         source = _idx_folder(file, split, name=text)
         if source is not None:
             return source
-        pngs = sorted(p for p in file.iterdir() if p.suffix.lower() == PNG_SUFFIX and p.is_file())
-        if pngs:
-            return PngFolderSource(text, pngs, image_shape)
-        raise DataError(f"{file}: expected a folder of IDX files ({IMAGE_FILES[split]}[.gz]) or of .png images; "
-                        f"found neither")
+        if any(find_split_file(file, stem) for stem in IMAGE_FILES.values()):
+            raise DataError(f"{file}: holds IDX files but no {IMAGE_FILES[split]}[.gz] for the {split} split")
+        size = preprocessing.image_size if preprocessing and preprocessing.image_size else image_shape
+        return open_folder(text, file, explicit if explicit else _default_split(file, split), preprocessing, size,
+                           channels)
     if not file.exists():
         raise DataError(f"{file}: no such file or folder; expected a data set name ({', '.join(NAMED)}), a folder "
-                        f"of IDX or .png files, an IDX file, a .npy or a .npz file")
+                        f"of IDX files or of images, an IDX file, a .npy, .npz or .parquet file, or a PNG or JPEG "
+                        f"image")
     if not file.is_file():
         raise DataError(f"{file}: not a regular file (a device, FIFO or socket cannot be read as images)")
     suffix = file.suffix.lower()
@@ -88,11 +131,28 @@ def open_source(spec: str | Path, split: str = "train", data_dir: str | Path | N
         return open_parquet(text, file, key)
     if key is not None and suffix != ".npz":
         raise DataError(f"{text}: a :KEY applies to .npz (or .parquet) files only")
+    if suffix == ".npz":
+        return _npz_source(text, file, key, split, explicit)
+    if explicit:
+        raise DataError(f"{file}: one array or image, without train and test splits; drop :{explicit}")
     if suffix == ".npy":
         return Source(text, _memmap_npy(file), where=str(file))
-    if suffix == ".npz":
-        return _npz_source(text, file, key, split)
+    if is_image_file(file):
+        size = preprocessing.image_size if preprocessing and preprocessing.image_size else image_shape
+        return ImageSource(text, [file], None, None, preprocessing, size, channels)
     return Source(text, _memmap_idx(file), where=str(file))  # an IDX file, whatever its name
+
+
+def _default_split(folder: Path, split: str) -> str | None:
+    return split if folder_splits(folder) else None
+
+
+def _npz_members(file: Path) -> dict[str, zipfile.ZipInfo]:
+    try:
+        with zipfile.ZipFile(file) as zf:
+            return {n[:-4]: zf.getinfo(n) for n in zf.namelist() if n.endswith(".npy")}
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DataError(f"{file}: not a readable .npz archive (corrupt or truncated): {e}") from e
 
 
 def _idx_folder(folder: Path, split: str, name: str) -> Source | None:
@@ -147,15 +207,16 @@ def _memmap_npy(file: Path) -> np.ndarray:
     return arr
 
 
-def _npz_source(text: str, file: Path, key: str | None, split: str) -> Source:
-    try:
-        with zipfile.ZipFile(file) as zf:
-            members = {n[:-4]: zf.getinfo(n) for n in zf.namelist() if n.endswith(".npy")}
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"{file}: not a readable .npz archive (corrupt or truncated): {e}") from e
+def _npz_source(text: str, file: Path, key: str | None, split: str, explicit: str | None = None) -> Source:
+    members = _npz_members(file)
     if key is None:
         if f"x_{split}" in members:
             key = f"x_{split}"
+        elif explicit and explicit in members:
+            key = explicit  # FILE.npz:train names an array called "train" when there is no x_train
+        elif explicit:
+            raise DataError(f"{file}: no x_{explicit} array for the {explicit} split; it holds "
+                            f"{', '.join(members) or 'no arrays'}")
         elif len(members) == 1:
             key = next(iter(members))
         else:
@@ -217,9 +278,27 @@ def _read_member(file: Path, info: zipfile.ZipInfo) -> np.ndarray:
         return np.lib.format.read_array(member, allow_pickle=False)
 
 
-def load_images(spec: str | Path, split: str = "train", data_dir: str | Path | None = None
+def load_images(spec: str | Path, split: str = "test", data_dir: str | Path | None = None
                 ) -> tuple[np.ndarray, str]:
     """(images, where they came from) for a whole, small set: open_source read whole.
     Images keep their stored dtype and shape; the model validates them."""
     source = open_source(spec, split=split, data_dir=data_dir)
     return source.read_all(), source.where
+
+
+# -- labels -----------------------------------------------------------------------------------------------------
+
+
+def class_names(source: Source | None, spec: str | Path) -> tuple[str, ...] | None:
+    """The class names of a source's labels: an image folder's class folders, a named set's classes."""
+    from .datasets import CLASS_NAMES
+
+    names = getattr(source, "class_names", None)
+    return tuple(names) if names else CLASS_NAMES.get(parse_split(spec)[0])
+
+
+SPEC_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache/vae-infer/datasets/NAME or "
+             "/usr/share/datasets/NAME; nothing is downloaded), a folder of IDX files or of PNG/JPEG images (class "
+             "subfolders are labels, train/ and test/ are splits), an IDX, .npy, PNG or JPEG file, FILE.npz (one "
+             "array, FILE.npz:KEY, or x_train/x_test) or FILE.parquet:COLUMN; SOURCE:train or SOURCE:test picks "
+             "a split")

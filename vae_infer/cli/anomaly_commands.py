@@ -7,10 +7,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import anomaly, arrays
-from ..datasets import validation_split
-from ..errors import DataError, InputError
-from ..sources import open_source
+from .. import anomaly, arrays, model_sources, sources
+from ..model_sources import calibration_images
 from ..work_limits import MAX_DENOISE_STEPS, MAX_SAMPLES, check_work
 from .base import (
     PNG_PAIRS,
@@ -28,50 +26,7 @@ from .base import (
 from .model_commands import given, refuse_ignored
 from .streams import chunks, first_rows, open_images, write_rows
 
-SPLITS = ("validation", "train", "test")
 FLAGGED_SHOWN = 20  # indices of flagged images printed by detect (all are in --json and --out)
-
-
-# -- calibration data, without torch or train ---------------------------------------------------------------
-
-
-def validation_indices(n: int, training: dict) -> np.ndarray:
-    """The indices of the validation split that `python -m train fit` held out of training
-    (vae_infer.datasets.validation_split with the config recorded in model.json)."""
-    config = training.get("config") if isinstance(training, dict) else None
-    if not isinstance(config, dict) or "validation_size" not in config or "seed" not in config:
-        raise DataError("model.json records no training configuration, so its validation split is unknown; "
-                        "use --split test, or pass held-out images as a .npy/.npz file")
-    size, seed, limit = int(config["validation_size"]), int(config["seed"]), int(config.get("train_limit") or 0)
-    used = min(n, limit) if limit else n
-    expected = training.get("train_examples"), training.get("validation_examples")
-    if None not in expected and sum(expected) != used:
-        raise DataError(f"the data holds {used} training images but the model was trained on "
-                        f"{sum(expected)} (train + validation); these are not the model's training data")
-    if size < 1:
-        raise DataError("the model was trained on all its training images (validation_size 0); use --split test "
-                        "or pass held-out images as a .npy/.npz file")
-    return validation_split(used, size, seed)[1]
-
-
-def calibration_images(model, data: str, split: str | None, data_dir: Path | None) -> tuple[np.ndarray, str]:
-    """(images, a description of them) for --data: an array file (all its images), or IDX files by folder
-    or by name, of which --split picks the validation split (the default), the training or the test set."""
-    file, _ = arrays.split_key(data)
-    if file.suffix.lower() in arrays.IMAGE_SUFFIXES:
-        if split is not None:
-            raise InputError(f"--split applies to IDX datasets; {data} is used whole (drop --split)")
-        images = arrays.read_images(data, model.image_shape)
-        return images, f"{data} ({len(images)} images)"
-    split = split or "validation"
-    source = open_source(data, split="test" if split == "test" else "train", data_dir=data_dir)
-    images = source.read_all()
-    if split == "validation":
-        idx = validation_indices(len(images), model.manifest.training)
-        cfg = model.manifest.training["config"]
-        return images[idx], (f"{source.where}: the validation split ({len(idx)} images held out of training, "
-                             f"validation_size {cfg['validation_size']}, seed {cfg['seed']})")
-    return images, f"{source.where} ({split} set, {len(images)} images)"
 
 
 # -- commands -----------------------------------------------------------------------------------------------
@@ -80,12 +35,10 @@ def calibration_images(model, data: str, split: str | None, data_dir: Path | Non
 @main.command()
 @model_options
 @click.option("--data", required=True, metavar="SOURCE",
-              help="Held-out images of the training distribution: a dataset name (fashion-mnist, mnist: IDX files "
-                   "looked for as python -m train does, never downloaded), a folder of IDX files, or a .npy/.npz "
-                   "file of images (FILE.npz:KEY picks one array).")
-@click.option("--split", type=click.Choice(SPLITS), default=None,
-              help="For IDX data: which images. validation (the default) re-creates the split that training held "
-                   "out, from model.json; train and test take the whole set.")
+              help="Held-out images of the training distribution: " + sources.SPEC_HELP + ".")
+@click.option("--split", type=click.Choice(model_sources.CALIBRATION_SPLITS), default=None,
+              help="For a source with splits: which images. validation (the default) re-creates the split that "
+                   "training held out, from model.json; train and test take the whole set.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Folder holding named datasets (looked in before VAE_DATA_DIR and the usual places).")
 @click.option("--quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True),

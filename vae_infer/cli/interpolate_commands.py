@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import arrays
+from .. import arrays, model_sources, sources
 from ..errors import DataError, InputError
 from ..interpolation import METHODS, SPACINGS, interpolate, path_metrics
 from ..latent_build import DEFAULT_FAINT_WEIGHT, DEFAULT_K, DEFAULT_REALISM_WEIGHT, MAX_CODES, build_index
@@ -15,6 +15,7 @@ from ..latent_index import INDEX_FILE, METRICS, read_index
 from ..latent_map import DEFAULT_POINTS, MAP_FILE, build_latent_map, manifest_section, to_bytes
 from ..latent_search import SEARCHES, load_graph
 from ..realism import Reference
+from ..sources import SPEC_HELP
 from ..work_limits import MAX_STEPS
 from .base import (
     check_out,
@@ -31,9 +32,7 @@ from .base import (
 from .model_commands import given, refuse_ignored
 from .streams import open_images
 
-DATA_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache/vae-infer/datasets/NAME or "
-             "/usr/share/datasets/NAME; nothing is downloaded), a folder of IDX files, an IDX file, or a .npy / "
-             ".npz of images (FILE.npz:KEY picks an array)")
+DATA_HELP = SPEC_HELP
 
 
 def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
@@ -49,16 +48,13 @@ def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
     return source.read(index, index + 1)[0]
 
 
-def _open_data(spec: str, split: str):
+def _open_data(spec: str, split: str, model):
     """The images of a data source, its labels (or None), class names and where it was read: the data layer's
     sources read whole (an index build reads every row)."""
-    from ..datasets import CLASS_NAMES
-    from ..sources import open_source
-
-    source = open_source(spec, split=split)
+    source = model_sources.open_for_model(spec, model.manifest, split=split)
     if len(source) == 0:
         raise DataError(f"{source.where}: holds no images (0 rows); expected a data set to build the index from")
-    return source.read(0, len(source)), source.labels(), CLASS_NAMES.get(str(spec)), source.where
+    return source.read(0, len(source)), source.labels(), sources.class_names(source, spec), source.where
 
 
 def _describe(metrics: dict) -> str:
@@ -120,7 +116,7 @@ def interpolate_command(model: Path, image_a: Path, image_b: Path, method: str |
     xa, xb = _one(image_a, a_index, m, "a"), _one(image_b, b_index, m, "b")
     ref = None
     if reference is not None:
-        images, _, _, origin = _open_data(reference, "train")
+        images, _, _, origin = _open_data(reference, "train", m)
         status_note(f"realism against {len(images)} images from {origin}", quiet=as_json)
         ref = Reference(m, images)
     options = {"search": search, "realism_weight": realism_weight, "refine": not no_refine} if method == "graph" else {}
@@ -213,21 +209,22 @@ def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: f
     from ..package import update_package
 
     m = open_model(model, device, threads)
-    images, labels, names, origin = _open_data(data, split)
+    images, labels, names, origin = _open_data(data, split, m)
     status_note(f"encoding {len(images)} images from {origin}...", quiet=as_json)
     index = build_index(m, images, k=k, metric=metric, cell=cell, field_cell=field_cell,
                         realism_weight=realism_weight, faint_weight=faint_weight, max_codes=max_codes,
                         bridge=not no_bridge, seed=seed)
     data_bytes = index.to_bytes()
-    section = index.manifest_section(INDEX_FILE, f"{origin} ({split})")
+    has_splits = bool(sources.spec_splits(data))  # a source without splits is read whole, whatever --split says
+    section = index.manifest_section(INDEX_FILE, f"{origin} ({split if has_splits else 'all'})")
     section["bytes"] = len(data_bytes)
     files, sections = {INDEX_FILE: data_bytes}, {"latent_index": section}
     if not no_map:
         map_images, map_origin = images, origin
-        if map_split != split:
-            map_images, labels, names, map_origin = _open_data(data, map_split)
+        if map_split != split and has_splits:
+            map_images, labels, names, map_origin = _open_data(data, map_split, m)
         lmap = build_latent_map(m, map_images, labels, names if labels is not None else None, points=map_points,
-                                seed=seed, source=f"{map_origin} ({map_split})")
+                                seed=seed, source=f"{map_origin} ({map_split if has_splits else 'all'})")
         files[MAP_FILE] = to_bytes(lmap)
         sections["latent_map"] = {**manifest_section(lmap, MAP_FILE, seed), "bytes": len(files[MAP_FILE])}
     manifest = update_package(model, files, **sections)

@@ -8,7 +8,7 @@ import click
 import numpy as np
 from click.core import ParameterSource
 
-from .. import arrays
+from .. import arrays, model_sources
 from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS, STOCHASTIC_KINDS, ChunkScorer, resolve_samples
 from ..inputs import as_latents
 from ..work_limits import MAX_SAMPLES
@@ -66,13 +66,14 @@ def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
             "image_shape": list(man.image_shape), "features": man.features, "latent_size": man.latent_size,
             "hidden_size": man.hidden_size, "likelihood": man.likelihood, "input_scale": man.input_scale,
             "opset": man.opset, "training": man.training, "tools": man.tools, "files": dict(sorted(man.files.items())),
-            "device": m.device, "providers": m.providers, **sections,
+            "device": m.device, "providers": m.providers, "preprocessing": man.preprocessing, **sections,
         })
         return
     h, w = man.image_shape
     providers = "; ".join(f"{role}: {', '.join(p)}" for role, p in m.providers.items())
     rows = [
         ("name", man.name), ("path", str(model)), ("image shape", f"{h} x {w} ({man.features} features)"),
+        ("image files", model_sources.preprocessing_of(man).describe(man.image_shape)),
         ("latent size", man.latent_size), ("hidden size", man.hidden_size), ("likelihood", man.likelihood),
         ("opset", man.opset), ("device", f"{m.device} ({providers})"),
     ]

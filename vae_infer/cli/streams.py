@@ -21,25 +21,32 @@ from ..atomic import write_atomically
 from ..errors import DataError, InputError
 from ..image_source import Source
 from ..inputs import check_images
-from ..sources import open_source, split_key
+from ..model_sources import images_for_model, open_for_model
+from ..sources import open_source, parse_split, spec_splits, split_key
 from . import base
 
 
 def open_images(path: str | Path, model) -> Source:
-    """The images in an input file as rows read by range: a .npy file, or an .npz whose arrays are stored
-    uncompressed (np.savez), through the data layer; FILE.npz:KEY picks an array. A file holding one image,
-    (height, width) or (height*width,), is a batch of one. A compressed .npz (it cannot be read by range) and
-    a .png image are read whole, as vae_infer.arrays.read_images reads them."""
-    file, _ = split_key(path)
+    """The images of any source spec as rows read by range (vae_infer.sources): a .npy file, an .npz whose
+    arrays are stored uncompressed (np.savez; FILE.npz:KEY picks an array), a folder of PNG/JPEG files (read as
+    the model's package says training read them), IDX files, FILE.parquet:COLUMN or a data set name (its test
+    split unless SPEC:train). A file holding one image, (height, width) or (height*width,), is a batch of one.
+    A compressed .npz (it cannot be read by range) is read whole, as vae_infer.arrays.read_images reads it."""
+    text, explicit = parse_split(str(path))
+    file, _ = split_key(text)
     suffix = file.suffix.lower()
-    if suffix == ".npy" or (suffix == ".npz" and _stored_only(file)):
+    plain_array = suffix == ".npy" or (suffix == ".npz" and not explicit and not spec_splits(text))
+    if plain_array and not (suffix == ".npz" and not _stored_only(file)):
         try:
             source = open_source(path)
         except DataError:
             arrays.read_images(path, model.image_shape)  # says what is wrong in the command line's own words
             raise
         return _image_rows(source, path, model.image_shape)
-    return Source(str(path), arrays.read_images(path, model.image_shape), where=str(path))
+    if plain_array:  # a compressed or damaged .npz
+        return Source(str(path), arrays.read_images(path, model.image_shape), where=str(path))
+    images_for_model(path, model.manifest, probe=True)  # the suffix and size checks, before any row is read
+    return _image_rows(open_for_model(path, model.manifest), path, model.image_shape)
 
 
 def _stored_only(file: Path) -> bool:
