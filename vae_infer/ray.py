@@ -29,7 +29,8 @@ from .manifest import MANIFEST_NAME
 
 DEFAULT_COLUMN = "data"  # the column ray.data.read_numpy and from_numpy put arrays in
 DEFAULT_BATCH_ROWS = 4096
-RANGE_COLUMNS = ("task", "source", "start", "stop", "step")  # row ranges to read (vae_infer.batch's Ray engine)
+# row ranges to read (vae_infer.batch's Ray engine): the part's rows [origin, end) and its pins (comma-joined)
+RANGE_COLUMNS = ("task", "source", "start", "stop", "step", "origin", "end", "pins")
 
 
 def require_ray():
@@ -139,21 +140,28 @@ class ModelMapper:
         rather than numpy object arrays: strings per row would cost more than the encoder."""
         import pyarrow as pa
 
+        from .batch.pins import CHANGED, read_checked
         from .batch.plan import open_input
+        from .batch.readers import InputChanged
 
         latent = self.model.latent_size
         tables = []
-        for task, source, start, stop, step in zip(*(batch[c] for c in RANGE_COLUMNS), strict=True):
-            source, start, stop, step = str(source), int(start), int(stop), int(step)
+        for task, source, start, stop, step, origin, end, pins in zip(*(batch[c] for c in RANGE_COLUMNS),
+                                                                      strict=True):
+            source, start, stop, step, origin, end = str(source), int(start), int(stop), int(step), int(origin), int(end)
+            pins = tuple(str(pins).split(","))
             pieces, error = [], None
             for s in range(start, stop, step):
                 try:
                     if source not in self.sources:
+                        for old in self.sources.values():
+                            old.close()
                         self.sources = {source: open_input(source, self.model.image_shape)}  # one input open
-                    pieces.append(self.computer.columns(self.sources[source].read(s, min(s + step, stop)), source, s))
+                    block = read_checked(self.sources[source], s, min(s + step, stop), origin, end, pins)
+                    pieces.append(self.computer.columns(block, source, s))
                 except (VaeInferError, OSError, ValueError) as e:
                     pieces.append(self._placeholder(s, latent))
-                    error = str(e) or type(e).__name__
+                    error = (CHANGED if isinstance(e, InputChanged) else "") + (str(e) or type(e).__name__)
                     break
             cols = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
             n = len(cols["row"])

@@ -24,7 +24,8 @@ GROUP_ROWS = 65536  # rows per Ray call: 8 tasks of 8192 rows
 _DONE = object()
 
 
-def run_ray(package: str | Path, options: BatchOptions, tasks: Sequence[Task], specs: Sequence[str], *,
+def run_ray(package: str | Path, options: BatchOptions, tasks: Sequence[Task], specs: Sequence[str],
+            pins: dict[int, tuple[str, ...]], *,
             address: str | None = None, concurrency: int = 2, num_cpus: float | None = None,
             threads: int | None = None, timeout_s: float | None = None,
             local_cpus: int | None = None) -> Iterator[tuple[Task, Columns | str]]:
@@ -39,7 +40,8 @@ def run_ray(package: str | Path, options: BatchOptions, tasks: Sequence[Task], s
         ctx.execution_options.preserve_order = True  # results come back in task order: parts stay bounded
         ctx.enable_progress_bars = False
         items = [{"task": g, "source": specs[group[0].input], "start": group[0].start, "stop": group[-1].stop,
-                  "step": group[0].stop - group[0].start} for g, group in enumerate(groups)]
+                  "step": group[0].stop - group[0].start, "origin": group[0].origin, "end": group[0].end,
+                  "pins": ",".join(pins[group[0].part])} for g, group in enumerate(groups)]
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
         out = vray.map_model(ds, package, options.outputs, kind=options.kind, samples=options.samples,
                              seed=options.seed, concurrency=concurrency, num_cpus=num_cpus, threads=threads,

@@ -26,7 +26,7 @@ def _outputs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @click.option("--out", required=True, metavar="DIR",
-              help="Folder of result parts, _job.json and failures.jsonl; a re-run with the same job resumes.")
+              help="Folder of result parts, _job.json and _failures.jsonl; a re-run with the same job resumes.")
 @click.option("--outputs", default="mu,logvar", show_default=True, callback=_outputs, metavar="LIST",
               help=f"Columns besides source and row, from {','.join(OUTPUTS)} (flag needs a calibrated model).")
 @click.option("--kind", type=click.Choice(SCORE_KINDS), default="nelbo", show_default=True,
@@ -47,7 +47,7 @@ def _outputs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.option("--num-cpus", type=click.FloatRange(min=0.01), default=None, metavar="C",
               help="CPUs Ray reserves per actor (fractions allowed).  [default: 1, or less when the actors would "
                    "take every CPU]")
-@click.option("--skip-bad", is_flag=True, help="Record bad inputs in failures.jsonl and go on, instead of stopping.")
+@click.option("--skip-bad", is_flag=True, help="Record bad inputs in _failures.jsonl and go on, instead of stopping.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="parquet", show_default=True,
               help="Parts as Parquet (needs pyarrow: the parquet extra) or .npz (small jobs).")
 @click.option("--part-rows", type=click.IntRange(min=1), default=PART_ROWS, show_default=True, metavar="N",
@@ -98,4 +98,4 @@ def batch(model: Path, inputs: tuple[str, ...], out: str, outputs: tuple[str, ..
     click.echo(f"{summary.rows} rows in {out}: {summary.parts_written} part(s) written{reused}, "
                f"{summary.rows_computed} rows computed in {summary.seconds:.1f} s")
     if summary.failures:
-        click.echo(f"{len(summary.failures)} input(s) or range(s) skipped: see {out / 'failures.jsonl'}", err=True)
+        click.echo(f"{len(summary.failures)} input(s) or range(s) skipped: see {out / '_failures.jsonl'}", err=True)
