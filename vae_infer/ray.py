@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +31,8 @@ from .manifest import MANIFEST_NAME
 
 DEFAULT_COLUMN = "data"  # the column ray.data.read_numpy and from_numpy put arrays in
 DEFAULT_BATCH_ROWS = 4096
+READ_CPUS = 1.0  # CPUs the default actor size leaves free for Ray Data's read tasks (each asks for one)
+MIN_ACTOR_CPUS = 0.01  # the least an actor reserves (on a one-CPU cluster: the reads get the CPU)
 # row ranges to read (vae_infer.batch's Ray engine): the part's rows [origin, end) and its pins (comma-joined)
 RANGE_COLUMNS = ("task", "source", "start", "stop", "step", "origin", "end", "pins")
 
@@ -148,7 +152,8 @@ class ModelMapper:
         tables = []
         for task, source, start, stop, step, origin, end, pins in zip(*(batch[c] for c in RANGE_COLUMNS),
                                                                       strict=True):
-            source, start, stop, step, origin, end = str(source), int(start), int(stop), int(step), int(origin), int(end)
+            source = str(source)
+            start, stop, step, origin, end = (int(v) for v in (start, stop, step, origin, end))
             pins = tuple(str(pins).split(","))
             pieces, error = [], None
             for s in range(start, stop, step):
@@ -184,13 +189,15 @@ class ModelMapper:
 
 
 def default_num_cpus(concurrency: int) -> float:
-    """CPUs reserved per actor: one, unless the actors would take every CPU of the cluster; then a share that
-    leaves half a CPU for Ray Data's read tasks (2 actors x 1 CPU on a 2-CPU cluster starve the reads)."""
+    """CPUs reserved per actor: one, unless the actors would leave less than READ_CPUS of the cluster free; then
+    an equal share of what is left after READ_CPUS. Ray Data's read tasks ask for a whole CPU each, and a read
+    task's request counts as much as an actor's: actors that hold 1.5 of 2 CPUs starve the reads, and the job
+    never moves (docs/batch.md)."""
     ray = require_ray()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    if concurrency + 0.5 <= cpus:
+    if concurrency + READ_CPUS <= cpus:
         return 1.0
-    return round(max(0.1, (cpus - 0.5) / concurrency), 2)
+    return max(MIN_ACTOR_CPUS, round((cpus - READ_CPUS) / concurrency, 2))
 
 
 def map_model(ds, package: str | Path, outputs: Sequence[str] = ("mu", "logvar"), *, kind: str = "nelbo",
@@ -226,24 +233,52 @@ def map_model(ds, package: str | Path, outputs: Sequence[str] = ("mu", "logvar")
 
 
 @contextlib.contextmanager
-def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+def connect(address: str | None = None, num_cpus: int | None = None, log: str | Path | None = None
+            ) -> Iterator[Any]:
     """Ray for the length of a job: the cluster this process is already connected to; or the one at `address`
     (an existing cluster: "auto", "ray://host:10001", "host:6379"; its token, when token authentication is on,
     comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); or a local one started now and shut
-    down afterwards."""
+    down afterwards. log: a file that receives what Ray itself prints (its Python log lines and its C++ core's,
+    which write to the process's stderr) for the length of the job; None shows them."""
     ray = require_ray()
-    if ray.is_initialized():
-        yield ray
+    with _ray_output_to(log):
+        if ray.is_initialized():
+            yield ray
+            return
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            raise VaeInferError(f"cannot start or reach {where}: {e}") from e
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_output_to(log: str | Path | None) -> Iterator[None]:
+    """File descriptor 2 (where Ray's loggers and its C++ core write, in this process and in the processes it
+    starts) goes to `log`; sys.stderr, for this program's own messages and progress, stays on the terminal."""
+    if log is None:
+        yield
         return
+    sys.stderr.flush()
+    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = os.dup(2)
+    ours = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                     errors="replace")
+    old_stderr = sys.stderr
+    os.dup2(target, 2)
+    os.close(target)
+    sys.stderr = ours
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise VaeInferError(f"cannot start or reach {where}: {e}") from e
-    try:
-        yield ray
+        yield
     finally:
-        ray.shutdown()
+        sys.stderr = old_stderr
+        ours.close()
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -2,9 +2,9 @@
 holds (job id, source, row range, the digest of the input rows it was computed from) so that a re-run can
 verify it; _failures.jsonl; and reading results back.
 
-The folder is a dataset as it is: every side file (`_job.json`, `_failures.jsonl`, `_lock`) starts with `_`,
-which every Parquet reader (pyarrow.dataset, pandas, DuckDB, Polars, Spark, Ray Data) skips, and temporaries
-start with `.`. Columns: source (the input as given), row (its index in that input), mu and logvar (fixed-size lists of the
+The folder is a dataset as it is: every side file (`_job.json`, `_failures.jsonl`, `_lock`, `_ray.log`)
+starts with `_`, which every Parquet reader (pyarrow.dataset, pandas, DuckDB, Polars, Spark, Ray Data) skips,
+and temporaries start with `.`. Columns: source (the input as given), row (its index in that input), mu and logvar (fixed-size lists of the
 latent size, float32), score (float64), flag (bool)."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .pins import content_digest
 from .plan import Part
 
 FAILURES_FILE = "_failures.jsonl"
+RAY_LOG = "_ray.log"  # what Ray itself printed during a job with --engine ray (unless --verbose)
 META_KEY = "vae_infer.batch"  # Parquet schema metadata / npz member holding the part's description
 ROW_GROUP_ROWS = 65536  # rows buffered per Parquet row group: ~2 MB of outputs, readers skip by groups
 EXTENSIONS = {"parquet": ".parquet", "npz": ".npz"}
