@@ -4,8 +4,8 @@ verify it; _failures.jsonl; and reading results back.
 
 The folder is a dataset as it is: every side file (`_job.json`, `_failures.jsonl`, `_lock`, `_ray.log`)
 starts with `_`, which every Parquet reader (pyarrow.dataset, pandas, DuckDB, Polars, Spark, Ray Data) skips,
-and temporaries start with `.`. Columns: source (the input as given), row (its index in that input), mu and logvar (fixed-size lists of the
-latent size, float32), score (float64), flag (bool)."""
+and temporaries start with `.`. Columns: source (the input as given), row (its index in that input), mu and
+logvar (fixed-size lists of the latent size, float32), score (float64), flag (bool)."""
 
 from __future__ import annotations
 

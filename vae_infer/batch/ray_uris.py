@@ -57,7 +57,8 @@ def run_uris(package: str | Path, uris: Sequence[str], out: str, options: BatchO
     with vray.connect(address, log=log) as ray:
         ray.data.DataContext.get_current().enable_progress_bars = False
         ds = vray.map_model(_reader(ray, uris), package, options.outputs, kind=options.kind,
-                            samples=options.asked_samples, seed=options.seed, concurrency=concurrency, num_cpus=num_cpus, threads=threads)
+                            samples=options.asked_samples, seed=options.seed, concurrency=concurrency,
+                            num_cpus=num_cpus, threads=threads)
         done: queue.Queue = queue.Queue()
 
         def write() -> None:
