@@ -15,15 +15,18 @@ it asked for. Nulls, wrong widths and non-numeric values are refused naming the 
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError, MissingExtraError
 
-READER_MEMORY = 512 << 20  # RLIMIT_DATA of the reader process: the per-page (and per-batch) bound, enforced
-BATCH_BYTES = 32 << 20  # pixels per decoded batch
+READER_MEMORY = 1 << 30  # RLIMIT_DATA of the reader process: the per-page (and per-batch) bound, enforced
+BATCH_BYTES = 4 << 20  # pixels per decoded batch (pyarrow's levels and offsets for a list column: ~5x that)
 CHUNK_SLACK = 2.0  # a column chunk may declare up to this times the bytes its rows need (levels, offsets)
 CHUNK_EXTRA = 1 << 20  # ... plus this much
 START_TIMEOUT_S = 60.0  # the reader process imports pyarrow and reads the footer within this
@@ -48,12 +51,14 @@ class ParquetSource:
         _pyarrow()  # a missing extra is said here, not in the reader process
         self.name, self.where, self._labels = name, str(file), None
         width = None if image_shape is None else int(image_shape[0]) * int(image_shape[1])
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_reader_main, args=(child, str(file), column, width, READER_MEMORY),
-                                 daemon=True, name="vae-infer-parquet-reader")
-        self._proc.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        # a fresh interpreter (not multiprocessing's spawn, which would import the caller's __main__ again)
+        code = "import sys; from vae_infer.parquet_source import _reader_main; _reader_main(*sys.argv[1:])"
+        args = [str(theirs.fileno()), str(file), column or "", str(width or 0), str(READER_MEMORY)]
+        self._proc = subprocess.Popen([sys.executable, "-c", code, *args], pass_fds=[theirs.fileno()],
+                                      stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._conn = Connection(ours.detach())
         reply = self._receive(START_TIMEOUT_S)
         self.where, rows, width, dtype = reply
         self._rows, self._width, self._dtype = int(rows), int(width), np.dtype(dtype)
@@ -65,7 +70,7 @@ class ParquetSource:
         try:
             kind, value = self._conn.recv()
         except (EOFError, OSError):
-            code = self._proc.exitcode
+            code = self._proc.wait()
             self.close()
             raise DataError(f"{self.where}: the Parquet reader process ended (exit code {code}) while decoding the "
                             f"file; it is corrupt, or needs more than {READER_MEMORY >> 20} MiB to decode") from None
@@ -111,10 +116,11 @@ class ParquetSource:
                 self._conn.send(None)
             except OSError:
                 pass
-            self._proc.join(timeout=2)
-            if self._proc.is_alive():
+            try:
+                self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
                 self._proc.kill()
-                self._proc.join()
+                self._proc.wait()
             self._conn.close()
             self._proc = None
 
@@ -131,10 +137,13 @@ def open_parquet(text: str, file: Path, column: str | None, image_shape: tuple[i
 # -- the reader process ----------------------------------------------------------------------------------------
 
 
-def _reader_main(conn, file: str, column: str | None, width: int | None, limit: int) -> None:
+def _reader_main(fd: str, file: str, column: str, width: str, limit: str) -> None:
+    """The reader process: `python -c ... FD FILE COLUMN WIDTH LIMIT` (COLUMN "" and WIDTH 0: not given)."""
     import resource
 
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_DATA, (int(limit), int(limit)))
+    conn = Connection(int(fd))
+    column, width = column or None, int(width) or None
     try:
         reader = _Reader(file, column, width)
         conn.send(("ok", (reader.where, reader.rows, reader.width, reader.dtype.str)))
