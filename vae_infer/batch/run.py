@@ -56,11 +56,13 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
               options: BatchOptions | None = None, *, engine: str = "local", workers: int = 1,
               threads: int | None = None, chunk_rows: int = CHUNK_ROWS, skip_bad: bool = False,
               progress: bool | None = None, ray_options: dict | None = None,
-              on_rows: Callable[[int], None] | None = None) -> BatchSummary:
+              on_rows: Callable[[int], None] | None = None, pin_inputs: bool = True) -> BatchSummary:
     """Run a batch job (module docstring). engine "local" (workers processes, threads each) or "ray"
     (vae_infer.batch.ray_engine; ray_options: address, concurrency, num_cpus, timeout_s). progress: the
     progress line on stderr (default: when stderr is a terminal); on_rows(n) is called as each task's n rows
-    arrive (for a progress display of your own, or to time the start-up apart)."""
+    arrive (for a progress display of your own, or to time the start-up apart). pin_inputs=False turns the
+    content digests off (vae_infer.batch.pins): only to measure their cost; such a job cannot see an input
+    that changes under it."""
     t0 = time.perf_counter()
     options = options or BatchOptions()
     if engine not in ENGINES:
@@ -83,13 +85,13 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
     specs = expand(inputs)
     with folder_lock(out):
         return _run_locked(package, manifest, specs, out, options, engine, workers, threads, chunk_rows, skip_bad,
-                           progress, ray_options, on_rows, t0)
+                           progress, ray_options, on_rows, t0, pin_inputs)
 
 
 def _run_locked(package, manifest, specs, out: Path, options: BatchOptions, engine: str, workers: int,
                 threads: int | None, chunk_rows: int, skip_bad: bool, progress, ray_options, on_rows,
-                t0: float) -> BatchSummary:
-    described = [pin(describe(spec, manifest.image_shape), manifest.image_shape, options.part_rows)
+                t0: float, pin_inputs: bool) -> BatchSummary:
+    described = [pin(describe(spec, manifest.image_shape), manifest.image_shape, options.part_rows, pin_inputs)
                  for spec in specs]
     failures: list[dict] = []
     for inp in described:
