@@ -236,7 +236,7 @@ import sys
 import numpy as np
 import ray
 import vae_infer.ray as vray
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # a new cluster of its own
 ray.data.DataContext.get_current().enable_progress_bars = False
 out = vray.map_model(ray.data.read_numpy(sys.argv[1]), sys.argv[2])  # every default: the documented path
 print("rows", out.count(), "cpus per actor", vray.default_num_cpus(2))
@@ -253,7 +253,8 @@ def test_map_model_with_its_defaults_completes_on_a_two_cpu_cluster(tiny_package
     folder.mkdir()
     for i in range(4):
         np.save(folder / f"s{i}.npy", images[i * 1000 : (i + 1) * 1000])
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     try:
         run = subprocess.run([sys.executable, "-c", _DEFAULTS_ON_TWO_CPUS, str(folder), str(tiny_package)], env=env,
                              capture_output=True, text=True, timeout=JOB_TIMEOUT_S + 60)
@@ -302,7 +303,8 @@ def test_the_ray_engine_keeps_ray_log_lines_out_of_the_output(tiny_package, imag
     import sys
 
     np.save(tmp_path / "a.npy", images[:1000])
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # RAY_ADDRESS=local: a cluster of its own, not the module's (which ray.init would otherwise find and join)
+    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     run = subprocess.run([sys.executable, "-m", "vae_infer", "batch", str(tiny_package), str(tmp_path / "a.npy"),
                           "--out", str(tmp_path / "out"), "--engine", "ray", "--outputs", "mu", "--timeout",
                           str(JOB_TIMEOUT_S)], env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S + 60)

@@ -32,7 +32,6 @@ from .manifest import MANIFEST_NAME
 DEFAULT_COLUMN = "data"  # the column ray.data.read_numpy and from_numpy put arrays in
 DEFAULT_BATCH_ROWS = 4096
 READ_CPUS = 1.0  # CPUs the default actor size leaves free for Ray Data's read tasks (each asks for one)
-MIN_ACTOR_CPUS = 0.01  # the least an actor reserves (on a one-CPU cluster: the reads get the CPU)
 # row ranges to read (vae_infer.batch's Ray engine): the part's rows [origin, end) and its pins (comma-joined)
 RANGE_COLUMNS = ("task", "source", "start", "stop", "step", "origin", "end", "pins")
 
@@ -189,15 +188,20 @@ class ModelMapper:
 
 
 def default_num_cpus(concurrency: int) -> float:
-    """CPUs reserved per actor: one, unless the actors would leave less than READ_CPUS of the cluster free; then
-    an equal share of what is left after READ_CPUS. Ray Data's read tasks ask for a whole CPU each, and a read
-    task's request counts as much as an actor's: actors that hold 1.5 of 2 CPUs starve the reads, and the job
-    never moves (docs/batch.md)."""
+    """CPUs reserved per actor, so that Ray Data's read tasks always get their share. A read task asks for a
+    whole CPU on one node, and its request counts as much as an actor's: actors that hold 1.5 of 2 CPUs, or
+    half of each of two 1-CPU nodes, starve the reads and the job never moves (docs/batch.md). So: one CPU per
+    actor when the cluster keeps a whole CPU free beside them (whole-CPU actors leave whole CPUs free on some
+    node); on a single node, an equal share of what is left after one CPU; else (a small cluster of several
+    nodes) nothing reserved, and the actors share the CPUs with the reads."""
     ray = require_ray()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     if concurrency + READ_CPUS <= cpus:
         return 1.0
-    return max(MIN_ACTOR_CPUS, round((cpus - READ_CPUS) / concurrency, 2))
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    if len(nodes) == 1 and cpus > READ_CPUS:
+        return round((cpus - READ_CPUS) / concurrency, 2)
+    return 0.0
 
 
 def map_model(ds, package: str | Path, outputs: Sequence[str] = ("mu", "logvar"), *, kind: str = "nelbo",
