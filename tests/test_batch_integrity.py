@@ -316,3 +316,17 @@ def test_a_users_old_backup_folder_survives_every_writer(tiny_copy, images, tmp_
         result = runner.invoke(main, args)
         assert result.exit_code == 0, (args, result.output)
     assert all((f / "mine.txt").read_text() == "do not delete" for f in keep)
+
+
+def test_a_folder_written_by_the_earlier_version_is_refused_with_what_to_do(tiny_package, images, tmp_path):
+    """Folders of the version before side files were named _* (failures.jsonl, a version-1 _job.json)."""
+    np.save(tmp_path / "a.npy", images[:100])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_job.json").write_text(json.dumps({"version": 1, "model": {"sha256": "0" * 64, "path": "m"},
+                                               "options": {}, "inputs": []}))
+    (out / "failures.jsonl").write_text("")
+    with pytest.raises(InputError, match=r"written by another version of vae-infer \(record version 1, this one "
+                                         r"writes 2\)\); use a new --out folder, or delete"):
+        run_batch(tiny_package, [str(tmp_path / "a.npy")], out, BatchOptions(outputs=("mu",)))
+    assert sorted(p.name for p in out.iterdir()) == ["_job.json", "_lock", "failures.jsonl"]  # nothing written
