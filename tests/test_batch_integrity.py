@@ -330,3 +330,25 @@ def test_a_folder_written_by_the_earlier_version_is_refused_with_what_to_do(tiny
                                          r"writes 2\)\); use a new --out folder, or delete"):
         run_batch(tiny_package, [str(tmp_path / "a.npy")], out, BatchOptions(outputs=("mu",)))
     assert sorted(p.name for p in out.iterdir()) == ["_job.json", "_lock", "failures.jsonl"]  # nothing written
+
+
+@pytest.mark.slow
+def test_a_parquet_page_larger_than_the_readers_limit_is_refused_not_allocated_here(tiny_package, tmp_path,
+                                                                                     monkeypatch):
+    """One honest 250 MB page (its footer agrees): pyarrow allocates a page whole, so the bound is the reader
+    process's memory limit, enforced by the kernel; here set to 160 MiB to keep the test small."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import vae_infer.parquet_source as ps
+
+    rows = 320_000
+    chunk = pa.array([bytes(784)] * PIECE_ROWS, pa.binary(784))
+    table = pa.table({"img": pa.chunked_array([chunk] * (rows // PIECE_ROWS))})
+    pq.write_table(table, tmp_path / "page.parquet", compression="zstd", use_dictionary=False,
+                   data_page_size=1 << 30, row_group_size=rows)
+    del table, chunk
+    assert (tmp_path / "page.parquet").stat().st_size < 1 << 20
+    monkeypatch.setattr(ps, "READER_MEMORY", 160 << 20)
+    with pytest.raises(DataError, match=r"page.parquet:img: decoding needs more than the reader's 160 MiB"):
+        run_batch(tiny_package, [f"{tmp_path / 'page.parquet'}:img"], tmp_path / "out", BatchOptions(outputs=("mu",)))

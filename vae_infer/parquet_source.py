@@ -54,7 +54,8 @@ class ParquetSource:
         ours, theirs = socket.socketpair()
         # a fresh interpreter (not multiprocessing's spawn, which would import the caller's __main__ again)
         code = "import sys; from vae_infer.parquet_source import _reader_main; _reader_main(*sys.argv[1:])"
-        args = [str(theirs.fileno()), str(file), column or "", str(width or 0), str(READER_MEMORY)]
+        self._limit = READER_MEMORY
+        args = [str(theirs.fileno()), str(file), column or "", str(width or 0), str(self._limit)]
         self._proc = subprocess.Popen([sys.executable, "-c", code, *args], pass_fds=[theirs.fileno()],
                                       stdin=subprocess.DEVNULL)
         theirs.close()
@@ -73,7 +74,7 @@ class ParquetSource:
             code = self._proc.wait()
             self.close()
             raise DataError(f"{self.where}: the Parquet reader process ended (exit code {code}) while decoding the "
-                            f"file; it is corrupt, or needs more than {READER_MEMORY >> 20} MiB to decode") from None
+                            f"file; it is corrupt, or needs more than {self._limit >> 20} MiB to decode") from None
         if kind == "error":
             raise DataError(value)
         return value
@@ -144,6 +145,8 @@ def _reader_main(fd: str, file: str, column: str, width: str, limit: str) -> Non
     resource.setrlimit(resource.RLIMIT_DATA, (int(limit), int(limit)))
     conn = Connection(int(fd))
     column, width = column or None, int(width) or None
+    global READER_MEMORY
+    READER_MEMORY = int(limit)  # for the messages
     try:
         reader = _Reader(file, column, width)
         conn.send(("ok", (reader.where, reader.rows, reader.width, reader.dtype.str)))
