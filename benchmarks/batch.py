@@ -10,7 +10,14 @@ Side by side in one run, on --rows rows (default 2,048,000) built from the 70,00
   4. peak anonymous memory (RssAnon) of the local engine at three input sizes, each in a fresh process.
 Outputs mu,logvar (the encoder, what the ceiling measures). rows/s are end to end (start to the last part
 written); per-row overhead = 1/rate - 1/ceiling. Targets: local >= 0.85 x ceiling; Ray (start-up excluded)
->= 0.7 x local; peak RssAnon within 20% across sizes."""
+>= 0.7 x local; peak RssAnon within 20% across sizes.
+
+    python benchmarks/batch.py --pinning --rows 1024000 --json benchmarks/batch_pinning.json \
+        --markdown benchmarks/batch_pinning.md
+
+measures only what pinned inputs cost (vae_infer.batch.pins): the local engine (1 worker) with and without
+the content digests, side by side in interleaved rounds on the same input; the digest pass at the start is
+timed apart (it reads the whole input once)."""
 
 from __future__ import annotations
 
@@ -99,11 +106,11 @@ class FirstRows:
                 "after_first_rows_per_s": (rows - self.first_rows) / (end - self.first)}
 
 
-def local(model_path: Path, data: Path, out: Path, workers: int, chunk: int) -> dict:
+def local(model_path: Path, data: Path, out: Path, workers: int, chunk: int, pin_inputs: bool = True) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     clock = FirstRows()
     s = run_batch(model_path, [str(data)], out, BatchOptions(outputs=OUTPUTS), workers=workers, chunk_rows=chunk,
-                  progress=False, on_rows=clock)
+                  progress=False, on_rows=clock, pin_inputs=pin_inputs)
     threads = max(1, available_cores() // workers)
     return {"rows": s.rows, **clock.figures(s.rows), "workers": workers, "threads_per_worker": threads,
             "parts": s.parts_written}
@@ -222,7 +229,10 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="where the input and outputs go (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument("--pinning", action="store_true", help="only the cost of pinned inputs (module docstring)")
     args = ap.parse_args()
+    if args.pinning:
+        return pinning(args)
     env = common.environment()
     work = Path(tempfile.mkdtemp(prefix="vae-batch-bench-", dir=args.workdir))
     try:
@@ -273,6 +283,55 @@ def main() -> None:
               "targets": targets, "load_average_end": list(os.getloadavg()),
               "command": "python benchmarks/batch.py " + " ".join(sys.argv[1:])}
     md = markdown(report)
+    common.write_report(report, args.json, md, args.markdown)
+    print(md)
+
+
+def pinning(args) -> None:
+    """The local engine with and without the inputs' content digests, interleaved rounds, one input."""
+    from vae_infer.batch.pins import pin_part
+    from vae_infer.batch.plan import open_input
+
+    work = Path(tempfile.mkdtemp(prefix="vae-batch-pin-", dir=args.workdir))
+    try:
+        data = build_input(work / "input.npy", args.rows)
+        runs = {"pinned": lambda: local(args.model, data, work / "out-pinned", 1, args.chunk, True),
+                "unpinned": lambda: local(args.model, data, work / "out-unpinned", 1, args.chunk, False)}
+        rounds: dict[str, list[dict]] = {name: [] for name in runs}
+        digest_pass = []
+        for r in range(args.rounds):
+            for name in (["pinned", "unpinned"] if r % 2 == 0 else ["unpinned", "pinned"]):
+                rounds[name].append(runs[name]())
+                print(f"round {r} {name}", rounds[name][-1], flush=True)
+            t0 = time.perf_counter()
+            reader = open_input(str(data), (28, 28))
+            pin_part(reader, 0, len(reader))
+            digest_pass.append(args.rows / (time.perf_counter() - t0))
+        input_gb = data.stat().st_size / 1e9
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    per_round = [p["rows_per_s"] / u["rows_per_s"] for p, u in zip(rounds["pinned"], rounds["unpinned"], strict=True)]
+    report = {"benchmark": "batch_pinning", "rows": args.rows, "rounds": args.rounds, "input_gb": input_gb,
+              "chunk": args.chunk, "outputs": list(OUTPUTS), "model": str(args.model),
+              "environment": common.environment(),
+              "results": {name: {"rounds_rows_per_s": [m["rows_per_s"] for m in rs],
+                                 "best_rows_per_s": max(m["rows_per_s"] for m in rs)} for name, rs in rounds.items()},
+              "digest_pass_rows_per_s": digest_pass, "pinned_vs_unpinned_per_round": per_round,
+              "pinned_vs_unpinned_median": float(np.median(per_round)), "load_average_end": list(os.getloadavg()),
+              "command": "python benchmarks/batch.py " + " ".join(sys.argv[1:])}
+    res = report["results"]
+    md = "\n".join([
+        f"# Pinned inputs: what the content digests cost ({args.rows:,} rows, {input_gb:.2f} GB uint8 .npy, "
+        f"outputs mu,logvar, the local engine with 1 worker)", "",
+        f"`{report['command']}`", "",
+        "| | rows/s, best round | every round |", "|---|---:|---|",
+        *(f"| {name} | {r['best_rows_per_s']:,.0f} | {' / '.join(f'{v:,.0f}' for v in r['rounds_rows_per_s'])} |"
+          for name, r in res.items()), "",
+        f"- pinned / unpinned, within each round: {', '.join(f'{v:.3f}' for v in per_round)} "
+        f"(median {report['pinned_vs_unpinned_median']:.3f}).",
+        f"- the digest pass alone (read + sha256 of every row, done once at the start of every run): "
+        f"{', '.join(f'{v:,.0f}' for v in digest_pass)} rows/s.",
+        f"- load average at the end: {', '.join(f'{v:.1f}' for v in report['load_average_end'])}.", ""])
     common.write_report(report, args.json, md, args.markdown)
     print(md)
 

@@ -87,7 +87,7 @@ def test_local_engine_equals_the_model(tiny_package, shards, tmp_path):
                                                                      ).hexdigest()
     assert [i["rows"] for i in record["inputs"]] == [len(x) for x in shards.values()]
     assert all(i["size"] > 0 and i["mtime_ns"] > 0 for i in record["inputs"])
-    assert (tmp_path / "out" / "failures.jsonl").read_text() == ""
+    assert (tmp_path / "out" / "_failures.jsonl").read_text() == ""
 
 
 def test_sampled_scores_do_not_depend_on_the_split(tiny_package, shards, tmp_path):
@@ -239,7 +239,7 @@ def test_bad_shards_stop_the_job_or_are_recorded(tiny_package, images, tmp_path)
     out = tmp_path / "skip"
     inputs = [str(tmp_path / n) for n in ["good.npy", *problems]]
     summary = run_batch(tiny_package, inputs, out, opts, chunk_rows=100, skip_bad=True)
-    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    failures = [json.loads(line) for line in (out / "_failures.jsonl").read_text().splitlines()]
     assert sorted(Path(f["source"]).name for f in failures) == sorted(problems)
     assert [(f["start"], f["stop"]) for f in failures if f["source"].endswith("nan.npy")] == [(400, 500)]
     r = read_results(out)
@@ -273,7 +273,7 @@ def test_cli_batch(tiny_package, shards, images, tmp_path):
     res = ok(runner.invoke(main, ["batch", str(tiny_package), str(tmp_path / "*.npy"), "--out", str(tmp_path / "o4"),
                                   "--skip-bad", "--workers", "2"]))
     assert "skipped: see" in res.stderr
-    assert len((tmp_path / "o4" / "failures.jsonl").read_text().splitlines()) == 4
+    assert len((tmp_path / "o4" / "_failures.jsonl").read_text().splitlines()) == 4
     res = runner.invoke(main, ["batch", str(tiny_package), spec, "--out", str(tmp_path / "o5"), "--outputs", "mu,z"])
     assert res.exit_code == 2 and "expected a comma-separated selection" in res.output
 

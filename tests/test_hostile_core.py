@@ -157,10 +157,12 @@ def test_a_later_package_write_removes_folders_of_killed_writes(tiny_copy):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    leftover = tiny_copy.parent / f".{tiny_copy.name}.new-{dead_pid}-x1y2z3"
+    from vae_infer.atomic import temp_folder_prefix
+
+    leftover = tiny_copy.parent / (temp_folder_prefix(tiny_copy, "new", pid=dead_pid) + "x1y2z3")
     leftover.mkdir()
     (leftover / "encoder.onnx").write_bytes(b"half written")
-    live = tiny_copy.parent / f".{tiny_copy.name}.new-{os.getpid()}-a1b2c3"
+    live = tiny_copy.parent / (temp_folder_prefix(tiny_copy, "new") + "a1b2c3")
     live.mkdir()
     update_package(tiny_copy, {})
     assert not leftover.exists()

@@ -11,6 +11,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,87 @@ def test_cli_reads_uris_with_ray_data(cluster, tiny_package, images, tmp_path):
                                "--outputs", "mu,score"]), "keys its noise by each row's index")
     fails(runner.invoke(main, ["batch", str(tiny_package), uris[0], "--out", str(tmp_path / "o3")]),
           "pass --engine ray")
+
+
+_DEFAULTS_ON_TWO_CPUS = """
+import sys
+import numpy as np
+import ray
+import vae_infer.ray as vray
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # a new cluster of its own
+ray.data.DataContext.get_current().enable_progress_bars = False
+out = vray.map_model(ray.data.read_numpy(sys.argv[1]), sys.argv[2])  # every default: the documented path
+print("rows", out.count(), "cpus per actor", vray.default_num_cpus(2))
+"""
+
+
+@pytest.mark.slow
+def test_map_model_with_its_defaults_completes_on_a_two_cpu_cluster(tiny_package, images, tmp_path):
+    """Actors sized by default leave a whole CPU for read_numpy's tasks (which ask for one each): the job ends."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(4):
+        np.save(folder / f"s{i}.npy", images[i * 1000 : (i + 1) * 1000])
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        run = subprocess.run([sys.executable, "-c", _DEFAULTS_ON_TWO_CPUS, str(folder), str(tiny_package)], env=env,
+                             capture_output=True, text=True, timeout=JOB_TIMEOUT_S + 60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("map_model with its defaults made no progress on a 2-CPU Ray cluster")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "rows 4000 cpus per actor 0.5" in run.stdout, run.stdout
+
+
+def test_map_model_with_its_defaults_completes_on_the_two_node_cluster(cluster, tiny_package, images, tmp_path):
+    import ray
+
+    import vae_infer.ray as vray
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(3):
+        np.save(folder / f"s{i}.npy", images[i * 500 : (i + 1) * 500])
+    out = vray.map_model(ray.data.read_numpy(str(folder)), tiny_package)
+    table = _within(lambda: out.to_pandas())
+    assert len(table) == 1500 and {"mu", "logvar"} <= set(table.columns)
+    mu = np.stack(table["mu"].to_numpy())
+    ref, _ = load(tiny_package, threads=1).encode(images[:1500])
+    assert np.abs(np.sort(mu, axis=0) - np.sort(ref, axis=0)).max() <= 1e-6
+
+
+def test_ray_data_reads_the_output_folder_as_it_is(cluster, tiny_package, images, tmp_path):
+    import ray
+
+    np.save(tmp_path / "a.npy", images[:800])
+    (tmp_path / "bad.npy").write_bytes(b"junk")
+    out = tmp_path / "out"
+    run_batch(tiny_package, [str(tmp_path / "a.npy"), str(tmp_path / "bad.npy")], out,
+              BatchOptions(outputs=("mu",), part_rows=300), skip_bad=True)
+    assert (out / "_failures.jsonl").read_text() and (out / "_job.json").is_file() and (out / "_lock").is_file()
+    df = _within(lambda: ray.data.read_parquet(str(out)).to_pandas())
+    assert sorted(df["row"].tolist()) == list(range(800))
+
+
+@pytest.mark.slow
+def test_the_ray_engine_keeps_ray_log_lines_out_of_the_output(tiny_package, images, tmp_path):
+    """`vae-infer batch --engine ray` prints its own summary only: Ray's log lines (INFO, WARNING, and the E-level
+    line of its C++ core) go to OUT/_ray.log; --verbose shows them."""
+    import re
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "a.npy", images[:1000])
+    # RAY_ADDRESS=local: a cluster of its own, not the module's (which ray.init would otherwise find and join)
+    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-m", "vae_infer", "batch", str(tiny_package), str(tmp_path / "a.npy"),
+                          "--out", str(tmp_path / "out"), "--engine", "ray", "--outputs", "mu", "--timeout",
+                          str(JOB_TIMEOUT_S)], env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S + 60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("1000 rows in ") and len(run.stdout.strip().splitlines()) == 1, run.stdout
+    assert run.stderr == "", run.stderr[-2000:]
+    log = (tmp_path / "out" / "_ray.log").read_text()
+    assert re.search(r"(INFO|WARNING) \S+\.py:\d+ --", log), log[-2000:]

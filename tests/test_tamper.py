@@ -584,7 +584,7 @@ def _killed_write(path: Path) -> Path:
     """A real process killed (SIGKILL) in the middle of write_atomically: its hidden .tmp file stays."""
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
-    leftovers = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.{proc.pid}-")]
+    leftovers = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.vae-infer~tmp~{proc.pid}~")]
     proc.kill()
     proc.wait()
     assert len(leftovers) == 1 and leftovers[0].suffix == ".tmp"
@@ -598,35 +598,41 @@ def _dead_pid() -> int:
 
 
 def test_a_later_write_removes_leftovers_of_killed_writes_only(tmp_path):
-    from vae_infer.atomic import atomic_write_bytes, temp_folder_prefix
+    from vae_infer.atomic import atomic_write_bytes, temp_folder_prefix, temp_name
 
     out = tmp_path / "out.npy"
     killed = _killed_write(out)
-    live = tmp_path / f".out.npy.{os.getpid()}-0badcafe.tmp"  # a writer that is still running: this process
+    live = tmp_path / temp_name(out)  # a writer that is still running: this process
     live.write_bytes(b"in progress")
-    old_live = tmp_path / f".out.npy.{os.getpid()}-01dcafe0.tmp"  # alive, but over an hour old
+    old_live = tmp_path / temp_name(out)  # alive, but over an hour old
     old_live.write_bytes(b"stale")
     os.utime(old_live, (time.time() - 7200,) * 2)
-    other = tmp_path / f".other.npy.{_dead_pid()}-12345678.tmp"  # another file's leftover: not this write's
+    other = tmp_path / temp_name(tmp_path / "other.npy", pid=_dead_pid())  # another file's leftover
     other.write_bytes(b"x")
-    dead_pkg = tmp_path / f".out.npy.new-{_dead_pid()}-abc_1234"  # write_package's folders
+    dead_pkg = tmp_path / (temp_folder_prefix(out, "new", pid=_dead_pid()) + "abc_1234")  # write_package's
     dead_pkg.mkdir()
     (dead_pkg / "model.json").write_text("{}")
     live_pkg = tmp_path / (temp_folder_prefix(out, "old") + "xyz")
     live_pkg.mkdir()
-    unnamed_old = tmp_path / ".out.npy.new-q1w2e3r4"  # no PID in the name: removed by age only
-    unnamed_old.mkdir()
-    unnamed_new = tmp_path / ".out.npy.new-a1s2d3f4"
-    unnamed_new.mkdir()
-    os.utime(unnamed_old, (time.time() - 7200,) * 2)
-    lookalike = tmp_path / ".out.npy.123-notours"  # not a name the writers use
+    # names a person chose, however old and however much they look like temporaries: never removed
+    backup = tmp_path / ".out.npy.old-backup"
+    unnamed_old = tmp_path / ".out.npy.new-q1w2e3r4"
+    forged = tmp_path / (temp_folder_prefix(out, "new", pid=_dead_pid())[:-17] + "0" * 16 + "-x")  # bad TAG
+    for folder in (backup, unnamed_old, forged):
+        folder.mkdir()
+        (folder / "keep.txt").write_text("mine")
+        os.utime(folder, (time.time() - 7200,) * 2)
+    lookalike = tmp_path / f".out.npy.{_dead_pid()}-0badcafe.tmp"  # the old temporary name: not proof of ours
     lookalike.write_bytes(b"keep")
+    os.utime(lookalike, (time.time() - 7200,) * 2)
 
     atomic_write_bytes(out, b"new")
     assert out.read_bytes() == b"new"
     remaining = sorted(p.name for p in tmp_path.iterdir())
-    assert not killed.exists() and not old_live.exists() and not dead_pkg.exists() and not unnamed_old.exists()
-    assert remaining == sorted(["out.npy", live.name, other.name, live_pkg.name, unnamed_new.name, lookalike.name])
+    assert not killed.exists() and not old_live.exists() and not dead_pkg.exists()
+    assert remaining == sorted(["out.npy", live.name, other.name, live_pkg.name, backup.name, unnamed_old.name,
+                                forged.name, lookalike.name])
+    assert all((f / "keep.txt").read_text() == "mine" for f in (backup, unnamed_old, forged))
 
 
 def test_a_write_error_names_the_file_asked_for(tmp_path):

@@ -1,12 +1,16 @@
 """Files written atomically: a temporary file beside the destination, fsynced, then renamed over it, so
 an existing file is never left half-written and a crash leaves the old file or the complete new one.
 
-Leftovers of killed writes (hidden `.NAME.PID-TOKEN.tmp` files, and the `.NAME.new-*` / `.NAME.old-*`
-folders of vae_infer.package.write_package) are removed by a later write to the same place, but only those
-whose writing process is gone or that are over an hour old: parallel writers may still be using the others."""
+Temporary names carry a mark no person would choose and proof that this program made them:
+`.NAME.vae-infer~ROLE~PID~TOKEN~TAG` (ROLE tmp for files, new/old for the folders of
+vae_infer.package.write_package; TOKEN random; TAG a digest of NAME, ROLE, PID and TOKEN). A later write to
+the same place removes such leftovers of killed writes, when their writing process is gone or they are over
+an hour old (parallel writers may still be using the others). Nothing else is ever removed, whatever its
+name or age: a user's `.mymodel.old-backup` folder is not a leftover."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -20,8 +24,12 @@ from typing import BinaryIO
 # A leftover older than this is removed even when its PID is alive: the PID may have been reused, and no
 # write of one file or one package takes an hour.
 STALE_SECONDS = 3600.0
-_FILE_TAIL = re.compile(r"(\d+)-[0-9a-f]+\.tmp")  # after ".NAME.": the writer's PID and a random token
-_FOLDER_TAIL = re.compile(r"(?:new|old)-(?:(\d+)-)?[A-Za-z0-9_]+")  # write_package's temporary folders
+MARK = "vae-infer~"  # no person names a file like this; the TAG below proves the rest of the name is ours
+ROLES = ("tmp", "new", "old")  # a file being written; write_package's new and old package folders
+TOKEN_HEX = 16
+# after ".NAME.": MARK ROLE~PID~TOKEN~TAG, then ".tmp" (files) or tempfile.mkdtemp's random tail (folders)
+_OURS = re.compile(rf"{re.escape(MARK)}(tmp|new|old)~(\d+)~([0-9a-f]{{{TOKEN_HEX}}})~([0-9a-f]{{{TOKEN_HEX}}})"
+                   r"(\.tmp|-[A-Za-z0-9_]+)")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -66,18 +74,46 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Pat
     return path
 
 
-def temp_name(path: str | Path) -> str:
-    """The hidden name of a temporary file for `path`: `.NAME.PID-TOKEN.tmp` (the PID tells later writers
-    whether the write may still be going on)."""
-    return f".{Path(path).name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+def _tag(name: str, role: str, pid: int, token: str) -> str:
+    return hashlib.sha256(f"{MARK}{name}\0{role}\0{pid}\0{token}".encode()).hexdigest()[:TOKEN_HEX]
 
 
-def temp_folder_prefix(dest: str | Path, role: str = "new") -> str:
+def _marked(dest: str | Path, role: str, pid: int | None = None) -> str:
+    """`.NAME.vae-infer~ROLE~PID~TOKEN~TAG` for a temporary beside `dest` (module docstring)."""
+    name = Path(dest).name
+    pid = os.getpid() if pid is None else pid
+    token = secrets.token_hex(TOKEN_HEX // 2)
+    return f".{name}.{MARK}{role}~{pid}~{token}~{_tag(name, role, pid, token)}"
+
+
+def temp_name(path: str | Path, pid: int | None = None) -> str:
+    """The hidden name of a temporary file for `path`: `.NAME.vae-infer~tmp~PID~TOKEN~TAG.tmp` (the PID tells
+    later writers whether the write may still be going on; pid: for tests, another process's)."""
+    return _marked(path, "tmp", pid) + ".tmp"
+
+
+def temp_folder_prefix(dest: str | Path, role: str = "new", pid: int | None = None) -> str:
     """The prefix of a temporary folder beside a package folder `dest` (tempfile.mkdtemp(prefix=...)):
-    `.NAME.new-PID-` or `.NAME.old-PID-`, so remove_stale_leftovers can tell a live writer's folder."""
+    `.NAME.vae-infer~new~PID~TOKEN~TAG-` (or ~old~), so remove_stale_leftovers can tell ours, and a live
+    writer's."""
     if role not in ("new", "old"):
         raise ValueError(f"role must be 'new' or 'old', got {role!r}")
-    return f".{Path(dest).name}.{role}-{os.getpid()}-"
+    return _marked(dest, role, pid) + "-"
+
+
+def is_leftover_name(dest: str | Path, name: str) -> tuple[str, int] | None:
+    """(role, writer PID) when `name` is a temporary this program made for `dest` (mark and TAG check), else
+    None."""
+    head = f".{Path(dest).name}."
+    if not name.startswith(head):
+        return None
+    match = _OURS.fullmatch(name[len(head):])
+    if match is None:
+        return None
+    role, pid, token, tag, tail = match.groups()
+    if tag != _tag(Path(dest).name, role, int(pid), token) or (role == "tmp") != (tail == ".tmp"):
+        return None
+    return role, int(pid)
 
 
 def fsync_folder(folder: str | Path) -> None:
@@ -95,13 +131,11 @@ def fsync_folder(folder: str | Path) -> None:
 
 
 def remove_stale_leftovers(dest: str | Path, max_age: float = STALE_SECONDS) -> list[Path]:
-    """Remove what killed writes to `dest` left beside it: `.NAME.PID-TOKEN.tmp` files and write_package's
-    `.NAME.new-*` / `.NAME.old-*` folders, but only those whose writing process is gone (the PID in the
-    name no longer exists) or that are over `max_age` seconds old. A leftover without a PID in its name
-    (folders made by older versions) is removed only by age. Best effort: never raises for a leftover it
-    cannot remove. Returns the removed paths."""
+    """Remove what killed writes to `dest` left beside it: temporary files and write_package's folders with
+    this program's mark and a valid TAG (is_leftover_name), and only those whose writing process is gone or
+    that are over `max_age` seconds old. Anything else is kept, whatever its name or age. Best effort: never
+    raises for a leftover it cannot remove. Returns the removed paths."""
     dest = Path(dest)
-    head = f".{dest.name}."
     removed: list[Path] = []
     try:
         entries = list(os.scandir(dest.parent))
@@ -109,22 +143,18 @@ def remove_stale_leftovers(dest: str | Path, max_age: float = STALE_SECONDS) -> 
         return removed
     now = time.time()
     for entry in entries:
-        if not entry.name.startswith(head):
+        ours = is_leftover_name(dest, entry.name)
+        if ours is None:
             continue
-        tail = entry.name[len(head):]
-        match = _FILE_TAIL.fullmatch(tail) or _FOLDER_TAIL.fullmatch(tail)
-        if match is None:
-            continue
+        role, pid = ours
         try:
             info = entry.stat(follow_symlinks=False)
         except OSError:
             continue
         is_folder = stat.S_ISDIR(info.st_mode)
-        if is_folder != (match.re is _FOLDER_TAIL):
-            continue  # a folder named like a temporary file, or the reverse: not ours
-        pid = int(match.group(1)) if match.group(1) else None
-        old = now - info.st_mtime > max_age
-        if not (old or (pid is not None and not _process_exists(pid))):
+        if is_folder != (role != "tmp") or stat.S_ISLNK(info.st_mode):
+            continue  # a folder named like a temporary file, or the reverse, or a link: not ours
+        if not (now - info.st_mtime > max_age or not _process_exists(pid)):
             continue
         try:
             if is_folder:

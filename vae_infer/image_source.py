@@ -66,6 +66,9 @@ class Source:
         """Class labels (n,) when the source has them (named data sets, IDX folders, .npz with labels)."""
         return self._labels
 
+    def close(self) -> None:
+        """Release what the source holds open (nothing here; readers of files override it)."""
+
 
 class PngFolderSource(Source):
     """A folder of .png images, one row per file in sorted name order; files are read when asked for."""

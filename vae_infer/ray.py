@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,7 +31,9 @@ from .manifest import MANIFEST_NAME
 
 DEFAULT_COLUMN = "data"  # the column ray.data.read_numpy and from_numpy put arrays in
 DEFAULT_BATCH_ROWS = 4096
-RANGE_COLUMNS = ("task", "source", "start", "stop", "step")  # row ranges to read (vae_infer.batch's Ray engine)
+READ_CPUS = 1.0  # CPUs the default actor size leaves free for Ray Data's read tasks (each asks for one)
+# row ranges to read (vae_infer.batch's Ray engine): the part's rows [origin, end) and its pins (comma-joined)
+RANGE_COLUMNS = ("task", "source", "start", "stop", "step", "origin", "end", "pins")
 
 
 def require_ray():
@@ -139,21 +143,29 @@ class ModelMapper:
         rather than numpy object arrays: strings per row would cost more than the encoder."""
         import pyarrow as pa
 
+        from .batch.pins import CHANGED, read_checked
         from .batch.plan import open_input
+        from .batch.readers import InputChanged
 
         latent = self.model.latent_size
         tables = []
-        for task, source, start, stop, step in zip(*(batch[c] for c in RANGE_COLUMNS), strict=True):
-            source, start, stop, step = str(source), int(start), int(stop), int(step)
+        for task, source, start, stop, step, origin, end, pins in zip(*(batch[c] for c in RANGE_COLUMNS),
+                                                                      strict=True):
+            source = str(source)
+            start, stop, step, origin, end = (int(v) for v in (start, stop, step, origin, end))
+            pins = tuple(str(pins).split(","))
             pieces, error = [], None
             for s in range(start, stop, step):
                 try:
                     if source not in self.sources:
+                        for old in self.sources.values():
+                            old.close()
                         self.sources = {source: open_input(source, self.model.image_shape)}  # one input open
-                    pieces.append(self.computer.columns(self.sources[source].read(s, min(s + step, stop)), source, s))
+                    block = read_checked(self.sources[source], s, min(s + step, stop), origin, end, pins)
+                    pieces.append(self.computer.columns(block, source, s))
                 except (VaeInferError, OSError, ValueError) as e:
                     pieces.append(self._placeholder(s, latent))
-                    error = str(e) or type(e).__name__
+                    error = (CHANGED if isinstance(e, InputChanged) else "") + (str(e) or type(e).__name__)
                     break
             cols = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
             n = len(cols["row"])
@@ -176,13 +188,20 @@ class ModelMapper:
 
 
 def default_num_cpus(concurrency: int) -> float:
-    """CPUs reserved per actor: one, unless the actors would take every CPU of the cluster; then a share that
-    leaves half a CPU for Ray Data's read tasks (2 actors x 1 CPU on a 2-CPU cluster starve the reads)."""
+    """CPUs reserved per actor, so that Ray Data's read tasks always get their share. A read task asks for a
+    whole CPU on one node, and its request counts as much as an actor's: actors that hold 1.5 of 2 CPUs, or
+    half of each of two 1-CPU nodes, starve the reads and the job never moves (docs/batch.md). So: one CPU per
+    actor when the cluster keeps a whole CPU free beside them (whole-CPU actors leave whole CPUs free on some
+    node); on a single node, an equal share of what is left after one CPU; else (a small cluster of several
+    nodes) nothing reserved, and the actors share the CPUs with the reads."""
     ray = require_ray()
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    if concurrency + 0.5 <= cpus:
+    if concurrency + READ_CPUS <= cpus:
         return 1.0
-    return round(max(0.1, (cpus - 0.5) / concurrency), 2)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    if len(nodes) == 1 and cpus > READ_CPUS:
+        return round((cpus - READ_CPUS) / concurrency, 2)
+    return 0.0
 
 
 def map_model(ds, package: str | Path, outputs: Sequence[str] = ("mu", "logvar"), *, kind: str = "nelbo",
@@ -218,24 +237,52 @@ def map_model(ds, package: str | Path, outputs: Sequence[str] = ("mu", "logvar")
 
 
 @contextlib.contextmanager
-def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+def connect(address: str | None = None, num_cpus: int | None = None, log: str | Path | None = None
+            ) -> Iterator[Any]:
     """Ray for the length of a job: the cluster this process is already connected to; or the one at `address`
     (an existing cluster: "auto", "ray://host:10001", "host:6379"; its token, when token authentication is on,
     comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); or a local one started now and shut
-    down afterwards."""
+    down afterwards. log: a file that receives what Ray itself prints (its Python log lines and its C++ core's,
+    which write to the process's stderr) for the length of the job; None shows them."""
     ray = require_ray()
-    if ray.is_initialized():
-        yield ray
+    with _ray_output_to(log):
+        if ray.is_initialized():
+            yield ray
+            return
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            raise VaeInferError(f"cannot start or reach {where}: {e}") from e
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_output_to(log: str | Path | None) -> Iterator[None]:
+    """File descriptor 2 (where Ray's loggers and its C++ core write, in this process and in the processes it
+    starts) goes to `log`; sys.stderr, for this program's own messages and progress, stays on the terminal."""
+    if log is None:
+        yield
         return
+    sys.stderr.flush()
+    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = os.dup(2)
+    ours = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                     errors="replace")
+    old_stderr = sys.stderr
+    os.dup2(target, 2)
+    os.close(target)
+    sys.stderr = ours
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise VaeInferError(f"cannot start or reach {where}: {e}") from e
-    try:
-        yield ray
+        yield
     finally:
-        ray.shutdown()
+        sys.stderr = old_stderr
+        ours.close()
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,6 +1,8 @@
 """The job record `_job.json`: what a folder of results was computed from (the model's sha256, the options,
-each input's size, modification time and rows). A re-run with the same record resumes; a re-run with another
-one is refused with the differences, so results of two different jobs are never mixed in one folder."""
+each input's size, modification time, rows and content digests: vae_infer.batch.pins). A re-run with the same
+record resumes; a re-run with another one is refused with the differences, naming each changed input, so
+results of two different jobs, or of two versions of one input, are never mixed in one folder. Records of
+earlier versions (with `failures.jsonl` beside them) are refused: start such a job in a new folder."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from .options import BatchOptions
 from .plan import InputFile
 
 JOB_FILE = "_job.json"
-JOB_VERSION = 1
+JOB_VERSION = 2  # 2: content digests of the inputs, side files named _*
 
 
 def model_sha256(package: str | Path) -> str:
@@ -36,7 +38,9 @@ def job_record(package: str | Path, options: BatchOptions, inputs: Sequence[Inpu
 
 def job_id(record: dict[str, Any]) -> str:
     """A digest of what the results depend on (not where the model lies): written into every part."""
-    key = {k: v for k, v in record.items() if k != "model"} | {"model": record["model"]["sha256"]}
+    inputs = [{k: v for k, v in i.items() if k != "mtime_ns"} for i in record["inputs"]]  # contents, not dates
+    key = {k: v for k, v in record.items() if k not in ("model", "inputs")} | {
+        "model": record["model"]["sha256"], "inputs": inputs}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -44,7 +48,8 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What changed between two job records, in words; [] when they describe the same job."""
     out = []
     if old.get("version") != new["version"]:
-        return [f"the record's version {old.get('version')!r} is not {new['version']}"]
+        return [f"it was written by another version of vae-infer (record version {old.get('version')!r}, this "
+                f"one writes {new['version']})"]
     if old["model"]["sha256"] != new["model"]["sha256"]:
         out.append(f"the model changed (sha256 {old['model']['sha256'][:12]}... -> {new['model']['sha256'][:12]}...)")
     for key in sorted(set(old["options"]) | set(new["options"])):
@@ -59,8 +64,12 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         else:
             changed = [f"{k} {before[src][k]} -> {after[src][k]}" for k in ("size", "mtime_ns", "rows")
                        if before[src][k] != after[src][k]]
+            if before[src].get("sha256") != after[src]["sha256"] or before[src].get("pins") != after[src]["pins"]:
+                changed.append(f"content sha256 {str(before[src].get('sha256'))[:12]}... -> "
+                               f"{str(after[src]['sha256'])[:12]}...")
             if changed:
-                out.append(f"input {src} changed ({', '.join(changed)})")
+                out.append(f"input {src} changed ({', '.join(changed)}); the parts there "
+                           f"were computed from its old contents")
     out += [f"input {src} was removed" for src in before if src not in after]
     if not out and [i["source"] for i in old["inputs"]] != [i["source"] for i in new["inputs"]]:
         out.append("the inputs are listed in another order")

@@ -1,7 +1,8 @@
 """The local engine: tasks computed by one loaded model in this process, or by N worker processes (each one
 onnxruntime session with cores/N threads). Results come back in task order with a bounded number of tasks in
-flight, so memory stays bounded whatever the input size: inputs are memory-mapped and read one range at a
-time, and only output columns (a few dozen bytes a row) cross between processes."""
+flight, so memory stays bounded whatever the input size: inputs are read one range at a time (never
+memory-mapped: vae_infer.batch.readers), each range checked against the input's pins before it is computed
+(vae_infer.batch.pins), and only output columns (a few dozen bytes a row) cross between processes."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from ..errors import VaeInferError
 from ..machine import available_cores
 from .core import ChunkComputer, Columns
 from .options import BatchOptions
+from .pins import CHANGED, read_checked
 from .plan import Task, open_input
+from .readers import InputChanged
 
 IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: one computing, one ready, so no worker waits on the parent
-OPEN_SOURCES = 4  # inputs kept open per process (memory maps are cheap, but a job may have thousands of files)
+OPEN_SOURCES = 4  # inputs kept open per process (a job may have thousands of files)
+Pins = dict[int, "tuple[str, ...]"]  # part id -> the digests of its blocks
 Result = tuple[Task, "Columns | str"]  # output columns, or the problem with these rows as one line
 
 
@@ -32,21 +36,24 @@ class TaskRunner:
         self.computer = ChunkComputer(self.model, options)
         self.sources: dict[str, object] = {}
 
-    def run(self, spec: str, start: int, stop: int) -> Columns | str:
+    def run(self, spec: str, start: int, stop: int, origin: int, end: int, pins: tuple[str, ...]) -> Columns | str:
+        """Rows [start, stop) of the part [origin, end) of `spec`, checked against its pins, computed."""
         try:
             if spec not in self.sources:
                 if len(self.sources) >= OPEN_SOURCES:
-                    self.sources.pop(next(iter(self.sources)))
+                    self.sources.pop(next(iter(self.sources))).close()
                 self.sources[spec] = open_input(spec, self.model.image_shape)
-            block = self.sources[spec].read(start, stop)
+            block = read_checked(self.sources[spec], start, stop, origin, end, pins)
             return self.computer.columns(block, spec, start)
+        except InputChanged as e:
+            return f"{CHANGED}{e}"
         except VaeInferError as e:
             return str(e)
-        except (OSError, ValueError) as e:  # a file changed or vanished under a memory map
+        except (OSError, ValueError) as e:
             return f"{type(e).__name__}: {e}"
 
 
-def run_local(package: str | Path, options: BatchOptions, tasks: Sequence[Task], specs: Sequence[str],
+def run_local(package: str | Path, options: BatchOptions, tasks: Sequence[Task], specs: Sequence[str], pins: Pins,
               workers: int = 1, threads: int | None = None) -> Iterator[Result]:
     """(task, columns or problem) for every task, in the order given."""
     if not tasks:  # everything was done by an earlier run: load nothing, start nothing
@@ -54,12 +61,12 @@ def run_local(package: str | Path, options: BatchOptions, tasks: Sequence[Task],
     if workers <= 1:
         runner = TaskRunner(package, options, threads)
         for t in tasks:
-            yield t, runner.run(specs[t.input], t.start, t.stop)
+            yield t, runner.run(specs[t.input], t.start, t.stop, t.origin, t.end, pins[t.part])
         return
-    yield from _run_workers(package, options, tasks, specs, workers, threads)
+    yield from _run_workers(package, options, tasks, specs, pins, workers, threads)
 
 
-def _run_workers(package, options, tasks, specs, workers: int, threads: int | None) -> Iterator[Result]:
+def _run_workers(package, options, tasks, specs, pins: Pins, workers: int, threads: int | None) -> Iterator[Result]:
     ctx = mp.get_context("spawn")  # no fork: the parent may hold onnxruntime threads and open files
     per_worker = threads or max(1, available_cores() // workers)
     todo, done = ctx.Queue(), ctx.Queue()
@@ -75,7 +82,7 @@ def _run_workers(package, options, tasks, specs, workers: int, threads: int | No
         while next_out < len(tasks):
             while sent < len(tasks) and sent - next_out < window:
                 t = tasks[sent]
-                todo.put((t.id, specs[t.input], t.start, t.stop))
+                todo.put((t.id, specs[t.input], t.start, t.stop, t.origin, t.end, pins[t.part]))
                 sent += 1
             while tasks[next_out].id not in ready:
                 try:
@@ -121,5 +128,5 @@ def _worker_main(package: str, options: dict, threads: int, todo, done) -> None:
             continue
         if item is None:
             return
-        tid, spec, start, stop = item
-        done.put((tid, runner.run(spec, start, stop)))
+        tid, *task = item
+        done.put((tid, runner.run(*task)))

@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..anomaly import SCORE_KINDS, check_kind, default_samples
+from ..anomaly import SCORE_KINDS, STOCHASTIC_KINDS, check_kind, default_samples
 from ..errors import InputError
 from ..inputs import as_count, as_seed
+from ..work_limits import MAX_SAMPLES
 
 OUTPUTS = ("mu", "logvar", "score", "flag")  # besides `source` and `row`, which every output has
 FORMATS = ("parquet", "npz")
@@ -35,9 +36,17 @@ class BatchOptions:
                              f"{', '.join(map(str, self.outputs)) or 'nothing'}")
         object.__setattr__(self, "outputs", outputs)
         check_kind(self.kind)
+        sampled = "score" in self.outputs and self.kind in STOCHASTIC_KINDS
+        if self.samples is not None and not sampled:
+            what = f"the {self.kind!r} score does not sample" if "score" in self.outputs else "there is no score output"
+            raise InputError(f"samples={self.samples} is ignored here ({what}); leave it out, or ask for the score "
+                             f"output with a sampled --kind ({', '.join(STOCHASTIC_KINDS)})")
         if self.samples is None:
             object.__setattr__(self, "samples", default_samples(self.kind))
         as_count(self.samples, "samples")
+        if self.samples > MAX_SAMPLES:
+            raise InputError(f"samples must be at most {MAX_SAMPLES} (vae_infer.work_limits.MAX_SAMPLES), got "
+                             f"{self.samples}")
         if as_seed(self.seed) is None:
             raise InputError("a batch job needs a seed (a non-negative integer), so that a re-run gives the same "
                              "sampled scores")
@@ -45,12 +54,20 @@ class BatchOptions:
             raise InputError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         as_count(self.part_rows, "part_rows")
 
+    @property
+    def asked_samples(self) -> int | None:
+        """samples when the score samples (what to pass on to another BatchOptions), else None."""
+        return self.samples if "score" in self.outputs and self.kind in STOCHASTIC_KINDS else None
+
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "outputs": list(self.outputs)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BatchOptions:
-        return cls(**{**d, "outputs": tuple(d["outputs"])})
+        d = {**d, "outputs": tuple(d["outputs"])}
+        if not ("score" in d["outputs"] and d.get("kind", "nelbo") in STOCHASTIC_KINDS):
+            d.pop("samples", None)  # filled with the kind's default when it was made: not asked for
+        return cls(**d)
 
 
 def parse_outputs(text: str) -> tuple[str, ...]:

@@ -1,8 +1,11 @@
 """The output folder: parts (Parquet, or .npz for small jobs), each written atomically and carrying what it
-holds (job id, source, row range) so that a re-run can verify it; failures.jsonl; and reading results back.
+holds (job id, source, row range, the digest of the input rows it was computed from) so that a re-run can
+verify it; _failures.jsonl; and reading results back.
 
-Columns: source (the input as given), row (its index in that input), mu and logvar (fixed-size lists of the
-latent size, float32), score (float64), flag (bool)."""
+The folder is a dataset as it is: every side file (`_job.json`, `_failures.jsonl`, `_lock`, `_ray.log`)
+starts with `_`, which every Parquet reader (pyarrow.dataset, pandas, DuckDB, Polars, Spark, Ray Data) skips,
+and temporaries start with `.`. Columns: source (the input as given), row (its index in that input), mu and
+logvar (fixed-size lists of the latent size, float32), score (float64), flag (bool)."""
 
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ import numpy as np
 from ..atomic import atomic_write_bytes, write_atomically
 from ..errors import DataError, MissingExtraError
 from .core import Columns
+from .pins import content_digest
 from .plan import Part
 
-FAILURES_FILE = "failures.jsonl"
+FAILURES_FILE = "_failures.jsonl"
+RAY_LOG = "_ray.log"  # what Ray itself printed during a job with --engine ray (unless --verbose)
 META_KEY = "vae_infer.batch"  # Parquet schema metadata / npz member holding the part's description
 ROW_GROUP_ROWS = 65536  # rows buffered per Parquet row group: ~2 MB of outputs, readers skip by groups
 EXTENSIONS = {"parquet": ".parquet", "npz": ".npz"}
@@ -35,8 +40,10 @@ def pyarrow_modules():
     return pa, pq
 
 
-def part_meta(job: str, part: Part, source: str) -> dict[str, Any]:
-    return {"job": job, "source": source, "start": part.start, "stop": part.stop}
+def part_meta(job: str, part: Part, source: str, pins: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """What a part holds; input_sha256: the digest of the pinned blocks its rows were computed from."""
+    return {"job": job, "source": source, "start": part.start, "stop": part.stop,
+            "input_sha256": content_digest([pins])}
 
 
 def part_path(out_dir: Path, part: Part, fmt: str) -> Path:

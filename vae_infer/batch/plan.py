@@ -1,5 +1,6 @@
 """A job's inputs and its plan: files and globs expanded, each input described (size, modification time,
-rows) and checked, then split into parts (output files) and tasks (row ranges one engine call computes).
+rows, and the digests of its contents: vae_infer.batch.pins) and checked, then split into parts (output
+files) and tasks (row ranges one engine call computes).
 
 Parts never span two inputs and every part is a fixed row range of one input, so the same inputs and
 options give the same parts on every run: that is what lets a re-run skip the parts already written."""
@@ -12,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataError
-from ..sources import Source, open_source, split_key
+from ..sources import split_key
+from .pins import content_digest, pin_part
+from .readers import RowReader, StreamRows, open_rows
 
 GLOB_CHARS = "*?["
 
@@ -24,9 +27,12 @@ class InputFile:
     mtime_ns: int | None  # latest modification time, ns
     rows: int | None  # None when the input could not be opened (see error)
     error: str | None = None
+    pins: tuple[tuple[str, ...], ...] = ()  # per part of this input, the digests of its blocks (pins.py)
 
     def record(self) -> dict:
-        return {"source": self.source, "size": self.size, "mtime_ns": self.mtime_ns, "rows": self.rows}
+        return {"source": self.source, "size": self.size, "mtime_ns": self.mtime_ns, "rows": self.rows,
+                "sha256": content_digest(self.pins) if self.error is None else None,
+                "pins": [list(p) for p in self.pins]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +42,8 @@ class Task:
     start: int
     stop: int
     part: int
+    origin: int = 0  # the part's rows [origin, end): pinned blocks start at origin
+    end: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +93,10 @@ def stat_input(spec: str) -> tuple[int | None, int | None]:
         return None, None
 
 
-def open_input(spec: str, image_shape: tuple[int, int]) -> Source:
-    """The input's source, checked: rows shaped like the model's images, uint8 or floats. DataError otherwise."""
-    source = open_source(spec, image_shape=image_shape)
+def open_input(spec: str, image_shape: tuple[int, int]) -> RowReader:
+    """The input's reader (vae_infer.batch.readers), checked: rows shaped like the model's images, uint8 or
+    floats. DataError otherwise."""
+    source = open_rows(spec, image_shape=image_shape)
     h, w = image_shape
     if source.row_shape not in ((h, w), (h * w,)):
         raise DataError(f"{spec}: expected images shaped ({h}, {w}) or ({h * w},) per row, found "
@@ -107,6 +116,28 @@ def describe(spec: str, image_shape: tuple[int, int]) -> InputFile:
     return InputFile(spec, size, mtime, rows, error)
 
 
+def pin(inp: InputFile, image_shape: tuple[int, int], part_rows: int, digests: bool = True) -> InputFile:
+    """The input with the digests of its contents (read once, PIN_ROWS rows at a time), part by part as
+    plan() splits it; an input that cannot be read to its end gets the error instead. digests=False (only to
+    measure what pinning costs): no digests, nothing read."""
+    if inp.error is not None:
+        return inp
+    if not digests:
+        return dataclasses.replace(inp, pins=tuple(() for _ in range(0, inp.rows, part_rows)))
+    try:
+        reader = open_input(inp.source, image_shape)
+        if len(reader) != inp.rows:
+            raise DataError(f"{inp.source}: holds {len(reader)} rows now, {inp.rows} a moment ago: it changed "
+                            f"while the job started")
+        pins = tuple(tuple(pin_part(reader, s, min(s + part_rows, inp.rows))) for s in range(0, inp.rows, part_rows))
+        if isinstance(reader, StreamRows):
+            reader.check_end()
+        getattr(reader, "close", lambda: None)()
+    except DataError as e:
+        return dataclasses.replace(inp, rows=None, error=str(e))
+    return dataclasses.replace(inp, pins=pins)
+
+
 def plan(inputs: Sequence[InputFile], part_rows: int, chunk_rows: int) -> tuple[list[Part], list[Task]]:
     """Parts of at most part_rows rows per input, each split into tasks of at most chunk_rows rows."""
     parts: list[Part] = []
@@ -116,6 +147,6 @@ def plan(inputs: Sequence[InputFile], part_rows: int, chunk_rows: int) -> tuple[
             stop = min(start + part_rows, inp.rows)
             first = len(tasks)
             for s in range(start, stop, chunk_rows):
-                tasks.append(Task(len(tasks), i, s, min(s + chunk_rows, stop), len(parts)))
+                tasks.append(Task(len(tasks), i, s, min(s + chunk_rows, stop), len(parts), start, stop))
             parts.append(Part(len(parts), i, start, stop, f"part-{i:05d}-{k:05d}", range(first, len(tasks))))
     return parts, tasks

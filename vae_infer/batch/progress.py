@@ -17,12 +17,16 @@ def _clock(seconds: float) -> str:
 class Progress:
     def __init__(self, total: int, done: int = 0, enabled: bool | None = None, stream=None,
                  on_rows: Callable[[int], None] | None = None) -> None:
-        self.stream = stream or sys.stderr
+        self._stream = stream  # None: sys.stderr at each write (vae_infer.ray.connect may swap it for a job)
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.total, self.done, self.start_done = total, done, done
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.on_rows = on_rows
+
+    @property
+    def stream(self):
+        return self._stream or sys.stderr
 
     def update(self, rows: int) -> None:
         self.done += rows

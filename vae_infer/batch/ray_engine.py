@@ -24,24 +24,27 @@ GROUP_ROWS = 65536  # rows per Ray call: 8 tasks of 8192 rows
 _DONE = object()
 
 
-def run_ray(package: str | Path, options: BatchOptions, tasks: Sequence[Task], specs: Sequence[str], *,
+def run_ray(package: str | Path, options: BatchOptions, tasks: Sequence[Task], specs: Sequence[str],
+            pins: dict[int, tuple[str, ...]], *,
             address: str | None = None, concurrency: int = 2, num_cpus: float | None = None,
             threads: int | None = None, timeout_s: float | None = None,
-            local_cpus: int | None = None) -> Iterator[tuple[Task, Columns | str]]:
-    """(task, columns or problem) for every task, in order. timeout_s bounds the whole job (then VaeInferError)."""
+            local_cpus: int | None = None, log: str | Path | None = None) -> Iterator[tuple[Task, Columns | str]]:
+    """(task, columns or problem) for every task, in order. timeout_s bounds the whole job (then VaeInferError).
+    log: where Ray's own output goes (vae_infer.ray.connect; None shows it)."""
     from .. import ray as vray
 
     if not tasks:
         return
     groups = _groups(tasks)
-    with vray.connect(address, num_cpus=local_cpus) as ray:
+    with vray.connect(address, num_cpus=local_cpus, log=log) as ray:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # results come back in task order: parts stay bounded
         ctx.enable_progress_bars = False
         items = [{"task": g, "source": specs[group[0].input], "start": group[0].start, "stop": group[-1].stop,
-                  "step": group[0].stop - group[0].start} for g, group in enumerate(groups)]
+                  "step": group[0].stop - group[0].start, "origin": group[0].origin, "end": group[0].end,
+                  "pins": ",".join(pins[group[0].part])} for g, group in enumerate(groups)]
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
-        out = vray.map_model(ds, package, options.outputs, kind=options.kind, samples=options.samples,
+        out = vray.map_model(ds, package, options.outputs, kind=options.kind, samples=options.asked_samples,
                              seed=options.seed, concurrency=concurrency, num_cpus=num_cpus, threads=threads,
                              batch_size=1)
         pending: dict[int, list] = {}

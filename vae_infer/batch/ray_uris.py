@@ -39,7 +39,7 @@ def _reader(ray, uris: Sequence[str]):
 
 def run_uris(package: str | Path, uris: Sequence[str], out: str, options: BatchOptions, *,
              address: str | None = None, concurrency: int = 2, num_cpus: float | None = None,
-             threads: int | None = None, timeout_s: float | None = None) -> dict:
+             threads: int | None = None, timeout_s: float | None = None, log: str | Path | None = None) -> dict:
     """Map the model over URIs with Ray Data and write Parquet from the workers; returns {"out", "seconds"}."""
     from .. import ray as vray
     from ..package import read_manifest
@@ -54,10 +54,11 @@ def run_uris(package: str | Path, uris: Sequence[str], out: str, options: BatchO
                          f"readers do not give: pick a deterministic --kind (recon, mse, excess, dose) for URIs, or "
                          f"give paths on a shared file system")
     t0 = time.perf_counter()
-    with vray.connect(address) as ray:
+    with vray.connect(address, log=log) as ray:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = vray.map_model(_reader(ray, uris), package, options.outputs, kind=options.kind, samples=options.samples,
-                            seed=options.seed, concurrency=concurrency, num_cpus=num_cpus, threads=threads)
+        ds = vray.map_model(_reader(ray, uris), package, options.outputs, kind=options.kind,
+                            samples=options.asked_samples, seed=options.seed, concurrency=concurrency,
+                            num_cpus=num_cpus, threads=threads)
         done: queue.Queue = queue.Queue()
 
         def write() -> None:

@@ -4,10 +4,12 @@
     summary = run_batch("models/fashion-mnist", ["data/shard-*.npy"], "results/",
                         BatchOptions(outputs=("mu", "logvar", "score")), workers=2)
 
-The steps: expand and describe the inputs, write or check `_job.json`, plan parts and tasks, skip the parts
-already complete and verified, let the engine compute the remaining tasks (in order), and write each part
-atomically as its tasks come back. A bad shard stops the job with one line naming it (DataError), or with
-skip_bad=True is recorded in failures.jsonl while the rest goes on; parts already written are never touched."""
+The steps: take the folder's lock (vae_infer.batch.lock: one job per folder), expand and describe the
+inputs, pin their contents (vae_infer.batch.pins), write or check `_job.json`, plan parts and tasks, skip the
+parts already complete and verified, let the engine compute the remaining tasks (in order), and write each
+part atomically as its tasks come back. A bad shard stops the job with one line naming it (DataError), or with
+skip_bad=True is recorded in _failures.jsonl while the rest goes on; parts already written are never touched.
+An input that changes while the job runs stops it whatever skip_bad says (InputChanged)."""
 
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ from ..errors import DataError, InputError
 from ..package import read_manifest
 from .core import Columns, check_model_for
 from .job import job_id, job_record, open_job
+from .lock import folder_lock
 from .options import CHUNK_ROWS, BatchOptions
 from .parts import part_is_complete, part_meta, part_path, write_failures, write_part
-from .plan import InputFile, Part, describe, expand, plan
+from .pins import CHANGED
+from .plan import InputFile, Part, describe, expand, pin, plan
 from .progress import Progress
+from .readers import InputChanged
 
 ENGINES = ("local", "ray")
 
@@ -51,11 +56,13 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
               options: BatchOptions | None = None, *, engine: str = "local", workers: int = 1,
               threads: int | None = None, chunk_rows: int = CHUNK_ROWS, skip_bad: bool = False,
               progress: bool | None = None, ray_options: dict | None = None,
-              on_rows: Callable[[int], None] | None = None) -> BatchSummary:
+              on_rows: Callable[[int], None] | None = None, pin_inputs: bool = True) -> BatchSummary:
     """Run a batch job (module docstring). engine "local" (workers processes, threads each) or "ray"
     (vae_infer.batch.ray_engine; ray_options: address, concurrency, num_cpus, timeout_s). progress: the
     progress line on stderr (default: when stderr is a terminal); on_rows(n) is called as each task's n rows
-    arrive (for a progress display of your own, or to time the start-up apart)."""
+    arrive (for a progress display of your own, or to time the start-up apart). pin_inputs=False turns the
+    content digests off (vae_infer.batch.pins): only to measure their cost; such a job cannot see an input
+    that changes under it."""
     t0 = time.perf_counter()
     options = options or BatchOptions()
     if engine not in ENGINES:
@@ -75,7 +82,17 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
     check_model_for(manifest, package, options)
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    described = [describe(spec, manifest.image_shape) for spec in expand(inputs)]
+    specs = expand(inputs)
+    with folder_lock(out):
+        return _run_locked(package, manifest, specs, out, options, engine, workers, threads, chunk_rows, skip_bad,
+                           progress, ray_options, on_rows, t0, pin_inputs)
+
+
+def _run_locked(package, manifest, specs, out: Path, options: BatchOptions, engine: str, workers: int,
+                threads: int | None, chunk_rows: int, skip_bad: bool, progress, ray_options, on_rows,
+                t0: float, pin_inputs: bool) -> BatchSummary:
+    described = [pin(describe(spec, manifest.image_shape), manifest.image_shape, options.part_rows, pin_inputs)
+                 for spec in specs]
     failures: list[dict] = []
     for inp in described:
         if inp.error is not None:
@@ -87,10 +104,11 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
     job = job_id(record)
     specs = [inp.source for inp in described]
     parts, tasks = plan(described, options.part_rows, chunk_rows)
+    pins = {p.id: described[p.input].pins[p.start // options.part_rows] for p in parts}
     todo_parts: list[Part] = []
     reused = 0
     for part in parts:
-        meta = part_meta(job, part, specs[part.input])
+        meta = part_meta(job, part, specs[part.input], pins[part.id])
         if part_is_complete(part_path(out, part, options.format), options.format, meta):
             reused += part.rows
         else:
@@ -101,15 +119,16 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
     if engine == "local":
         from .local import run_local
 
-        results = run_local(package, options, todo_tasks, specs, workers=workers, threads=threads)
+        results = run_local(package, options, todo_tasks, specs, pins, workers=workers, threads=threads)
     else:
         from .ray_engine import run_ray
 
-        results = run_ray(package, options, todo_tasks, specs, **(ray_options or {}))
+        results = run_ray(package, options, todo_tasks, specs, pins, **(ray_options or {}))
     written = computed = 0
     try:
         for part in todo_parts:
-            ok = _write_one(out, part, options.format, job, specs, results, bar, failures, skip_bad)
+            meta = part_meta(job, part, specs[part.input], pins[part.id])
+            ok = _write_one(out, part, options.format, meta, results, bar, failures, skip_bad)
             written += ok
             computed += part.rows if ok else 0
     finally:
@@ -121,10 +140,10 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
                         time.perf_counter() - t0, resumed)
 
 
-def _write_one(out: Path, part: Part, fmt: str, job: str, specs: list[str], results: Iterator,
-               bar: Progress, failures: list[dict], skip_bad: bool) -> bool:
+def _write_one(out: Path, part: Part, fmt: str, meta: dict, results: Iterator, bar: Progress,
+               failures: list[dict], skip_bad: bool) -> bool:
     """Write one part from the next len(part.tasks) results; False when its rows were bad (skip_bad)."""
-    source = specs[part.input]
+    source = meta["source"]
     taken = 0
 
     def blocks() -> Iterator[Columns]:
@@ -138,10 +157,13 @@ def _write_one(out: Path, part: Part, fmt: str, job: str, specs: list[str], resu
             yield cols
 
     try:
-        write_part(part_path(out, part, fmt), fmt, part_meta(job, part, source), blocks())
+        write_part(part_path(out, part, fmt), fmt, meta, blocks())
         return True
     except _BadRows as bad:
         task, problem = bad.args
+        if problem.startswith(CHANGED):  # never skipped: the rest of the job would mix two versions
+            raise InputChanged(f"{problem[len(CHANGED):]}; the part holding these rows was not written, and "
+                               f"{_kept(out).split(';')[0]}: run the job again in a new --out folder") from None
         line = problem if source in problem else f"{source}: {problem}"
         if not skip_bad:
             raise DataError(f"{line} (rows {task.start}..{task.stop}; {_kept(out)})") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -9,6 +10,7 @@ import click
 from ..anomaly import SCORE_KINDS
 from ..batch import ENGINES, FORMATS, OUTPUTS, BatchOptions, parse_outputs, run_batch
 from ..batch.options import CHUNK_ROWS, PART_ROWS
+from ..batch.parts import RAY_LOG
 from ..batch.ray_uris import is_uri, run_uris
 from ..errors import InputError
 from .base import echo, echo_json, json_option, main, stderr_is_terminal
@@ -26,7 +28,7 @@ def _outputs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @click.option("--out", required=True, metavar="DIR",
-              help="Folder of result parts, _job.json and failures.jsonl; a re-run with the same job resumes.")
+              help="Folder of result parts, _job.json and _failures.jsonl; a re-run with the same job resumes.")
 @click.option("--outputs", default="mu,logvar", show_default=True, callback=_outputs, metavar="LIST",
               help=f"Columns besides source and row, from {','.join(OUTPUTS)} (flag needs a calibrated model).")
 @click.option("--kind", type=click.Choice(SCORE_KINDS), default="nelbo", show_default=True,
@@ -47,7 +49,7 @@ def _outputs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.option("--num-cpus", type=click.FloatRange(min=0.01), default=None, metavar="C",
               help="CPUs Ray reserves per actor (fractions allowed).  [default: 1, or less when the actors would "
                    "take every CPU]")
-@click.option("--skip-bad", is_flag=True, help="Record bad inputs in failures.jsonl and go on, instead of stopping.")
+@click.option("--skip-bad", is_flag=True, help="Record bad inputs in _failures.jsonl and go on, instead of stopping.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="parquet", show_default=True,
               help="Parts as Parquet (needs pyarrow: the parquet extra) or .npz (small jobs).")
 @click.option("--part-rows", type=click.IntRange(min=1), default=PART_ROWS, show_default=True, metavar="N",
@@ -57,11 +59,13 @@ def _outputs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
               help="With --engine ray: give up when the job has not finished by then.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--verbose", is_flag=True,
+              help="With --engine ray: show Ray's own log lines (else they go to DIR/_ray.log).")
 @json_option
 def batch(model: Path, inputs: tuple[str, ...], out: str, outputs: tuple[str, ...], kind: str, samples: int | None,
           seed: int, engine: str, workers: int, threads: int | None, address: str | None, num_cpus: float | None,
           skip_bad: bool, fmt: str, part_rows: int, chunk_rows: int, timeout_s: float | None, quiet: bool,
-          as_json: bool) -> None:
+          verbose: bool, as_json: bool) -> None:
     """Run MODEL over INPUTS (files or quoted globs: .npy, FILE.npz[:KEY], IDX, FILE.parquet:COLUMN, PNG folders)
     and write one row per input row (source, row, and --outputs) into Parquet parts in --out.
 
@@ -78,16 +82,16 @@ def batch(model: Path, inputs: tuple[str, ...], out: str, outputs: tuple[str, ..
             raise InputError("URIs (s3://, gs://, file://) are read by Ray Data on the workers: pass --engine ray, "
                              "and only URIs")
         result = run_uris(model, inputs, str(out), options, address=address, concurrency=workers, num_cpus=num_cpus,
-                          threads=threads, timeout_s=timeout_s)
+                          threads=threads, timeout_s=timeout_s, log=None if verbose else os.devnull)
         if as_json:
             echo_json(result)
         else:
             echo(f"wrote Ray Data's Parquet files to {out} in {result['seconds']:.1f} s (no _job.json: "
                        f"a job over URIs does not resume)")
         return
-    ray_options = {"address": address, "concurrency": workers, "num_cpus": num_cpus, "threads": threads,
-                   "timeout_s": timeout_s}
     out = Path(out)
+    ray_options = {"address": address, "concurrency": workers, "num_cpus": num_cpus, "threads": threads,
+                   "timeout_s": timeout_s, "log": None if verbose else out / RAY_LOG}
     summary = run_batch(model, list(inputs), out, options, engine=engine, workers=workers, threads=threads,
                         chunk_rows=chunk_rows, skip_bad=skip_bad, progress=not quiet and not as_json and
                         stderr_is_terminal(), ray_options=ray_options if engine == "ray" else None)
@@ -98,4 +102,4 @@ def batch(model: Path, inputs: tuple[str, ...], out: str, outputs: tuple[str, ..
     echo(f"{summary.rows} rows in {out}: {summary.parts_written} part(s) written{reused}, "
                f"{summary.rows_computed} rows computed in {summary.seconds:.1f} s")
     if summary.failures:
-        echo(f"{len(summary.failures)} input(s) or range(s) skipped: see {out / 'failures.jsonl'}", err=True)
+        echo(f"{len(summary.failures)} input(s) or range(s) skipped: see {out / '_failures.jsonl'}", err=True)
