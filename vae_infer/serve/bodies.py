@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from ..errors import InputError
 from .errors import BadRequest
 
+JSON = "application/json"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 NPY_MAGIC = b"\x93NUMPY"
