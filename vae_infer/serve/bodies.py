@@ -1,8 +1,8 @@
 """Request bodies in and responses out: JSON, or one .npy array in and an .npz out for large batches.
 
-JSON is parsed and checked against the request schema by pydantic in one pass (its JSON parser is compiled),
-and replies are written with the standard json module from numpy's tolist(): float32 values become the
-shortest decimal that reads back to the same float64, so a client that parses them gets exactly our numbers."""
+JSON bodies are read by jsonbody.py (numbers straight into numpy); replies are written with the standard json
+module from numpy's tolist(): float32 values become the shortest decimal that reads back to the same float64, so
+a client that parses them gets exactly our numbers."""
 
 from __future__ import annotations
 
@@ -29,11 +29,6 @@ def is_npy(content_type: str | None) -> bool:
 
 def wants_npz(content_type: str | None, accept: str | None) -> bool:
     return is_npy(content_type) or NPZ in (accept or "").lower()
-
-
-def parse_json(body: bytes, model: type[M]) -> M:
-    """The body checked against `model` (a pydantic ValidationError becomes 422, or 400 for broken JSON)."""
-    return model.model_validate_json(body or b"{}")
 
 
 def parse_query(params: dict[str, str], model: type[M]) -> M:

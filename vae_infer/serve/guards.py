@@ -11,6 +11,7 @@ Each refusal is answered here, before routing, in the API's error format."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from .config import LOOPBACK, is_wildcard
@@ -27,6 +28,7 @@ DOCS_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; base-ur
 PAGE_PATHS = frozenset({"/", "/favicon.ico"})
 PAGE_PREFIXES = ("/web/", "/ort/")
 DOCS_PATHS = frozenset({"/docs", "/docs.css"})
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::[0-9]{1,5})?")
 SHOWN_CHARS = 80  # of a refused Host or Origin, in the error message
 
 
@@ -36,20 +38,12 @@ def is_page(path: str) -> bool:
 
 def normalize_host(value: str) -> str | None:
     """The host name of a Host header, lowercased, port and one trailing dot removed, IPv6 without brackets;
-    None when it cannot be a host name (an unbracketed IPv6 address, an empty name)."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0 or (value[end + 1:] and not value[end + 1:].startswith(":")):
-            return None
-        name = value[1:end]
-    else:
-        if value.count(":") > 1:
-            return None
-        name = value.partition(":")[0]
-    if name.endswith("."):
-        name = name[:-1]
-    return name or None
+    None when it cannot be a host name (an unbracketed IPv6 address, a port that is not a number, odd bytes)."""
+    match = _HOST.fullmatch(value.strip().lower())
+    if match is None:
+        return None
+    name = match.group("v6") or match.group("name")
+    return name[:-1] if name.endswith(".") else name
 
 
 def allowed_host_names(bind_host: str, extra: Iterable[str]) -> frozenset[str]:
