@@ -142,11 +142,11 @@ async def _read_json(request: Request, body_model: type[BaseModel]) -> tuple[Bas
     return read_json(await request.body(), body_model)
 
 
-def _reply(request: Request, payload: dict[str, Any], state: State, endpoint: str, rows: int) -> Response:
+async def _reply(request: Request, payload: dict[str, Any], state: State, endpoint: str, rows: int) -> Response:
     state.metrics.rows[endpoint] += rows
     if bodies.wants_npz(request.headers.get("content-type"), request.headers.get("accept")):
         return Response(bodies.encode_npz(payload), media_type=bodies.NPZ)
-    return Response(bodies.encode_json(payload), media_type=JSON)
+    return Response(await bodies.encode_json_yielding(payload), media_type=JSON)
 
 
 def _body_doc(model: type[BaseModel], npy: bool = True) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
         async with state.slot() as slot:
             x, _ = await _read(request, state, s.EncodeRequest, s.ImageOptions, "images", "images")
             mu, logvar = await state.run_rows(slot, m.encode, x)
-        return _reply(request, {"mu": mu, "logvar": logvar}, state, "encode", len(mu))
+            return await _reply(request, {"mu": mu, "logvar": logvar}, state, "encode", len(mu))
 
     @app.post("/v1/decode", **_doc(s.ImagesResponse, s.DecodeRequest))
     async def decode(request: Request):
@@ -182,7 +182,7 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
         async with state.slot() as slot:
             z, _ = await _read(request, state, s.DecodeRequest, schemas.Strict, "z", "latent codes")
             x_hat = await state.run_rows(slot, m.decode, z)
-        return _reply(request, {"x_hat": x_hat}, state, "decode", len(x_hat))
+            return await _reply(request, {"x_hat": x_hat}, state, "decode", len(x_hat))
 
     @app.post("/v1/reconstruct", **_doc(s.ImagesResponse, s.ReconstructRequest))
     async def reconstruct(request: Request):
@@ -190,7 +190,7 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
         async with state.slot() as slot:
             x, _ = await _read(request, state, s.ReconstructRequest, s.ImageOptions, "images", "images")
             x_hat = await state.run_rows(slot, m.reconstruct, x)
-        return _reply(request, {"x_hat": x_hat}, state, "reconstruct", len(x_hat))
+            return await _reply(request, {"x_hat": x_hat}, state, "reconstruct", len(x_hat))
 
     @app.post("/v1/sample", **_doc(s.ImagesResponse, s.SampleRequest, npy=False))
     async def sample(request: Request):
@@ -199,7 +199,7 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
             req, _ = await _read_json(request, s.SampleRequest)
             state.check_rows(req.n, "samples")
             x_hat = await slot.run(m.sample, req.n, req.seed)
-        return _reply(request, {"x_hat": x_hat}, state, "sample", len(x_hat))
+            return await _reply(request, {"x_hat": x_hat}, state, "sample", len(x_hat))
 
     @app.post("/v1/score", **_doc(s.ScoreResponse, s.ScoreRequest))
     async def score(request: Request):
@@ -207,7 +207,7 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
         async with state.slot() as slot:
             x, req = await _read(request, state, s.ScoreRequest, s.ScoreOptions, "images", "images")
             scores = await slot.run(lambda: m.score(x, kind=req.kind, samples=req.samples, seed=req.seed))
-        return _reply(request, {"kind": req.kind, "scores": scores}, state, "score", len(scores))
+            return await _reply(request, {"kind": req.kind, "scores": scores}, state, "score", len(scores))
 
     @app.post("/v1/detect", **_doc(s.DetectResponse, s.DetectRequest))
     async def detect(request: Request):
@@ -226,8 +226,8 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
                 return kind, limit, flags, scores
 
             kind, limit, flags, scores = await slot.run(job)
-        return _reply(request, {"kind": kind, "threshold": float(limit), "flags": flags, "scores": scores}, state,
-                      "detect", len(scores))
+            return await _reply(request, {"kind": kind, "threshold": float(limit), "flags": flags,
+                                          "scores": scores}, state, "detect", len(scores))
 
     @app.post("/v1/interpolate", **_doc(s.InterpolateResponse, s.InterpolateRequest, npy=False))
     async def interpolate(request: Request):
@@ -252,8 +252,8 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
                 return codes, x_hat, m.path_metrics(codes)
 
             codes, x_hat, metrics = await slot.run(job)
-        return _reply(request, {"method": req.method, "z": codes, "x_hat": x_hat, "metrics": metrics}, state,
-                      "interpolate", len(codes))
+            return await _reply(request, {"method": req.method, "z": codes, "x_hat": x_hat, "metrics": metrics},
+                                state, "interpolate", len(codes))
 
     @app.get("/v1/info", responses=schemas.ERROR_RESPONSES)
     async def info() -> dict[str, Any]:
@@ -266,13 +266,13 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
         """Codes (and class labels) of a sample of a data set, from the package's latent_map section (or the
         nodes of its latent index). 409 if the package has neither."""
         found = await state.limiter.run(state.resources.latent_map)
-        return _reply(request, found, state, "latent-map", 0)
+        return await _reply(request, found, state, "latent-map", 0)
 
     @app.get("/v1/examples", response_model=s.ExamplesResponse, responses=schemas.ERROR_RESPONSES)
     async def examples(request: Request):
         """A fixed sample of test images the page offers (--examples; 409 if that data set is not here)."""
         found = await state.limiter.run(state.resources.examples)
-        return _reply(request, found, state, "examples", 0)
+        return await _reply(request, found, state, "examples", 0)
 
     @app.get("/v1/files/{name}", responses={**schemas.ERROR_RESPONSES, 200: {"content": {
         "application/octet-stream": {}}}})

@@ -142,7 +142,7 @@ class BodyLimit:
         declared = _content_length(scope)
         media = _media_type(scope)
         has_body = (declared or 0) > 0 or _header(scope, b"transfer-encoding") is not None
-        if media is None and not has_body:
+        if not has_body and (media is None or scope["method"] != "POST"):  # nothing to read (a GET's stray header)
             return await self.app(scope, receive, send)
         allowed = (JSON, NPY) if scope["path"] in self.npy_paths else (JSON,)
         if scope["method"] != "POST" or media not in allowed:
