@@ -140,7 +140,7 @@ print(repr(statuses))
 
 def hostile_bodies(folder: Path, features: int, max_json_bytes: int, max_rows: int) -> dict[str, tuple]:
     """name -> (path, media type, body file): the two maximal bodies of a hostile neighbour."""
-    rows = (max_json_bytes - 64) // (2 * features)  # "0," per value: the most numbers a JSON body can hold
+    rows = (max_json_bytes - 64) // (2 * features + 2)  # "0," per value: the most numbers a JSON body can hold
     json_body = folder / "hostile.json"
     json_body.write_bytes(b'{"images": [' + b",".join([b"[" + b"0," * (features - 1) + b"0]"] * rows) + b"]}")
     buf = io.BytesIO()

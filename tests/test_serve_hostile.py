@@ -473,3 +473,30 @@ def _metrics_when_free(server: Server) -> str:
         except Exception:  # noqa: BLE001  (connections still at the cap: wait for them to close)
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+# -- large JSON replies: written in blocks, the same bytes ---------------------------------------------------------
+
+
+def test_json_replies_written_in_blocks_are_the_same_bytes():
+    import asyncio
+
+    from vae_infer.serve import bodies
+
+    x = np.random.default_rng(1).random((100, 784)).astype(np.float32)  # 78,400 numbers: 5 blocks
+    scores = np.array([1.5, np.inf, -2.0])
+    payload = {"kind": "nelbo", "x_hat": x, "scores": scores, "metrics": {"length": 1.25}}
+    chunked = asyncio.run(bodies.encode_json_yielding(payload))
+    assert chunked == bodies.encode_json(payload)
+    back = json.loads(chunked)
+    assert back["scores"] == [1.5, None, -2.0] and back["metrics"] == {"length": 1.25}
+    np.testing.assert_array_equal(np.asarray(back["x_hat"], np.float32), x)
+
+
+def test_large_json_reply_equals_the_python_api(open_server, package):
+    import vae_infer
+
+    r = open_server.request("POST", "/v1/sample", json={"n": 64, "seed": 3})
+    assert r.status_code == 200, r.text
+    want = vae_infer.load(package, threads=1).sample(64, seed=3)
+    np.testing.assert_allclose(np.asarray(r.json()["x_hat"]), want, atol=1e-6, rtol=0)
