@@ -500,3 +500,26 @@ def test_large_json_reply_equals_the_python_api(open_server, package):
     assert r.status_code == 200, r.text
     want = vae_infer.load(package, threads=1).sample(64, seed=3)
     np.testing.assert_allclose(np.asarray(r.json()["x_hat"]), want, atol=1e-6, rtol=0)
+
+
+def test_a_client_that_never_reads_its_answer_is_disconnected(package):
+    """The answer (a 12.8 MB .npz) waits for a client that reads nothing: the connection is closed after the
+    request timeout plus the body timeout, and the server keeps answering others."""
+    server = Server(package, "--examples", "none", "--timeout", "1")
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.connect(("127.0.0.1", server.port))
+        body = b'{"n": 4096, "seed": 0}'
+        sock.sendall(b"POST /v1/sample HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Accept: application/x-npz\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 30
+        while "response_timeout" not in server.metrics():
+            assert time.monotonic() < deadline, "the slow reader was never disconnected"
+            time.sleep(0.2)
+        got, _ = _read_until_closed(sock, 10)
+        sock.close()
+        assert got.startswith(b"HTTP/1.1 200 ") and len(got) < 12_000_000  # cut off before the whole answer
+        assert server.status("/healthz") == 200
+    finally:
+        server.stop()

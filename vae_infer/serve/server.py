@@ -6,7 +6,8 @@ timeout) and exits. A second signal stops at once.
 
 Each connection runs under deadlines (uvicorn's own HTTP protocol, subclassed): the headers of a request must
 arrive within header_timeout_s of its first byte (or of the connection's opening), its body within body_timeout_s
-of its headers, and an idle kept-alive connection is closed after keep_alive_s; past max_connections, a new
+of its headers, its answer must be taken within request_timeout_s + body_timeout_s of its last byte (a client
+that never reads), and an idle kept-alive connection is closed after keep_alive_s; past max_connections, a new
 connection is closed at once. A slow client is disconnected; it never holds the server."""
 
 from __future__ import annotations
@@ -97,14 +98,19 @@ def deadline_protocol(config: ServeConfig, metrics):
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            self._disarm()  # idle now: uvicorn's keep-alive timer takes over
-            self._follow()
+            self._disarm()
+            if self.transport.get_write_buffer_size():  # answered, but the client has not taken it all yet
+                self._arm("response", config.body_timeout_s)
+            else:
+                self._follow()  # idle now: uvicorn's keep-alive timer takes over
 
         def _follow(self) -> None:
             """Arm the deadline of the phase the client is in: headers (bytes of a request, not all of its
-            headers yet), body (headers in, body not all in), or none (request read: the app answers)."""
+            headers yet), body (headers in, body not all in), response (request read: the app computes within
+            the request timeout, then the client must take the answer within the body timeout; uvicorn counts a
+            response as complete once it is buffered, so the rest of that wait is armed in on_response_complete)."""
             if self.transport.is_closing():
-                return self._disarm()
+                return None if self.phase == "response" else self._disarm()
             theirs = self.conn.their_state
             if theirs is h11.SEND_BODY:
                 if self.phase != "body":
@@ -112,6 +118,9 @@ def deadline_protocol(config: ServeConfig, metrics):
             elif theirs is h11.IDLE and self.conn.trailing_data[0]:
                 if self.phase != "headers":
                     self._arm("headers", config.header_timeout_s)
+            elif theirs is h11.DONE:
+                if self.phase != "response":  # the answer, written to a client that may never read it
+                    self._arm("response", config.request_timeout_s + config.body_timeout_s)
             elif theirs is not h11.IDLE:
                 self._disarm()
 
@@ -128,9 +137,11 @@ def deadline_protocol(config: ServeConfig, metrics):
         def _expire(self) -> None:
             phase, self.deadline, self.phase = self.phase, None, None
             metrics.rejected[f"{phase}_timeout"] += 1
+            if phase == "response":  # close() would wait for a client that does not read: drop what is buffered
+                return self.transport.abort()
             if self.transport.is_closing():
                 return
-            if self.cycle is None or not self.cycle.response_started:
+            if phase != "response" and (self.cycle is None or not self.cycle.response_started):
                 seconds = config.header_timeout_s if phase == "headers" else config.body_timeout_s
                 body = (f'{{"error": {{"type": "timeout", "message": "the request\'s {phase} took longer than '
                         f'{seconds:g} s"}}}}').encode()
