@@ -14,6 +14,7 @@ from the start of its body to the end of its model call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,10 @@ async def _read_json(request: Request, body_model: type[BaseModel]) -> tuple[Bas
 async def _reply(request: Request, payload: dict[str, Any], state: State, endpoint: str, rows: int) -> Response:
     state.metrics.rows[endpoint] += rows
     if bodies.wants_npz(request.headers.get("content-type"), request.headers.get("accept")):
-        return Response(bodies.encode_npz(payload), media_type=bodies.NPZ)
+        # zipping (its CRC-32 and copies) of a large .npz runs on a compute thread, off the event loop
+        loop = asyncio.get_running_loop()
+        return Response(await loop.run_in_executor(state.limiter.executor, bodies.encode_npz, payload),
+                        media_type=bodies.NPZ)
     return Response(await bodies.encode_json_yielding(payload), media_type=JSON)
 
 
