@@ -18,14 +18,14 @@ SYSTEM_PACKAGES := dataset-fashion-mnist:$(FASHION_DIR)/train-images-idx3-ubyte.
 	qemu-system-arm:/usr/bin/qemu-system-arm
 WEB_DIR := vae_infer/serve/web
 
-.PHONY: venv data system-deps web demo test lint clean tiny-model
+.PHONY: venv data system-deps web demo test test-fast docs lint clean tiny-model
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,viz,native,parquet,ray,serve,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,viz,native,parquet,ray,serve,docs,dev]'
 	touch $@
 
 # The real data set: Debian's package when apt-get is there and no data directory already holds it.
@@ -65,9 +65,17 @@ demo: venv data web
 	@echo "Demo finished: pictures, figures and the model package are in $(RUN_DIR)/"
 	@echo "Explore the shipped model in a browser:  $(VENV)/bin/vae-infer serve models/fashion-mnist  then open http://127.0.0.1:8000/"
 
-test: venv system-deps web
+test: venv system-deps web docs
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The quick loop: everything not marked slow (what trains, compiles, serves, runs Ray or a browser).
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+# The docs site, into site/: a broken link, reference or page fails the build (--strict).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -77,4 +85,4 @@ tiny-model: venv data
 	$(PY) tests/fixtures/make_tiny_model.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs site

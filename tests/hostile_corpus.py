@@ -8,10 +8,12 @@ from __future__ import annotations
 
 CANARY = "vae_infer_canary_pwned"
 
+_RUN = "__attribute__((constructor)) static void p(void){system(\"touch " + CANARY + "\");}"
+
 HOSTILE_TEXT: tuple[tuple[str, str], ...] = (
     # C: comments closed through line splices (backslash and trigraph forms), closers, preprocessor lines
-    ("c-splice-backslash", "x *\\\n/ __attribute__((constructor)) static void p(void){system(\"touch " + CANARY + "\");} /*"),
-    ("c-splice-trigraph", "x *??/\n/ __attribute__((constructor)) static void p(void){system(\"touch " + CANARY + "\");} /*"),
+    ("c-splice-backslash", "x *\\\n/ " + _RUN + " /*"),
+    ("c-splice-trigraph", "x *??/\n/ " + _RUN + " /*"),
     ("c-comment-close", "*/ int " + CANARY + " = 1; /*"),
     ("c-line-comment", "// \\\nint " + CANARY + ";"),
     ("c-preprocessor", "\n#include \"/etc/passwd\"\n#define float double\n"),

@@ -750,3 +750,16 @@ def test_cli_index_build_writes_the_latent_map(tmp_path, tiny_copy, tiny_images)
     text = ok(run("index", "build", tiny_copy, "--data", tmp_path / "data.npz", "--no-map")).output
     assert "latent map" not in text
     assert vae_infer.load(tiny_copy).manifest.latent_map["points"] == 12  # kept as it was
+
+
+def test_brightness_ratio_is_finite_between_blank_ends():
+    """A path from a blank image to a blank image through a garment: no reference brightness at its ends. Its
+    ratios stay finite (no API call returns infinity): 1 where the frame is blank too, large where it is not."""
+    from vae_infer import realism
+
+    features = 16
+    frames = np.zeros((3, features), np.float32)
+    frames[1, :4] = 0.5
+    ratio = realism.brightness_ratio(frames)
+    assert np.isfinite(ratio).all() and ratio[0] == ratio[2] == 1.0
+    assert ratio[1] == pytest.approx((2.0 / features) * 255.0 * features)

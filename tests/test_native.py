@@ -489,6 +489,33 @@ def test_a_prebuilt_library_is_matched_to_each_graph_by_sha256(tiny_package, tin
         native.create_runner(other, library=lib)
 
 
+@needs_gcc
+def test_the_runner_answers_to_the_graphs_names_and_the_library_holds_none(tmp_path, monkeypatch):
+    """The C names are positional (input, output0); the graph's own names come from the caller's spec or the
+    graph, never from the library, whose info string holds only the sha256 and widths."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["the_out"])]
+    data = tiny_onnx(nodes, [weights("w", (3, 4))], out_name="the_out")
+    runner = native.create_runner(data)
+    assert runner.get_inputs()[0].name == "x" and [o.name for o in runner.get_outputs()] == ["the_out"]
+    x = np.ones((2, 4), np.float32)
+    assert runner.run(["the_out"], {"x": x})[0].shape == (2, 3)
+    source = next(tmp_path.rglob("vae.c")).read_text()
+    assert "int vae_run(const float *input, float *output0, int n)" in source and "the_out" not in source
+    with pytest.raises(vae_infer.InputError, match="unknown output 'output0'"):
+        runner.run(["output0"], {"x": x})
+
+
+def test_a_library_from_an_older_generator_is_refused_with_a_rebuild_hint():
+    old = ("generator=vae-infer-native/1; weights=fp32; block=64; encode=" + "0" * 64 + " x:784 -> mu:2 logvar:2")
+    with pytest.raises(ValueError, match=r"built by 'vae-infer-native/1'.*export or build the library again"):
+        native.parse_info(old)
+    settings, functions = native.parse_info(f"generator={native.GENERATOR}; weights=int8; block=1; "
+                                            f"encode={'a' * 64} 784 -> 2 2")
+    assert settings["weights"] == "int8" and functions["encode"].input == 784
+    assert functions["encode"].outputs == (2, 2)
+
+
 def test_unknown_weight_format_is_an_input_error():
     with pytest.raises(vae_infer.InputError, match="unknown weight format 'int4'"):
         native.create_runner(b"", weights="int4")
@@ -790,3 +817,29 @@ def test_cli_export_c_check_works_with_a_relative_out(tiny_package, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     result = ok(CliRunner().invoke(main, ["export-c", str(tiny_package), "--out", "build/vae_c", "--check"]))
     assert "checked x86_64" in result.output and (tmp_path / "build" / "vae_c" / "vae.c").is_file()
+    assert "PASSED: the C equals numpy with the same weights within 0.0001 and onnxruntime within 1e-05" in \
+        result.output, result.output
+
+
+REPORT = {"target": "x86_64", "compilers": ["gcc"], "rows": 50, "emulator": None, "memory": None,
+          "vs_reference": {"mu": 1e-7, "x_hat": 2e-7}, "vs_onnxruntime": {"mu": 3e-7, "x_hat": 1e-6}}
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_the_check_report_ends_with_a_verdict_naming_its_tolerances(weights):
+    text = check.format_report({**REPORT, "weights": weights}, "50 images")
+    verdict = text.splitlines()[-1]
+    assert verdict.startswith("PASSED: the C equals numpy with the same weights within 0.0001"), text
+    if weights == "fp32":
+        assert "onnxruntime within 1e-05 (5e-05 for logits)" in verdict and "[bounds 1e-05, logits 5e-05]" in text
+    else:  # int8 results differ from fp32 onnxruntime by design: shown, never judged against fp32's bound
+        assert "onnxruntime" not in verdict and "[for information: int8 weights change the results" in text
+
+
+def test_check_images_follow_the_model_shape_and_the_check_data(tmp_path):
+    images, what = check.check_images(5, (32, 32))
+    assert images is None and what == "5 random images (pass --check-data for real ones)"
+    data = np.random.default_rng(0).integers(0, 256, (7, 32, 32), dtype=np.uint8)
+    np.save(tmp_path / "mine.npy", data)
+    images, what = check.check_images(5, (32, 32), str(tmp_path / "mine.npy"))
+    assert np.array_equal(images, data[:5]) and what.startswith("5 images of ")

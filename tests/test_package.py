@@ -195,7 +195,8 @@ def test_update_package_adds_a_file_and_section(tiny_copy):
     reread = read_manifest(tiny_copy)
     assert reread == new and reread.calibration == {"file": "extra.bin", "quantile": 0.99}
     assert reread.to_dict()["calibration"]["file"] == "extra.bin"
-    vae_infer.load(tiny_copy)
+    with pytest.raises(ModelPackageError, match=r"calibration lacks version"):  # sections are checked at load
+        vae_infer.load(tiny_copy)
 
 
 def test_update_package_refuses_a_tampered_package(tiny_copy):

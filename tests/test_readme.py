@@ -1,5 +1,6 @@
-"""The README's figures equal the JSON they come from (models/fashion-mnist/model.json, benchmarks/*.json),
-rounded as the README writes them.
+"""The figures in the README and the docs pages equal the JSON they come from (models/fashion-mnist/model.json,
+benchmarks/*.json), rounded as the text writes them. "README" below means README.md and every docs/*.md page:
+a figure may move from one to another without its row changing.
 
 Each row of FIGURES is a README fragment, the JSON file, the JSON path of each figure and its format. In the
 fragment `{}` marks a checked figure and `{*}` any number this row does not check. After a new benchmark run,
@@ -24,6 +25,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+
+
+def documentation() -> str:
+    """README.md and every page of the docs site, as one text."""
+    return "\n".join(path.read_text() for path in [README, *sorted(DOCS.glob("*.md"))])
 MODEL = "models/fashion-mnist/model.json"
 SPEED = "benchmarks/RESULTS.json"
 ANOMALY = "benchmarks/anomaly.json"
@@ -302,7 +309,7 @@ def load_json(source: str) -> dict:
 
 
 def test_readme_figures_equal_the_json_they_come_from():
-    assert check(README.read_text(), FIGURES, load_json) == []
+    assert check(documentation(), FIGURES, load_json) == []
 
 
 def test_every_figure_row_reads_a_file_that_exists():

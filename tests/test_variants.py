@@ -90,3 +90,30 @@ def test_train_export_cli_adds_variants_and_refuses_bad_use(tiny_copy, tmp_path)
     assert r.exit_code == 0, r.output
     assert r.output.startswith("variant fp16: 0.11 MB (fp32 0.22 MB), test -ELBO")
     assert vae_infer.load(tiny_copy, variant="fp16").manifest.variants["fp16"]["test_examples"] == 10000
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_quantizers_are_quiet_unless_asked(verbose):
+    """onnxruntime's quantizers log advice on the root logger ("Please consider to run pre-processing"); a user
+    who asked for int8 sees none of it, unless they turned logging up to DEBUG (what -v does)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import logging, sys\n"
+            f"{'logging.basicConfig(level=logging.DEBUG)' if verbose else ''}\n"
+            "from pathlib import Path\n"
+            "from train.variants import _int8_dynamic, _int8_weights_only\n"
+            "enc = Path('tests/fixtures/tiny-model/encoder.onnx').read_bytes()\n"
+            "dec = Path('tests/fixtures/tiny-model/decoder.onnx').read_bytes()\n"
+            "assert _int8_dynamic(enc) and _int8_weights_only(dec)\n"
+            "logging.warning('after: logging works as before')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    if verbose:
+        assert any("pre-processing" in line for line in lines), lines
+    else:
+        # one line: ours (onnxruntime.quantization installs its own root format when imported)
+        assert len(lines) == 1 and lines[0].endswith("after: logging works as before"), lines

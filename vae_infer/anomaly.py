@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import io
 import math
-import zlib
 from typing import Any
 
 import numpy as np
@@ -51,13 +50,21 @@ from .calibration_schema import (  # noqa: F401  (validate_calibration, load_cal
     validate_calibration,
 )
 from .errors import InputError, ModelPackageError
-from .inputs import as_count, as_seed
+from .inputs import as_count, as_seed, check_output_rows
+from .score_statistics import (  # noqa: F401  (KDE_BLOCK: public here too)
+    KDE_BLOCK,
+    _sigmoid,
+    dose_statistics,
+    kde_score,
+    pixel_entropy,
+    png_bits,
+)
+from .work_limits import MAX_DENOISE_STEPS, MAX_SAMPLES, check_at_most, check_work
 
 DEFAULT_KIND = "dose"  # detect's default: chosen by measurement (benchmarks/anomaly.md)
 DEFAULT_QUANTILE = 0.99
 DEFAULT_IW_SAMPLES = 64  # k of the iwae score when calibrating
 CALIBRATION_FILE = "calibration.npz"
-KDE_BLOCK = 1024  # rows per block of the kernel density sums: a (block, reference) float64 matrix
 
 Scores = NDArray[np.float64]
 
@@ -77,31 +84,65 @@ def default_samples(kind: str) -> int:
     return DEFAULT_IW_SAMPLES if kind == "iwae" else 1
 
 
+def resolve_samples(kind: str, samples: object, option: str = "samples") -> int:
+    """The draws of z `kind` uses: default_samples(kind) when samples is None, else samples checked to be an
+    integer in 1..MAX_SAMPLES (1024). A deterministic kind (recon, mse, excess, dose) evaluates once per image:
+    samples=1 says just that, and any other value would be ignored, so it is refused."""
+    if samples is None:
+        return default_samples(kind)
+    k = as_count(samples, option)
+    if kind not in STOCHASTIC_KINDS and k != 1:
+        raise InputError(f"{option}={k} does nothing for kind {kind!r}, a deterministic score (one evaluation per "
+                         f"image); only {', '.join(STOCHASTIC_KINDS)} draw z: leave {option} out")
+    return check_at_most(k, MAX_SAMPLES, option, "draws of z per image")
+
+
+class ChunkScorer:
+    """Scores of one kind for successive chunks of validated float32 rows, with one stream of draws: fed
+    model.chunk_size rows at a time, it gives exactly what score gives for the whole input. `rows`, the number
+    of images that will be fed, is checked against MAX_WORK (rows x samples) before any work."""
+
+    def __init__(self, model, kind: str, samples: int | None, seed: int | None, rows: int) -> None:
+        self.model, self.kind = model, check_kind(kind)
+        self.samples = resolve_samples(self.kind, samples)
+        check_work(rows, self.samples, "samples", f"score (kind {self.kind})")
+        self._rng = np.random.default_rng(as_seed(seed))
+        self._reference = _dose_reference(model) if self.kind == "dose" else None
+        self._done = 0
+
+    def __call__(self, x: NDArray[np.float32]) -> Scores:
+        out = _scores_chunk(self.model, x, (self.kind,), self.samples, self.samples, self._rng,
+                            self._reference)[self.kind]
+        _finite(out, self.model, self.kind, self._done)
+        self._done += len(out)
+        return out
+
+
 def score(model, images: object, kind: str = "nelbo", samples: int | None = None, seed: int | None = 0) -> Scores:
     """Per-image anomaly scores (n,), higher = more anomalous; `kind` is one of SCORE_KINDS (module docstring).
 
-    samples: draws of z for nelbo and ic, k for iwae (default: default_samples(kind)); the other kinds are
-    deterministic and ignore it. seed: the draws' seed (None: fresh randomness). Large inputs stream through
-    in chunks of model.chunk_size."""
-    kind = check_kind(kind)
+    samples: draws of z for nelbo and ic, k for iwae (default: default_samples(kind)), at most MAX_SAMPLES
+    (1024); the deterministic kinds take none (samples=1 at most). The work, images x samples, is at most
+    MAX_WORK (2**24 decoder evaluations) per call. Both are checked before any work (vae_infer.work_limits).
+    seed: the draws' seed (None: fresh randomness). Large inputs stream through in chunks of model.chunk_size."""
+    resolve_samples(check_kind(kind), samples)  # refused before the images are even looked at
     rows = model.check_images(images)  # converted to float32 a chunk at a time below: memory stays bounded
-    k = default_samples(kind) if samples is None else as_count(samples, "samples")
-    rng = np.random.default_rng(as_seed(seed))
-    reference = _dose_reference(model) if kind == "dose" else None
+    run = ChunkScorer(model, kind, samples, seed, len(rows))
     out = np.empty(len(rows))
     for s in range(0, len(rows), model.chunk_size):
         chunk = model.to_float32(rows[s : s + model.chunk_size])
-        out[s : s + len(chunk)] = _scores_chunk(model, chunk, (kind,), k, k, rng, reference)[kind]
-    return _finite(out, model, kind)
+        out[s : s + len(chunk)] = run(chunk)
+    return out
 
 
-def _finite(scores: Scores, model, kind: str) -> Scores:
+def _finite(scores: Scores, model, kind: str, offset: int = 0) -> Scores:
     """Scores of validated images are finite unless the package is broken: a NaN would flag nothing."""
     bad = ~np.isfinite(scores)
     if bad.any():
         rows = np.nonzero(bad)[0]
         raise ModelPackageError(
-            f"{model.path}: the {kind} score of {len(rows)} image(s) is not finite (first at row {int(rows[0])}); "
+            f"{model.path}: the {kind} score of {len(rows)} image(s) is not finite (first at row "
+            f"{int(rows[0]) + offset}); "
             f"the package's graphs or calibration give NaN or inf for valid images: re-export or calibrate again"
         )
     return scores
@@ -141,70 +182,6 @@ def _scores_chunk(model, x: NDArray[np.float32], kinds: tuple[str, ...], samples
         else:
             out["_dose_statistics"] = feats  # calibration fits the reference from these
     return {k: v for k, v in out.items() if k in kinds or k.startswith("_")}
-
-
-def _sigmoid(logits: NDArray) -> NDArray[np.float64]:
-    return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))  # never overflows
-
-
-def pixel_entropy(x: NDArray) -> Scores:
-    """sum_i H(x_i), H(p) = -p log p - (1 - p) log(1 - p) in nats (H(0) = H(1) = 0): the least BCE any
-    decoder can reach on x."""
-    p = x.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -(p * np.log(p) + (1.0 - p) * np.log1p(-p))
-    return np.nan_to_num(h, nan=0.0).sum(axis=1)
-
-
-def png_bits(x: NDArray, image_shape: tuple[int, int]) -> Scores:
-    """L(x): bits of each image's PNG image data, the 8-bit pixels round(255 x), each row Paeth-filtered
-    (PNG filter type 4) and the whole zlib-compressed at level 9. A PNG file adds a constant ~57 bytes of
-    headers, left out. Deterministic; a constant image gives ~100 bits, uniform noise ~8 bits a pixel."""
-    h, w = image_shape
-    u8 = np.rint(np.asarray(x, np.float64) * 255.0).astype(np.int16).reshape(-1, h, w)
-    a = np.zeros_like(u8)
-    a[:, :, 1:] = u8[:, :, :-1]  # left
-    b = np.zeros_like(u8)
-    b[:, 1:, :] = u8[:, :-1, :]  # up
-    c = np.zeros_like(u8)
-    c[:, 1:, 1:] = u8[:, :-1, :-1]  # up-left
-    p = a + b - c
-    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-    pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-    filtered = ((u8 - pred) % 256).astype(np.uint8)
-    rows = np.concatenate([np.full((len(u8), h, 1), 4, np.uint8), filtered], axis=2)  # filter byte per row
-    return np.array([8.0 * len(zlib.compress(r.tobytes(), 9)) for r in rows])
-
-
-def dose_statistics(recon: Scores, kl: Scores, bits: Scores, excess: Scores) -> NDArray[np.float64]:
-    """T(x), (n, 3): log(1 + recon + KL), log(1 + L(x)), log(1 + excess), in DOSE_STATISTICS order."""
-    return np.stack([np.log1p(recon + kl), np.log1p(bits), np.log1p(np.maximum(excess, 0.0))], axis=1)
-
-
-def kde_score(features: NDArray, reference: dict, exclude_self: bool = False) -> Scores:
-    """-log p_hat(T): a Gaussian kernel density over the standardized reference statistics, with bandwidth h:
-    p_hat(u) = (1/n) sum_j N(u; u_j, h^2 I). exclude_self: features are the reference itself, each row's
-    own kernel left out (leave-one-out), so calibration scores are not biased low."""
-    mean, std, h = reference["mean"], reference["std"], reference["bandwidth"]
-    ref = (reference["statistics"] - mean) / std
-    u = (np.asarray(features, np.float64) - mean) / std
-    n, d = ref.shape
-    if exclude_self and len(u) != n:
-        raise InputError("exclude_self needs the reference statistics themselves")
-    ref_sq = np.sum(ref**2, axis=1)
-    log_norm = math.log(n - 1 if exclude_self else n) + 0.5 * d * math.log(2 * math.pi * h * h)
-    out = np.empty(len(u))
-    for s in range(0, len(u), KDE_BLOCK):
-        ub = u[s : s + KDE_BLOCK]
-        sq = np.maximum(np.sum(ub**2, axis=1)[:, None] + ref_sq[None, :] - 2.0 * ub @ ref.T, 0.0)
-        expo = -sq / (2 * h * h)
-        if exclude_self:
-            rows = np.arange(len(ub))
-            expo[rows, s + rows] = -np.inf
-        m = expo.max(axis=1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(expo - m).sum(axis=1))
-        out[s : s + KDE_BLOCK] = log_norm - lse
-    return out
 
 
 # -- calibration ---------------------------------------------------------------------------------------
@@ -266,17 +243,21 @@ def _check_quantile(q: object) -> float:
 def calibration_scores(model, images: object, kinds: tuple[str, ...] = SCORE_KINDS, samples: int = 1,
                        iw_samples: int = DEFAULT_IW_SAMPLES, seed: int | None = 0) -> dict[str, Scores]:
     """Scores of every kind in `kinds` on the calibration images (dose: leave-one-out against these images'
-    own statistics), and under "_dose_statistics" the statistics T(x) of each image."""
+    own statistics), and under "_dose_statistics" the statistics T(x) of each image. samples and iw_samples
+    are at most MAX_SAMPLES, and images x (samples + iw_samples + 1) at most MAX_WORK (vae_infer.work_limits)."""
     kinds = tuple(check_kind(k) for k in kinds)
-    x = model.as_images(images)
-    if len(x) < MIN_CALIBRATION_IMAGES:
+    k = check_at_most(as_count(samples, "samples"), MAX_SAMPLES, "samples", "draws of z per image")
+    iw_k = check_at_most(as_count(iw_samples, "iw_samples"), MAX_SAMPLES, "iw_samples", "draws of z per image")
+    rows = model.check_images(images)  # converted to float32 a chunk at a time: memory stays bounded
+    if len(rows) < MIN_CALIBRATION_IMAGES:
         raise InputError(
-            f"calibration needs at least {MIN_CALIBRATION_IMAGES} images of the training distribution, got {len(x)}"
+            f"calibration needs at least {MIN_CALIBRATION_IMAGES} images of the training distribution, got {len(rows)}"
         )
-    k, iw_k = as_count(samples, "samples"), as_count(iw_samples, "iw_samples")
+    per_image = 1 + (k if {"nelbo", "ic"} & set(kinds) else 0) + (iw_k if "iwae" in kinds else 0)
+    check_work(len(rows), per_image, "1 + samples + iw_samples", "calibrate")
     rng = np.random.default_rng(as_seed(seed))
-    parts = [_scores_chunk(model, x[s : s + model.chunk_size], kinds, k, iw_k, rng)
-             for s in range(0, len(x), model.chunk_size)]
+    parts = [_scores_chunk(model, model.to_float32(rows[s : s + model.chunk_size]), kinds, k, iw_k, rng)
+             for s in range(0, len(rows), model.chunk_size)]
     out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     if "dose" in kinds:
         out["dose"] = kde_score(out["_dose_statistics"], _fit_reference(out["_dose_statistics"]), exclude_self=True)
@@ -291,7 +272,7 @@ def _fit_reference(statistics: NDArray) -> dict:
 
 
 def calibrate(model, images: object, quantile: float = DEFAULT_QUANTILE, kinds: tuple[str, ...] = SCORE_KINDS,
-              default_kind: str = DEFAULT_KIND, samples: int = 1, iw_samples: int = DEFAULT_IW_SAMPLES,
+              default_kind: str = DEFAULT_KIND, samples: int | None = None, iw_samples: int | None = None,
               seed: int | None = 0, source: str | None = None, write: bool = True) -> dict[str, Any]:
     """Score held-out images of the training distribution and store thresholds in the model package.
 
@@ -299,12 +280,21 @@ def calibrate(model, images: object, quantile: float = DEFAULT_QUANTILE, kinds: 
     get flagged). The section written to model.json (and returned) holds the thresholds; calibration.npz
     holds every kind's calibration scores, so detect can use another quantile without calibrating again,
     and the statistics the dose score's density is fitted to. write=False computes without writing.
-    After writing, model.manifest is the new manifest, so the same loaded model detects at once."""
+    After writing, model.manifest is the new manifest, so the same loaded model detects at once.
+
+    samples: draws of z for nelbo and ic (default 1); iw_samples: k of iwae (default DEFAULT_IW_SAMPLES, 64).
+    Each is at most MAX_SAMPLES (1024), refused when no calibrated kind uses it, and images x (1 + samples +
+    iw_samples) is at most MAX_WORK (vae_infer.work_limits); all checked before any work."""
     q = _check_quantile(quantile)
     kinds = tuple(dict.fromkeys(check_kind(k) for k in kinds))
     default_kind = check_kind(default_kind)
     if default_kind not in kinds:
         raise InputError(f"default_kind {default_kind!r} is not among the calibrated kinds {', '.join(kinds)}")
+    samples = resolve_samples("nelbo" if {"nelbo", "ic"} & set(kinds) else "recon", samples)
+    if iw_samples is not None and "iwae" not in kinds:
+        raise InputError(f"iw_samples={iw_samples} does nothing: iwae is not among the calibrated kinds "
+                         f"{', '.join(kinds)}; leave iw_samples out")
+    iw_samples = resolve_samples("iwae", iw_samples, "iw_samples")
     scores = calibration_scores(model, images, kinds, samples, iw_samples, seed)
     arrays = {f"scores_{k}": scores[k].astype(np.float64) for k in kinds}
     section: dict[str, Any] = {
@@ -350,14 +340,9 @@ def threshold(model, kind: str | None = None, quantile: float | None = None) -> 
     return kind, float(np.quantile(_calibration_arrays(model)[f"scores_{kind}"], q))
 
 
-def detect(model, images: object, kind: str | None = None, quantile: float | None = None,
-           threshold: float | None = None, samples: int | None = None,
-           seed: int | None = 0) -> tuple[NDArray[np.bool_], Scores]:
-    """(flags, scores): flags[i] is True where scores[i] is above the threshold.
-
-    The threshold is, in order: `threshold` if given (then no calibration is needed, except for dose); the
-    `quantile` of the stored calibration scores; the calibrated threshold. kind defaults to the
-    calibration's default kind (dose). samples defaults to what the calibration used for that kind."""
+def detect_rule(model, kind: str | None = None, quantile: float | None = None, threshold: float | None = None,
+                samples: int | None = None) -> tuple[str, float, int | None]:
+    """(kind, threshold, samples) that detect applies, checked before any image is scored (see detect)."""
     if threshold is not None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise InputError(f"threshold must be a finite number, got {threshold!r}")
@@ -369,25 +354,53 @@ def detect(model, images: object, kind: str | None = None, quantile: float | Non
     else:
         kind, limit = _threshold_for(model, kind, quantile)
         cal = _calibration(model)
-    if samples is None:
+    if samples is None and kind in STOCHASTIC_KINDS:
         samples = int((cal or {}).get("samples", {}).get(kind, default_samples(kind)))
+    resolve_samples(kind, samples)
+    return kind, limit, samples
+
+
+def detect(model, images: object, kind: str | None = None, quantile: float | None = None,
+           threshold: float | None = None, samples: int | None = None,
+           seed: int | None = 0) -> tuple[NDArray[np.bool_], Scores]:
+    """(flags, scores): flags[i] is True where scores[i] is above the threshold.
+
+    The threshold is, in order: `threshold` if given (then no calibration is needed, except for dose); the
+    `quantile` of the stored calibration scores; the calibrated threshold. kind defaults to the
+    calibration's default kind (dose). samples defaults to what the calibration used for that kind; it is at
+    most MAX_SAMPLES (1024), refused for a deterministic kind (dose, recon, mse, excess) unless 1, and images x
+    samples is at most MAX_WORK, as in score."""
+    kind, limit, samples = detect_rule(model, kind, quantile, threshold, samples)
     scores = score(model, images, kind=kind, samples=samples, seed=seed)
     return scores > limit, scores
 
 
-_threshold_for = threshold  # detect's `threshold` argument shadows the function's name inside it
+_threshold_for = threshold  # detect_rule's `threshold` argument shadows the function's name inside it
 
 
 def denoise(model, images: object, steps: int = 1) -> NDArray[np.float32]:
     """Images mapped through the encoder mean and the decoder, x <- decode(mu(x)), `steps` times; (n, features)
-    float32 in [0, 1]. One step is VAEModel.reconstruct; more steps pull further towards the model's images."""
-    steps = as_count(steps, "steps")
-    x = model.as_images(images)
-    out = np.empty_like(x)
-    for s in range(0, len(x), model.chunk_size):
-        chunk = x[s : s + model.chunk_size]
-        for _ in range(steps):
-            mu, _ = model.encode_rows(chunk)
-            chunk = model.decode_rows(mu)
-        out[s : s + model.chunk_size] = chunk
+    float32 in [0, 1]. One step is VAEModel.reconstruct; more steps pull further towards the model's images.
+
+    steps is at most MAX_DENOISE_STEPS (100), images x steps at most MAX_WORK (2**24 decoder evaluations) and
+    the output at most 2 GiB (vae_infer.inputs.MAX_OUTPUT_BYTES), all checked before any work."""
+    steps = check_denoise_steps(steps)
+    rows = model.check_images(images)  # converted to float32 a chunk at a time: memory stays bounded
+    check_work(len(rows), steps, "steps", "denoise")
+    check_output_rows(len(rows), model.manifest.features, "denoise")
+    out = np.empty((len(rows), model.manifest.features), np.float32)
+    for s in range(0, len(rows), model.chunk_size):
+        out[s : s + model.chunk_size] = denoise_rows(model, model.to_float32(rows[s : s + model.chunk_size]), steps)
     return out
+
+
+def check_denoise_steps(steps: object) -> int:
+    return check_at_most(as_count(steps, "steps"), MAX_DENOISE_STEPS, "steps", "encode-decode rounds")
+
+
+def denoise_rows(model, x: NDArray[np.float32], steps: int) -> NDArray[np.float32]:
+    """denoise for one chunk of validated float32 rows, with `steps` checked by the caller."""
+    for _ in range(steps):
+        mu, _ = model.encode_rows(x)
+        x = model.decode_rows(mu)
+    return x

@@ -87,7 +87,7 @@ def validate_calibration(section: object, arrays: Mapping[str, np.ndarray] | Non
     if "dose" in thresholds or "dose" in section:
         _validate_dose(section.get("dose"), bad)
     if arrays is not None:
-        _validate_calibration_arrays(section, arrays, f"{where}: {section['reference_file']}", fix)
+        _validate_calibration_arrays(section, arrays, f"{where}: calibration ({section['reference_file']})", fix)
 
 
 def _validate_dose(dose: object, bad) -> None:
@@ -123,7 +123,16 @@ def _validate_calibration_arrays(section: dict, arrays: Mapping[str, np.ndarray]
             raise ModelPackageError(f"{where}: {name} must be floats shaped {shape} (examples = {n}), found {found}; "
                                     f"{fix}")
         if not np.isfinite(a).all():
-            raise ModelPackageError(f"{where}: {name} holds NaN or inf; {fix}")
+            raise ModelPackageError(f"{where}: the array {name} holds NaN or inf; {fix}")
+
+
+def check_calibration_file(section: object, data: bytes, package_dir: str) -> dict[str, NDArray]:
+    """The calibration section and its (verified) arrays file, checked as validate_calibration does; the package
+    loader calls it, so a bad calibration (a NaN score among them) is refused when the package loads."""
+    validate_calibration(section, where=f"{package_dir}/model.json")
+    arrays = load_calibration_arrays(data, f"{package_dir}/{section['reference_file']}")
+    validate_calibration(section, arrays, where=f"{package_dir}/model.json")
+    return arrays
 
 
 def load_calibration_arrays(data: bytes, where: str) -> dict[str, NDArray]:

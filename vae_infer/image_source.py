@@ -5,6 +5,7 @@ what a user typed; vae_infer.parquet_source adds Parquet columns."""
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,15 @@ class Source:
                 and 0 <= start <= stop <= n):
             raise DataError(f"{self.where}: rows [{start}, {stop}) are outside the source's {n} rows")
         try:
-            return np.array(self._data[start:stop])
+            rows = np.array(self._data[start:stop])
         except (OSError, ValueError) as e:  # a memory-mapped file truncated under us
             raise DataError(f"{self.where}: cannot read rows [{start}, {stop}): {e}") from e
+        # The copy is made: unmap the file's pages, which would otherwise stay in this process's resident memory
+        # until the whole file had been read into it (they stay in the page cache; a later read maps them again).
+        mapped = getattr(self._data, "_mmap", None)
+        if isinstance(mapped, mmap.mmap) and hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_DONTNEED)
+        return rows
 
     def read_all(self) -> np.ndarray:
         return self.read(0, len(self))

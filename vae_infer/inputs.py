@@ -44,9 +44,10 @@ def _describe_rows(arr: np.ndarray) -> str:
     return "x".join(str(s) for s in arr.shape[1:]) + " per row"
 
 
-def check_images(images: object, image_shape: tuple[int, int], scale: float) -> np.ndarray:
+def check_images(images: object, image_shape: tuple[int, int], scale: float, first_row: int = 0) -> np.ndarray:
     """Validated images as (n, h*w) rows in the caller's dtype (uint8, or floats checked to lie in [0, 1]
-    before any cast): no copy of a large input is made here. images_to_float32 converts a block of them."""
+    before any cast): no copy of a large input is made here. images_to_float32 converts a block of them.
+    first_row: where these rows start in a larger input read a block at a time, so errors name its rows."""
     features = image_shape[0] * image_shape[1]
     h, w = image_shape
     arr = as_array(images, "images")
@@ -71,9 +72,9 @@ def check_images(images: object, image_shape: tuple[int, int], scale: float) -> 
         block = arr[s : s + CHECK_ROWS]
         lo, hi = block.min(), block.max()  # both propagate NaN
         if not (lo >= 0 and hi <= 1):
-            _require_finite(block, "images", offset=s)
+            _require_finite(block, "images", offset=first_row + s)
             raise InputError(f"float images must lie in [0, 1], found values in [{_number(lo)}, {_number(hi)}] "
-                             f"from row {s} on; divide 0..255 pixel values by 255 or pass uint8")
+                             f"from row {first_row + s} on; divide 0..255 pixel values by 255 or pass uint8")
     return arr
 
 

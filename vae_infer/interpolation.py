@@ -42,6 +42,14 @@ from .errors import InputError
 from .inputs import as_array, as_latents, check_output_rows
 from .path_refine import REFINE_ITERATIONS, relax
 from .realism import Reference, brightness_ratio, unit_rows
+from .work_limits import (
+    MAX_ATTACH,
+    MAX_FINE,
+    MAX_REFINE_ITERATIONS,
+    MAX_REFINE_POINTS,
+    MAX_STEPS,
+    check_at_most,
+)
 
 METHODS = ("linear", "slerp", "graph")
 SPACINGS = ("data", "latent")
@@ -88,6 +96,7 @@ def _one_image(model, image: object, name: str) -> NDArray[np.float32]:
 def _steps(steps: object, model) -> int:
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2:
         raise InputError(f"steps must be an integer >= 2 (the path includes both endpoints), got {steps!r}")
+    check_at_most(int(steps), MAX_STEPS, "steps", "points of one path")
     check_output_rows(int(steps), model.manifest.features, "interpolate")  # the frames are decoded
     return int(steps)
 
@@ -212,9 +221,9 @@ def _snap(model, codes: NDArray, points: NDArray, n: int, info: dict) -> NDArray
 
 
 def interpolate_codes(model, z_a: object, z_b: object, steps: int = 10, method: str = "linear", *,
-                      spacing: str = "data", search: str = "astar", realism_weight: float | None = None,
-                      refine: bool = True, refine_points: int = REFINE_POINTS,
-                      refine_iterations: int = REFINE_ITERATIONS, attach: int | None = None,
+                      spacing: str = "data", search: str | None = None, realism_weight: float | None = None,
+                      refine: bool | None = None, refine_points: int | None = None,
+                      refine_iterations: int | None = None, attach: int | None = None,
                       fade_floor: float | None = None, fade_weight: float | None = None,
                       info: dict | None = None) -> NDArray[np.float32]:
     """Latent codes along a path from code z_a to code z_b: (steps, latent_size) float32, z_a first, z_b last.
@@ -223,14 +232,24 @@ def interpolate_codes(model, z_a: object, z_b: object, steps: int = 10, method: 
     method: "linear", "slerp" or "graph" (needs the package's latent index: `vae-infer index build`).
     spacing: "data" (default) puts the codes at equal arc length of their decoded images (Euclidean, in data
     space); "latent" at equal latent steps.
-    Graph options: search ("astar" or "dijkstra"), realism_weight (exponent of the cost field in edge weights and
-    refinement; default the index's), refine (relax the path after the search), refine_points,
-    refine_iterations, attach (nodes each endpoint attaches to; default the index's k), fade_floor and
-    fade_weight (the penalty on nodes fainter than fade_floor times the dimmer endpoint; 0 turns it off).
+    Graph options (refused with another method, which would ignore them): search ("astar", the default, or
+    "dijkstra"), realism_weight (exponent of the cost field in edge weights and refinement; default the index's),
+    refine (relax the path after the search; default True), refine_points (default 32), refine_iterations
+    (default 6), attach (nodes each endpoint attaches to; default the index's k), fade_floor and fade_weight
+    (the penalty on nodes fainter than fade_floor times the dimmer endpoint; 0 turns it off).
     info: a dict to fill with details (graph nodes on the path, search weight, refinement energies).
+    Maxima (vae_infer.work_limits), checked before any work: steps <= MAX_STEPS (256), refine_points <=
+    MAX_REFINE_POINTS (256), refine_iterations <= MAX_REFINE_ITERATIONS (100), attach <= MAX_ATTACH (256).
     Raises InputError for bad input (including z_a == z_b: there is no path between a code and itself)."""
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    graph_options = {"search": search, "realism_weight": realism_weight, "refine": refine,
+                     "refine_points": refine_points, "refine_iterations": refine_iterations, "attach": attach,
+                     "fade_floor": fade_floor, "fade_weight": fade_weight}
+    given = [name for name, value in graph_options.items() if value is not None]
+    if method != "graph" and given:
+        raise InputError(f"{', '.join(given)}: options of method='graph' only, which method={method!r} would "
+                         f"ignore; leave them out or use method='graph'")
     if spacing not in SPACINGS:
         raise InputError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     steps = _steps(steps, model)
@@ -243,8 +262,10 @@ def interpolate_codes(model, z_a: object, z_b: object, steps: int = 10, method: 
     info = {} if info is None else info
     info["method"] = method
     if method == "graph":
-        return _graph_codes(model, za, zb, steps, spacing, info, search=search, realism_weight=realism_weight,
-                            refine=refine, refine_points=refine_points, refine_iterations=refine_iterations,
+        return _graph_codes(model, za, zb, steps, spacing, info, search=search or "astar",
+                            realism_weight=realism_weight, refine=True if refine is None else refine,
+                            refine_points=REFINE_POINTS if refine_points is None else refine_points,
+                            refine_iterations=REFINE_ITERATIONS if refine_iterations is None else refine_iterations,
                             attach=attach, fade_floor=fade_floor, fade_weight=fade_weight)
     make = linear_codes if method == "linear" else slerp_codes
     if spacing == "latent":
@@ -256,8 +277,9 @@ def interpolate(model, image_a: object, image_b: object, steps: int = 10, method
                 return_codes: bool = False, **options):
     """Decoded images along a latent path from image_a to image_b: (steps, features) float32 in [0, 1].
 
-    The path runs between the two images' latent means (interpolate_codes, whose options it takes: spacing,
-    search, realism_weight, refine, refine_points, refine_iterations, attach, fade_floor, fade_weight, info).
+    The path runs between the two images' latent means (interpolate_codes, whose options and maxima it takes:
+    spacing, search, realism_weight, refine, refine_points, refine_iterations, attach, fade_floor, fade_weight,
+    info; steps <= MAX_STEPS, 256).
     return_codes: also return the latent codes, as (images, codes)."""
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -290,9 +312,16 @@ def _graph_codes(model, za, zb, steps, spacing, info, *, search, realism_weight,
     from .inputs import as_count
     from .latent_search import DEFAULT_FADE_FLOOR, DEFAULT_FADE_WEIGHT, load_graph
 
-    graph = load_graph(model)
     if attach is not None:
-        attach = as_count(attach, "attach")
+        attach = check_at_most(as_count(attach, "attach"), MAX_ATTACH, "attach", "graph nodes per endpoint")
+    if refine:
+        refine_points = check_at_most(as_count(refine_points, "refine_points"), MAX_REFINE_POINTS, "refine_points",
+                                      "points of a refined path")
+        if refine_points < 3:
+            raise InputError(f"refine_points must be >= 3, got {refine_points}")
+        refine_iterations = check_at_most(as_count(refine_iterations, "refine_iterations"), MAX_REFINE_ITERATIONS,
+                                          "refine_iterations", "Gauss-Newton iterations")
+    graph = load_graph(model)
     found = graph.shortest_path(
         za, zb, search=search, realism_weight=realism_weight, attach=attach,
         fade_floor=DEFAULT_FADE_FLOOR if fade_floor is None else fade_floor,
@@ -302,9 +331,6 @@ def _graph_codes(model, za, zb, steps, spacing, info, *, search, realism_weight,
     codes = found["codes"]
     q = graph.q if realism_weight is None else float(realism_weight)
     if refine:
-        refine_points = as_count(refine_points, "refine_points")
-        if refine_points < 3:
-            raise InputError(f"refine_points must be >= 3, got {refine_points}")
         # start from the graph path at equal latent arc length, then relax (the relaxation evens the steps)
         start = resample(codes, codes, refine_points)
         # the refinement may not cut through faint regions or leave the data: no step may take a point of the
@@ -328,7 +354,7 @@ def _graph_codes(model, za, zb, steps, spacing, info, *, search, realism_weight,
             return float(brightness_ratio(decoded).min()) >= limit
 
         codes, stats = relax(points, start, cost=graph.cost_at, power=2 * q,
-                             iterations=as_count(refine_iterations, "refine_iterations"), accept=accept)
+                             iterations=refine_iterations, accept=accept)
         info.update({f"refine_{k}": v for k, v in stats.items()})
     if spacing == "latent":
         return resample(codes, codes, steps)
@@ -339,15 +365,17 @@ def _fine(fine: object) -> int:
     if isinstance(fine, bool) or not isinstance(fine, numbers.Integral) or fine < 1:
         raise InputError(f"fine must be an integer >= 1 (parts each segment of a path of codes is split into), "
                          f"got {fine!r}")
-    return int(fine)
+    return check_at_most(int(fine), MAX_FINE, "fine", "parts per segment")
 
 
-def path_metrics(model, path: object, *, reference: object | None = None, fine: int = FINE) -> dict[str, Any]:
+def path_metrics(model, path: object, *, reference: object | None = None, fine: int | None = None) -> dict[str, Any]:
     """Length, brightness and realism of a path, per frame and summarised.
 
     path: latent codes (n, latent size), e.g. from interpolate_codes, or images (n, features) / (n, h, w), n >= 2.
     reference: real images (e.g. the training set) or a vae_infer.realism.Reference, for realism.
-    fine: with codes, each segment is split into `fine` parts and decoded to measure the length (integer >= 1).
+    fine: with codes, each segment is split into `fine` parts (default 16) and decoded to measure the length
+    (integer >= 1, at most MAX_FINE = 64; the decoded points at most 2 GiB, vae_infer.inputs.MAX_OUTPUT_BYTES).
+    A path of images is measured as given: fine is refused with one, which would ignore it.
 
     Returns:
     - "points", "kind" ("codes" or "images");
@@ -363,9 +391,9 @@ def path_metrics(model, path: object, *, reference: object | None = None, fine: 
       "brightness_ratio_min", "faint_share" (share of frames under 0.5), "realism" (mean cosine distance;
       lower is more realistic; None without reference) and "realism_l2" (its Euclidean counterpart, kept for
       comparison: it rewards dim images, see vae_infer.realism)."""
-    fine = _fine(fine)
     arr = as_array(path, "a path (latent codes or images)")
     if arr.ndim == 2 and arr.shape[1] == model.latent_size and model.latent_size != model.manifest.features:
+        fine = FINE if fine is None else _fine(fine)
         codes = as_latents(arr, model.latent_size)
         if len(codes) < 2:
             raise InputError(f"a path needs at least 2 points, got {len(codes)}")
@@ -374,6 +402,9 @@ def path_metrics(model, path: object, *, reference: object | None = None, fine: 
         fine_points = model.decode(subdivide(codes, fine)) if fine > 1 else points
         kind = "codes"
     else:
+        if fine is not None:
+            raise InputError(f"fine={fine!r} applies to a path of latent codes (it splits their segments); a path of "
+                             f"images is measured as given: leave fine out")
         points = model.as_images(arr)
         if len(points) < 2:
             raise InputError(f"a path needs at least 2 points, got {len(points)}")

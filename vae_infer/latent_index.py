@@ -87,10 +87,17 @@ class LatentIndex:
                 "alt_nodes", "alt_dist"}
         if not need <= set(a):
             raise ModelPackageError(f"{origin}: missing arrays {sorted(need - set(a))}; rebuild the index")
-        if int(a["format"]) != INDEX_FORMAT:
+        if a["format"].shape != () or a["format"].dtype.kind not in "iu" or int(a["format"]) != INDEX_FORMAT:
             raise ModelPackageError(
                 f"{origin}: index format {int(a['format'])}, this vae_infer reads {INDEX_FORMAT}; rebuild the index"
             )
+        # Every float array and number of the file is finite, checked before any cast: the A* landmark distances
+        # alone may hold +inf (a node no landmark reaches), and validate refuses NaN and negatives there.
+        nonfinite = sorted(name for name, arr in a.items()
+                           if name != "alt_dist" and arr.dtype.kind in "fc" and not np.isfinite(arr).all())
+        if nonfinite:
+            raise ModelPackageError(f"{origin} is malformed: the array(s) {', '.join(nonfinite)} hold NaN or inf; "
+                                    f"rebuild the index")
         index = cls(
             codes=a["codes"].astype(np.float32), counts=a["counts"].astype(np.int32),
             rows=a["rows"].astype(np.int64), edges=a["edges"].astype(np.int32),
@@ -120,8 +127,9 @@ class LatentIndex:
             if arr.shape != (size,):
                 problems.append(f"{name} shaped {arr.shape}, expected ({size},)")
         for name, arr in (("codes", self.codes), ("distance", self.distance), ("cost", self.cost),
-                          ("edge_cost", self.edge_cost), ("field", self.field)):
-            if arr.size and not np.all(np.isfinite(arr)):
+                          ("edge_cost", self.edge_cost), ("field", self.field), ("field_origin", self.field_origin),
+                          ("field_cell", self.field_cell), ("cell", self.cell), ("realism_ref", self.realism_ref)):
+            if np.size(arr) and not np.all(np.isfinite(arr)):
                 problems.append(f"{name} holds NaN or inf")
         if m and self.distance.min() < 0:
             problems.append("negative edge distances")
@@ -131,7 +139,7 @@ class LatentIndex:
                 self.alt_nodes.min() < 0 or self.alt_nodes.max() >= n)):
             problems.append(f"A* landmarks shaped {self.alt_nodes.shape} / {self.alt_dist.shape} for {n} nodes")
         if np.isnan(self.alt_dist).any() or (self.alt_dist.size and self.alt_dist.min() < 0):
-            problems.append("A* landmark distances hold NaN or negative values")
+            problems.append("alt_dist (A* landmark distances) holds NaN or negative values")
         if not (math.isfinite(self.realism_weight) and self.realism_weight >= 0):
             problems.append(f"realism_weight {self.realism_weight}, expected a finite number >= 0")
         if self.metric not in METRICS:
@@ -179,11 +187,18 @@ def read_index(model) -> LatentIndex:
     if not isinstance(name, str) or name not in model.manifest.files:
         raise ModelPackageError(f"{model.path}: latent_index names the file {name!r}, which model.json does not list")
     data = read_verified(model.path, model.manifest, name)
-    index = LatentIndex.from_bytes(data, str(Path(model.path) / name))
-    if index.latent_size != model.latent_size:
+    return parse_index(data, model.latent_size, str(Path(model.path) / name))
+
+
+def parse_index(data: bytes, latent_size: int, origin: str) -> LatentIndex:
+    """The index in a (verified) latent_index.npz, every array checked (shapes, ranges, finite values) against a
+    model whose latent has `latent_size` dimensions; the package loader calls it too, so a bad index is refused
+    when the package loads."""
+    index = LatentIndex.from_bytes(data, origin)
+    if index.latent_size != latent_size:
         raise ModelPackageError(
-            f"{model.path / name}: index codes are {index.latent_size}-D but the model's latent is "
-            f"{model.latent_size}-D; rebuild the index"
+            f"{origin}: index codes are {index.latent_size}-D but the model's latent is {latent_size}-D; "
+            f"rebuild the index"
         )
     return index
 

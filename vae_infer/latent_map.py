@@ -115,12 +115,18 @@ def read_latent_map(model) -> LatentMap:
     name = section.get("file")
     if not isinstance(name, str) or name not in model.manifest.files:
         raise ModelPackageError(f"{model.path}: latent_map names the file {name!r}, which model.json does not list")
-    origin = str(Path(model.path) / name)
+    data = read_verified(model.path, model.manifest, name)
+    return parse_latent_map(data, section, model.latent_size, str(Path(model.path) / name), rebuild)
+
+
+def parse_latent_map(data: bytes, section: dict, latent_size: int, origin: str, rebuild: str) -> LatentMap:
+    """The map in a (verified) latent_map.npz, checked against its model.json section and a model whose latent has
+    `latent_size` dimensions: every array's shape, dtype and finiteness, the labels' range, the section's counts.
+    The package loader calls it too, so a bad map is refused when the package loads."""
     names = section.get("class_names", [])
     if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
         raise ModelPackageError(f"{origin}: class_names in model.json is {names!r}, expected a list of strings; "
                                 f"{rebuild}")
-    data = read_verified(model.path, model.manifest, name)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {key: z[key] for key in z.files}
@@ -128,11 +134,16 @@ def read_latent_map(model) -> LatentMap:
         raise ModelPackageError(f"{origin}: expected a numpy .npz of map arrays, cannot read it: {e}; {rebuild}") from e
     if "codes" not in arrays or "format" not in arrays:
         raise ModelPackageError(f"{origin}: expected arrays format and codes, found {sorted(arrays)}; {rebuild}")
-    if arrays["format"].shape != () or int(arrays["format"]) != MAP_FORMAT:
+    if (arrays["format"].shape != () or arrays["format"].dtype.kind not in "iu"
+            or int(arrays["format"]) != MAP_FORMAT):
         raise ModelPackageError(f"{origin}: map format {arrays['format']!r}, this vae_infer reads {MAP_FORMAT}; "
                                 f"{rebuild}")
+    nonfinite = sorted(key for key, arr in arrays.items() if arr.dtype.kind in "fc" and not np.isfinite(arr).all())
+    if nonfinite:
+        raise ModelPackageError(f"{origin} is malformed: the array(s) {', '.join(nonfinite)} hold NaN or inf; "
+                                f"{rebuild}")
     result = LatentMap(arrays["codes"], arrays.get("labels"), tuple(names), section.get("source"))
-    _check(result, model.latent_size, origin, ModelPackageError, rebuild)
+    _check(result, latent_size, origin, ModelPackageError, rebuild)
     problems = []
     if section.get("points") != len(result.codes):
         problems.append(f"model.json says {section.get('points')!r} points, the file holds {len(result.codes)}")

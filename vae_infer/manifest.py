@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from .errors import ModelPackageError
+from .text import check_name, check_text
 
 MANIFEST_NAME = "model.json"
 FORMAT_NAME = "vae-infer-model"
@@ -63,6 +64,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        check_manifest_text(self.to_dict())
         if self.format_version != FORMAT_VERSION:
             raise ModelPackageError(
                 f"model.json has format_version {self.format_version}; this vae_infer reads version "
@@ -141,6 +143,8 @@ class Manifest:
         """The manifest from parsed model.json, checked field by field: exact types (no "1" for 1, no true
         for 1, no 2.7 for an integer), ranges, shapes, and file names confined to the package folder.
         Anything else is a ModelPackageError naming the field."""
+        if isinstance(d, dict):
+            check_manifest_text(d)  # first, so a field's text is refused by the same rule wherever it is
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             found = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ModelPackageError(f"model.json: expected format {FORMAT_NAME!r}, found {found!r}")
@@ -213,6 +217,37 @@ class Manifest:
 
 MAX_SIDE = 4096  # largest image side a manifest may declare
 VARIANT_FILES = ("encoder_file", "decoder_file")
+# The identifier-like fields of model.json and its sections, held to the name rule (check_name); every other
+# string is free text (check_text), and every key of every object is a name too.
+NAME_FIELDS = frozenset({"name", "file", "format", "likelihood", "prior", "dtype", "metric", "default_kind",
+                         "variant", "kernel"})
+NAME_LISTS = frozenset({"class_names", "statistics"})  # lists whose items are names
+
+
+def check_manifest_text(d: object) -> None:
+    """Every string of parsed model.json (its sections included), keys too, by the text rules of vae_infer.text:
+    valid Unicode, names at most MAX_NAME_CHARS characters, other text at most MAX_TEXT_BYTES. A
+    ModelPackageError names the first field that breaks them (`model.json: .latent_map.class_names[3]: ...`).
+    Iterative, so a deeply nested training section cannot exhaust the stack."""
+    stack: list[tuple[str, object, bool]] = [("", d, False)]
+    while stack:
+        path, node, is_name = stack.pop()
+        if isinstance(node, str):
+            (check_name if is_name else check_text)(f"{MANIFEST_NAME}: {path or '.'}", node)
+        elif isinstance(node, dict):
+            children = []
+            for key, value in node.items():
+                check_name(f"{MANIFEST_NAME}: {path or '.'}: a key", key)
+                name_like = key in NAME_FIELDS or key in NAME_LISTS or key.endswith("_file")
+                children.append((path + _path_part(key), value, name_like))
+            stack.extend(reversed(children))  # reported in document order
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{i}]", value, is_name) for i, value in reversed(list(enumerate(node))))
+
+
+def _path_part(key: str) -> str:
+    """`.key` for a key that reads as one (checked by check_name already), else its repr in brackets."""
+    return f".{key}" if key.isidentifier() and key.isascii() else f"[{key!r}]"
 
 
 def _is_int(v: object) -> bool:

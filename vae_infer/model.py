@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -21,10 +22,12 @@ from .inputs import (
 )
 from .manifest import BATCH_AXIS, GraphSpec, Manifest
 from .package import read_manifest, read_verified, verify_all
+from .sections import section_checks
 from .sessions import create_backend
 
 Array = NDArray[np.float32]
 DEFAULT_CHUNK = 4096  # rows per onnxruntime call: ~13 MB of decoder output, so memory stays bounded
+SMALL_SUM = 256  # values of one output summed in Python rather than numpy (cheaper below this)
 
 
 class VAEModel:
@@ -78,7 +81,7 @@ class VAEModel:
             devices.add(got)
         # Every other file (calibration, latent index, other variants) is checked now too, as the README says;
         # each is checked again when it is read for use.
-        verify_all(self.path, self.manifest, skip=tuple(graph_files))
+        verify_all(self.path, self.manifest, skip=tuple(graph_files), checks=section_checks(self.path, self.manifest))
         self.device = "cuda" if devices == {"cuda"} else "cpu"
         self._enc_in = self.manifest.encoder.inputs[0].name
         self._enc_out = [t.name for t in self.manifest.encoder.outputs]  # mu, logvar
@@ -136,7 +139,24 @@ class VAEModel:
     def encode_rows(self, x: Array) -> tuple[Array, Array]:
         """(mu, logvar) for validated rows: float32 (n, features) in [0, 1], as as_images returns them."""
         mu, logvar = self._run("encoder", self._enc_out, self._enc_in, x)
+        # Rows in [0, 1] give finite codes from any sound encoder; a NaN or inf weight (which the base install
+        # cannot read out of the graph) shows here. A float64 sum of the outputs is finite exactly when every
+        # value is (float32 values cannot overflow it); for a few rows Python's own sum is the cheapest (~1 us).
+        if mu.size <= SMALL_SUM:
+            total = sum(mu.ravel().tolist()) + sum(logvar.ravel().tolist())
+        else:
+            total = np.add.reduce(mu, axis=None, dtype=np.float64) + np.add.reduce(logvar, axis=None, dtype=np.float64)
+        if not math.isfinite(total):
+            raise self._non_finite_codes(mu, logvar)
         return mu, logvar
+
+    def _non_finite_codes(self, mu: Array, logvar: Array) -> ModelPackageError:
+        name, out = ("mu", mu) if not np.isfinite(mu).all() else ("logvar", logvar)
+        row = int(np.nonzero(~np.isfinite(out).all(axis=1))[0][0])
+        return ModelPackageError(
+            f"{self.path}: the package's encoder produced non-finite values (NaN or inf) in {name} for a valid image "
+            f"in [0, 1] (row {row} of a batch of {len(out)}); the encoder graph is damaged or was edited (a NaN or "
+            f"inf weight): re-export the model")
 
     def decode_logits(self, z: Array) -> Array:
         """The decoder's logits (n, features) for validated float32 codes (n, latent_size)."""
@@ -178,7 +198,9 @@ class VAEModel:
         return self.decode_rows(mu)
 
     def sample(self, n: int, seed: int | None = None) -> Array:
-        """n images decoded from z ~ N(0, I), (n, features). The same seed gives the same images."""
+        """n images decoded from z ~ N(0, I), (n, features). The same seed gives the same images.
+        n is at most the rows of a 2 GiB float32 output (vae_infer.inputs.MAX_OUTPUT_BYTES: 684,784 images of
+        28 x 28), checked before any work."""
         n = as_count(n, "n")
         check_output_rows(n, self.manifest.features, "sample")
         z = np.random.default_rng(as_seed(seed)).standard_normal((n, self.latent_size)).astype(np.float32)
@@ -190,28 +212,31 @@ class VAEModel:
 
         kind="nelbo" (default): the negative ELBO in nats, -E_q[log p(x|z)] + KL(q(z|x) || p(z)), estimated
         with `samples` reparameterized draws of z per example (seeded; the same figure training reports).
-        samples defaults to 1 draw, and to k = 64 for kind="iwae", as in the CLI and calibration.
-        Other kinds are the anomaly scores of vae_infer.anomaly."""
+        samples defaults to 1 draw, and to k = 64 for kind="iwae", as in the CLI and calibration; it is at most
+        MAX_SAMPLES (1024), images x samples at most MAX_WORK (2**24), and a deterministic kind takes no samples
+        (vae_infer.work_limits; checked before any work). Other kinds are the anomaly scores of vae_infer.anomaly."""
         from .anomaly import score as anomaly_score
 
         return anomaly_score(self, images, kind=kind, samples=samples, seed=seed)
 
     def detect(self, images: object, **options):
-        """(flags, scores): which images score above the threshold calibrated on training data (vae_infer.anomaly)."""
+        """(flags, scores): which images score above the threshold calibrated on training data (vae_infer.anomaly;
+        samples as in score)."""
         from .anomaly import detect
 
         return detect(self, images, **options)
 
     def denoise(self, images: object, **options) -> Array:
-        """Images mapped through the encoder mean and the decoder (vae_infer.anomaly.denoise)."""
+        """Images mapped through the encoder mean and the decoder (vae_infer.anomaly.denoise): steps at most
+        MAX_DENOISE_STEPS (100), images x steps at most MAX_WORK (2**24)."""
         from .anomaly import denoise
 
         return denoise(self, images, **options)
 
     def interpolate(self, image_a: object, image_b: object, steps: int = 10, method: str = "linear",
                     **options) -> Array:
-        """Decoded images along a path from image_a to image_b, (steps, features) (vae_infer.interpolation; the
-        latent path alone, from two codes: vae_infer.interpolation.interpolate_codes)."""
+        """Decoded images along a path from image_a to image_b, (steps, features), steps at most MAX_STEPS (256)
+        (vae_infer.interpolation; the latent path alone, from two codes: vae_infer.interpolation.interpolate_codes)."""
         from .interpolation import interpolate
 
         return interpolate(self, image_a, image_b, steps=steps, method=method, **options)

@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .atomic import remove_stale_leftovers, temp_folder_prefix
@@ -102,12 +103,19 @@ def read_verified(package_dir: str | Path, manifest: Manifest, file_name: str) -
     return data
 
 
-def verify_all(package_dir: str | Path, manifest: Manifest, skip: tuple[str, ...] = ()) -> None:
-    """Check every file model.json lists against its sha256 (load() does, so a damaged calibration,
-    index or variant is found when the package loads, not at first use)."""
+def verify_all(package_dir: str | Path, manifest: Manifest, skip: tuple[str, ...] = (),
+               checks: dict[str, list[Callable[[bytes], object]]] | None = None) -> None:
+    """Check every file model.json lists against its sha256 (load() does, so a damaged calibration, index or
+    variant is found when the package loads, not at first use), then run `checks` (file name -> functions of
+    its verified bytes: the optional sections' own checks, vae_infer.sections) on the same bytes. `skip`: files
+    already checked (the graphs a load has just read), unless a check names one."""
+    checks = checks or {}
     for name in manifest.files:
-        if name not in skip:
-            read_verified(package_dir, manifest, name)
+        if name in skip and name not in checks:
+            continue
+        data = read_verified(package_dir, manifest, name)
+        for check in checks.get(name, ()):
+            check(data)
 
 
 def _exchange(a: Path, b: Path) -> bool:

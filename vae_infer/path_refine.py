@@ -9,6 +9,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .inputs import as_count
+from .work_limits import MAX_REFINE_ITERATIONS, MAX_REFINE_POINTS, check_at_most
+
 REFINE_ITERATIONS = 6
 FD_STEP = 1e-2  # latent finite-difference step for the decoder Jacobian
 
@@ -22,9 +25,14 @@ def relax(to_points, codes: NDArray, cost=None, power: float = 0.0, iterations: 
     finite-difference Jacobians of the decoder, so a step solves one small block-tridiagonal system. A step is
     taken only when it lowers E and, when given, accept(codes) is true (a constraint such as "no point fainter
     than ..."; a refused step is retried smaller, like one that raises E).
+    At most MAX_REFINE_POINTS (256) codes and MAX_REFINE_ITERATIONS (100) iterations (vae_infer.work_limits):
+    each iteration solves a (points x latent)^2 system.
     Returns the codes and {"energy_start", "energy", "iterations"}."""
+    iterations = check_at_most(as_count(iterations, "iterations"), MAX_REFINE_ITERATIONS, "iterations",
+                               "Gauss-Newton iterations")
     z = np.asarray(codes, dtype=np.float64).copy()
     n, d = z.shape
+    check_at_most(n, MAX_REFINE_POINTS, "points", "codes of a refined path")
     m = n - 2
     if m < 1:
         return z.astype(np.float32), {"energy_start": 0.0, "energy": 0.0, "iterations": 0}

@@ -26,16 +26,19 @@ def brightness(images: NDArray) -> NDArray[np.float64]:
 
 
 def brightness_ratio(images: NDArray) -> NDArray[np.float64]:
-    """Each frame's brightness over the linear blend of the endpoints' brightness at its position, (n,).
+    """Each frame's brightness over the linear blend of the endpoints' brightness at its position, (n,); always
+    finite.
 
-    A frame of a path whose endpoints are both blank has no reference brightness: its ratio is 1 when it is
-    blank too, inf otherwise."""
-    b = brightness(images)
+    Where the blend is darker than one grey level on one pixel (both endpoints blank, or nearly), the frame is
+    measured against that faintest visible brightness instead: a blank frame there has ratio 0 against a
+    blank reference it equals, so such frames are 1, and a visible frame between blank ends gets a large,
+    finite ratio (it is far brighter than its reference), never infinity."""
+    x = np.asarray(images)
+    b = brightness(x)
     t = np.linspace(0.0, 1.0, len(b))
     blend = (1 - t) * b[0] + t * b[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = b / blend
-    return np.where(blend > 0, ratio, np.where(b > 0, np.inf, 1.0))
+    faintest = 1.0 / (255.0 * max(x.shape[1], 1))  # mean brightness of one grey level on one pixel
+    return np.where((blend <= 0) & (b <= 0), 1.0, b / np.maximum(blend, faintest))
 
 
 def unit_rows(x: NDArray) -> tuple[NDArray[np.float32], NDArray[np.float64]]:

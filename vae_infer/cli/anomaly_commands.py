@@ -11,19 +11,22 @@ from .. import anomaly, arrays
 from ..datasets import validation_split
 from ..errors import DataError, InputError
 from ..sources import open_source
+from ..work_limits import MAX_DENOISE_STEPS, MAX_SAMPLES, check_work
 from .base import (
     PNG_PAIRS,
     check_out,
     check_png,
+    echo,
     echo_json,
     json_option,
     main,
     model_options,
     open_model,
     save_grid,
-    shape_text,
     status_note,
 )
+from .model_commands import given, refuse_ignored
+from .streams import chunks, first_rows, open_images, write_rows
 
 SPLITS = ("validation", "train", "test")
 FLAGGED_SHOWN = 20  # indices of flagged images printed by detect (all are in --json and --out)
@@ -92,22 +95,25 @@ def calibration_images(model, data: str, split: str | None, data_dir: Path | Non
               help="Score kinds to calibrate (repeat the option).  [default: all]")
 @click.option("--default-kind", type=click.Choice(anomaly.SCORE_KINDS), default=anomaly.DEFAULT_KIND,
               show_default=True, help="The kind detect uses when none is given.")
-@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
-              help="Draws of z for nelbo and ic.")
-@click.option("--iw-samples", type=click.IntRange(min=1), default=anomaly.DEFAULT_IW_SAMPLES, show_default=True,
-              metavar="K", help="Importance samples k of the iwae score.")
+@click.option("--samples", type=click.IntRange(min=1, max=MAX_SAMPLES), default=None, metavar="K",
+              help=f"Draws of z for nelbo and ic, at most {MAX_SAMPLES}.  [default: 1]")
+@click.option("--iw-samples", type=click.IntRange(min=1, max=MAX_SAMPLES), default=None, metavar="K",
+              help=f"Importance samples k of the iwae score, at most {MAX_SAMPLES}.  "
+                   f"[default: {anomaly.DEFAULT_IW_SAMPLES}]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S")
 @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
               help="Use only the first N images.")
 @json_option
 def calibrate(model: Path, data: str, split: str | None, data_dir: Path | None, quantile: float, kinds: tuple,
-              default_kind: str, samples: int, iw_samples: int, seed: int, limit: int | None, device: str,
+              default_kind: str, samples: int | None, iw_samples: int | None, seed: int, limit: int | None, device: str,
               threads: int | None, as_json: bool) -> None:
     """Calibrate anomaly thresholds on held-out images and store them in the model package.
 
     Scores the images with every kind, keeps each kind's --quantile as its threshold in model.json (section
     calibration) and the scores and the density-of-states reference in calibration.npz. The package is
     rewritten atomically; every file is verified first. detect then works without options."""
+    refuse_ignored(given("seed"), not set(kinds or anomaly.SCORE_KINDS) & set(anomaly.STOCHASTIC_KINDS),
+                   "no calibrated kind draws z")
     m = open_model(model, device, threads)
     images, about = calibration_images(m, data, split, data_dir)
     if limit is not None:
@@ -121,11 +127,11 @@ def calibrate(model: Path, data: str, split: str | None, data_dir: Path | None, 
         echo_json({"model": str(model), **{k: section[k] for k in ("source", "examples", "quantile", "default_kind",
                                                                    "samples", "thresholds", "reference_file")}})
         return
-    click.echo(f"calibrated {model} on {about}")
-    click.echo(f"thresholds (quantile {quantile:g} of {section['examples']} images; detect's default: "
+    echo(f"calibrated {model} on {about}")
+    echo(f"thresholds (quantile {quantile:g} of {section['examples']} images; detect's default: "
                f"{section['default_kind']}):")
     for k, t in section["thresholds"].items():
-        click.echo(f"  {k:<7} {t:.6g}")
+        echo(f"  {k:<7} {t:.6g}")
 
 
 @main.command()
@@ -137,8 +143,9 @@ def calibrate(model: Path, data: str, split: str | None, data_dir: Path | None, 
               help="Threshold at this quantile of the calibration scores.  [default: the calibrated quantile]")
 @click.option("--threshold", type=float, default=None,
               help="Flag scores above this number (no calibration needed, except for dose).")
-@click.option("--samples", type=click.IntRange(min=1), default=None, metavar="K",
-              help="Draws of z (k for iwae).  [default: as calibrated]")
+@click.option("--samples", type=click.IntRange(min=1, max=MAX_SAMPLES), default=None, metavar="K",
+              help=f"Draws of z (k for iwae), at most {MAX_SAMPLES}; dose, recon, mse and excess take none.  "
+                   f"[default: as calibrated]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S")
 @click.option("--out", type=click.Path(path_type=Path), default=None, callback=check_out, metavar="OUT.npz",
               help="Also write arrays flags (bool) and scores (float64) (.npz; .npy gets the scores).")
@@ -152,16 +159,18 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
     if threshold is not None and quantile is not None:
         raise click.UsageError("pass either --threshold or --quantile, not both")
     m = open_model(model, device, threads)
-    x = m.as_images(arrays.read_images(input, m.image_shape))
-    if threshold is None:
-        kind, limit = anomaly.threshold(m, kind, quantile)
-        where = f"the {quantile or m.manifest.calibration['quantile']:g} quantile of the calibration scores"
-    else:
-        limit, where = threshold, "--threshold"
-        kind = kind or (m.manifest.calibration or {}).get("default_kind") or anomaly.DEFAULT_KIND
-    if len(x) > m.chunk_size:
-        status_note(f"scoring {len(x)} images ({kind})...", quiet=as_json)
-    flags, scores = m.detect(x, kind=kind, quantile=quantile, threshold=threshold, samples=samples, seed=seed)
+    kind, limit, samples = anomaly.detect_rule(m, kind, quantile, threshold, samples)
+    refuse_ignored(given("seed"), kind not in anomaly.STOCHASTIC_KINDS, f"kind {kind} draws no z")
+    where = "--threshold" if threshold is not None else (
+        f"the {quantile or m.manifest.calibration['quantile']:g} quantile of the calibration scores")
+    source = open_images(input, m)
+    scorer = anomaly.ChunkScorer(m, kind, samples, seed, rows=len(source))  # images x samples, before any work
+    if len(source) > m.chunk_size:
+        status_note(f"scoring {len(source)} images ({kind})...", quiet=as_json)
+    scores = np.empty(len(source))
+    for start, x in chunks(m, source, "scoring", quiet=True):
+        scores[start : start + len(x)] = scorer(x)
+    flags = scores > limit
     if out is not None:
         arrays.write_array(out, {"flags": flags, "scores": scores} if out.suffix.lower() == ".npz" else {"s": scores})
     flagged = np.nonzero(flags)[0]
@@ -169,13 +178,13 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
         echo_json({"n": len(flags), "flagged": len(flagged), "kind": kind, "threshold": limit,
                    "flags": flags.tolist(), "scores": scores.tolist(), "out": out and str(out)})
         return
-    click.echo(f"flagged {len(flagged)} of {len(flags)} images: {kind} score above {limit:.6g} ({where})")
+    echo(f"flagged {len(flagged)} of {len(flags)} images: {kind} score above {limit:.6g} ({where})")
     if len(flagged):
         shown = ", ".join(str(i) for i in flagged[:FLAGGED_SHOWN])
         more = f", ... ({len(flagged) - FLAGGED_SHOWN} more)" if len(flagged) > FLAGGED_SHOWN else ""
-        click.echo(f"  flagged images (0-based): {shown}{more}")
+        echo(f"  flagged images (0-based): {shown}{more}")
     if out is not None:
-        click.echo(f"wrote flags and scores to {out}")
+        echo(f"wrote flags and scores to {out}")
 
 
 @main.command()
@@ -184,8 +193,8 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
 @click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
               help="Where to write the denoised images, (n, height*width) float32 in [0, 1] (.npy, or .npz key "
                    "images).")
-@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-              help="Times through the encoder mean and the decoder.")
+@click.option("--steps", type=click.IntRange(min=1, max=MAX_DENOISE_STEPS), default=1, show_default=True, metavar="N",
+              help=f"Times through the encoder mean and the decoder, at most {MAX_DENOISE_STEPS}.")
 @click.option("--png", type=click.Path(path_type=Path), callback=check_png, metavar="GRID.png",
               help=f"Also save a picture: the first {PNG_PAIRS} inputs above their denoised versions "
                    f"(needs the viz extra: matplotlib).")
@@ -193,13 +202,19 @@ def denoise(model: Path, input: Path, out: Path, steps: int, png: Path | None, d
             threads: int | None) -> None:
     """Denoise images: map them through the encoder mean and the decoder.
 
-    Writes decode(mu(x)) for every image of INPUT to --out, repeated --steps times."""
+    Writes decode(mu(x)) for every image of INPUT to --out, repeated --steps times, a chunk of images at a
+    time: memory does not grow with INPUT's size. Images x --steps is at most MAX_WORK decoder evaluations."""
     m = open_model(model, device, threads)
-    x = m.as_images(arrays.read_images(input, m.image_shape))
-    clean = m.denoise(x, steps=steps)
-    arrays.write_array(out, {"images": clean})
-    click.echo(f"wrote {len(clean)} denoised images ({shape_text(clean)}, {steps} step(s)) to {out}")
+    source = open_images(input, m)
+    n, features = len(source), m.manifest.features
+    check_work(n, steps, "--steps", "denoise")
+    inputs: list[np.ndarray] = []
+    shown: list[np.ndarray] = []
+    images = first_rows((x for _, x in chunks(m, source, "denoising")), inputs, PNG_PAIRS)
+    blocks = (anomaly.denoise_rows(m, x, steps) for x in images)
+    write_rows(out, "images", (n, features), np.float32, first_rows(blocks, shown, PNG_PAIRS))
+    echo(f"wrote {n} denoised images ({n} x {features}, {steps} step(s)) to {out}")
     if png is not None:
-        k = min(len(x), PNG_PAIRS)
-        save_grid(np.concatenate([x[:k], clean[:k]]), m, png, ncols=k, title="inputs (top) and denoised (bottom)")
-        click.echo(f"wrote {png}")
+        k = min(n, PNG_PAIRS)
+        save_grid(np.concatenate(inputs + shown), m, png, ncols=k, title="inputs (top) and denoised (bottom)")
+        echo(f"wrote {png}")

@@ -18,6 +18,7 @@ from .. import __version__, arrays
 from ..errors import VaeInferError
 from ..model import VAEModel, load
 from ..sessions import DEVICES
+from ..text import terminal_lines, terminal_text
 
 PNG_MAX = 64  # images shown in a --png grid of samples or decoded codes
 PNG_PAIRS = 16  # originals shown (above their reconstructions) in a reconstruct --png grid
@@ -34,10 +35,25 @@ class _OneLineErrors:
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.exceptions.ClickException as e:  # click's own (a bad option value, no such command)
+            raise _escaped(e) from None
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:  # raised by the work, while parsing (option callbacks), or by a plain command
             raise _as_click_error(e, ctx) from e
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.ClickException as e:  # parsing the command line, which may quote it
+            raise _escaped(e) from None
+
+
+def _escaped(e: click.exceptions.ClickException) -> click.exceptions.ClickException:
+    """click's own errors quote what the user typed (a path, an option value): shown with controls escaped."""
+    e.message = terminal_text(e.message)  # type: ignore[misc]  # click marks it final; set once, here
+    return e
 
 
 class _Command(_OneLineErrors, click.Command):
@@ -96,8 +112,10 @@ def _while(ctx: click.Context) -> str:
 
 
 def _one_line(text: str) -> str:
+    """The message on one line, terminal-safe (a package's names and the user's paths are in messages)."""
     line = "; ".join(part.strip() for part in text.strip().splitlines() if part.strip()) or "failed"
-    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 3] + "..."
+    line = line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 3] + "..."
+    return terminal_text(line)
 
 
 @click.group(cls=_Group, name="vae-infer", context_settings={"help_option_names": ["-h", "--help"]})
@@ -149,10 +167,18 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def echo(text: Any = "", err: bool = False, nl: bool = True, lines: bool = False) -> None:
+    """Print a line (stdout, or stderr with err=True) of text that may hold a package's names, paths or input:
+    every character a terminal could obey (escapes, bidi overrides, zero-width characters, newlines) is shown
+    as an escape (vae_infer.text.terminal_text). lines=True keeps the newlines of text this program laid out."""
+    text = str(text)
+    click.echo(terminal_lines(text) if lines else terminal_text(text), err=err, nl=nl)
+
+
 def status_note(text: str, quiet: bool = False) -> None:
     """A note on stderr for long work, only where a person is watching."""
     if not quiet and stderr_is_terminal():
-        click.echo(text, err=True)
+        echo(text, err=True)
 
 
 def in_chunks(model: VAEModel, fn: Callable, x: np.ndarray, label: str, quiet: bool = False) -> Any:
@@ -180,8 +206,10 @@ def save_grid(images: np.ndarray, model: VAEModel, path: Path, ncols: int | None
 
 def echo_json(obj: dict) -> None:
     """Print one JSON object. JSON has no NaN or infinity: such numbers are printed as null (so the output
-    is always valid JSON); numpy scalars and arrays are printed as numbers and lists."""
-    click.echo(json.dumps(_json_safe(obj), indent=2, allow_nan=False))
+    is always valid JSON); numpy scalars and arrays are printed as numbers and lists. Strings are ASCII with
+    \\uNNNN escapes (DEL too), so no control, bidi or zero-width character reaches the terminal."""
+    text = json.dumps(_json_safe(obj), indent=2, allow_nan=False, ensure_ascii=True)
+    click.echo(text.replace("\x7f", "\\u007f"))  # DEL is ASCII, so ensure_ascii keeps it; only in strings
 
 
 def _json_safe(v: Any) -> Any:

@@ -11,7 +11,7 @@ from ..batch import ENGINES, FORMATS, OUTPUTS, BatchOptions, parse_outputs, run_
 from ..batch.options import CHUNK_ROWS, PART_ROWS
 from ..batch.ray_uris import is_uri, run_uris
 from ..errors import InputError
-from .base import echo_json, json_option, main, stderr_is_terminal
+from .base import echo, echo_json, json_option, main, stderr_is_terminal
 
 
 def _outputs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -82,7 +82,7 @@ def batch(model: Path, inputs: tuple[str, ...], out: str, outputs: tuple[str, ..
         if as_json:
             echo_json(result)
         else:
-            click.echo(f"wrote Ray Data's Parquet files to {out} in {result['seconds']:.1f} s (no _job.json: "
+            echo(f"wrote Ray Data's Parquet files to {out} in {result['seconds']:.1f} s (no _job.json: "
                        f"a job over URIs does not resume)")
         return
     ray_options = {"address": address, "concurrency": workers, "num_cpus": num_cpus, "threads": threads,
@@ -95,7 +95,7 @@ def batch(model: Path, inputs: tuple[str, ...], out: str, outputs: tuple[str, ..
         echo_json(summary.to_dict())
         return
     reused = f", {summary.parts_reused} reused from an earlier run" if summary.parts_reused else ""
-    click.echo(f"{summary.rows} rows in {out}: {summary.parts_written} part(s) written{reused}, "
+    echo(f"{summary.rows} rows in {out}: {summary.parts_written} part(s) written{reused}, "
                f"{summary.rows_computed} rows computed in {summary.seconds:.1f} s")
     if summary.failures:
-        click.echo(f"{len(summary.failures)} input(s) or range(s) skipped: see {out / 'failures.jsonl'}", err=True)
+        echo(f"{len(summary.failures)} input(s) or range(s) skipped: see {out / 'failures.jsonl'}", err=True)

@@ -11,7 +11,7 @@ from .. import arrays, bench
 from ..atomic import atomic_write_bytes
 from ..errors import InputError
 from ..sessions import DEVICES
-from .base import check_png, main, status_note
+from .base import check_png, echo, main, status_note
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -75,7 +75,7 @@ def bench_command(model, batch_sizes, threads, devices, variants, operations, se
     report = bench.run_benchmark(model, batch_sizes, threads, devices, names, operations, seconds,
                                  progress=lambda text: status_note(f"benchmarking {text}"))
     table = bench.to_markdown(report)
-    click.echo(table, nl=False)
+    echo(table, nl=False, lines=True)
     if json_out:
         atomic_write_bytes(json_out, (json.dumps(report, indent=1) + "\n").encode())
     if markdown:

@@ -15,7 +15,21 @@ from ..latent_index import INDEX_FILE, METRICS, read_index
 from ..latent_map import DEFAULT_POINTS, MAP_FILE, build_latent_map, manifest_section, to_bytes
 from ..latent_search import SEARCHES, load_graph
 from ..realism import Reference
-from .base import check_out, check_png, echo_json, json_option, main, model_options, open_model, save_grid, status_note
+from ..work_limits import MAX_STEPS
+from .base import (
+    check_out,
+    check_png,
+    echo,
+    echo_json,
+    json_option,
+    main,
+    model_options,
+    open_model,
+    save_grid,
+    status_note,
+)
+from .model_commands import given, refuse_ignored
+from .streams import open_images
 
 DATA_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache/vae-infer/datasets/NAME or "
              "/usr/share/datasets/NAME; nothing is downloaded), a folder of IDX files, an IDX file, or a .npy / "
@@ -24,14 +38,15 @@ DATA_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache
 
 def _one(path: Path, index: int | None, model, name: str) -> np.ndarray:
     """One image from a file: the file's only image, or the one at --a-index / --b-index."""
-    arr = arrays.read_images(path, model.image_shape)
+    source = open_images(path, model)  # by row range: only the image asked for is read
+    n = len(source)
     if index is None:
-        if len(arr) != 1:
-            raise InputError(f"{path} holds {len(arr)} images; pick one with --{name}-index I (0..{len(arr) - 1})")
-        return arr[0]
-    if not 0 <= index < len(arr):
-        raise InputError(f"--{name}-index {index} is out of range: {path} holds {len(arr)} images (0..{len(arr) - 1})")
-    return arr[index]
+        if n != 1:
+            raise InputError(f"{path} holds {n} images; pick one with --{name}-index I (0..{n - 1})")
+        index = 0
+    if not 0 <= index < n:
+        raise InputError(f"--{name}-index {index} is out of range: {path} holds {n} images (0..{n - 1})")
+    return source.read(index, index + 1)[0]
 
 
 def _open_data(spec: str, split: str):
@@ -62,8 +77,8 @@ def _describe(metrics: dict) -> str:
               help="linear: straight line between the latent means; slerp: spherical arc; graph: shortest path "
                    "through the package's latent graph (build it with `vae-infer index build`), then refined.  "
                    "[default: linear; graph with --compare]")
-@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True, metavar="N",
-              help="Images on the path, both endpoints included.")
+@click.option("--steps", type=click.IntRange(min=2, max=MAX_STEPS), default=10, show_default=True, metavar="N",
+              help=f"Images on the path, both endpoints included, at most {MAX_STEPS}.")
 @click.option("--compare", is_flag=True,
               help="Also compute the linear path; --png draws the --method path (default graph) above the linear one.")
 @click.option("--spacing", type=click.Choice(SPACINGS), default="data", show_default=True,
@@ -97,6 +112,8 @@ def interpolate_command(model: Path, image_a: Path, image_b: Path, method: str |
     to B's and is decoded to STEPS images. Prints each path's length in data space (distances between
     successive decoded images on a fine resampling), its largest step and, with --reference, its realism."""
     method = method or ("graph" if compare else "linear")
+    refuse_ignored(given("search", "realism_weight", "no_refine"), method != "graph",
+                   f"options of --method graph, not {method}")
     if compare and method == "linear":
         raise click.UsageError("--compare draws --method above the linear path; pick --method graph or slerp")
     m = open_model(model, device, threads)
@@ -134,16 +151,16 @@ def interpolate_command(model: Path, image_a: Path, image_b: Path, method: str |
                    "out": out and str(out), "png": png and str(png)})
         return
     for name, (_, _, metrics) in paths.items():
-        click.echo(f"{name}: {steps} images, {_describe(metrics)}")
+        echo(f"{name}: {steps} images, {_describe(metrics)}")
     if compare:
         a, b = paths[method][2], paths["linear"][2]
         ratios = f"length x{a['length'] / b['length']:.3f}"
         if a.get("realism") is not None:
             ratios += f", realism x{a['realism'] / b['realism']:.3f}"
-        click.echo(f"{method} vs linear: {ratios}")
+        echo(f"{method} vs linear: {ratios}")
     for path in (out, png):
         if path is not None:
-            click.echo(f"wrote {path}")
+            echo(f"wrote {path}")
 
 
 @main.group("index")
@@ -219,14 +236,14 @@ def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: f
         echo_json({**section, "sha256": manifest.files[section["file"]], "model": str(model),
                    "latent_map": manifest.latent_map if not no_map else None})
         return
-    click.echo(f"built the latent graph of {model} from {index.n_codes} codes ({origin}) in "
+    echo(f"built the latent graph of {model} from {index.n_codes} codes ({origin}) in "
                f"{index.info['build_seconds']:.2f} s")
-    click.echo(f"  {index.n_nodes} nodes, {len(index.edges)} edges (k={k}, {metric} distances), "
+    echo(f"  {index.n_nodes} nodes, {len(index.edges)} edges (k={k}, {metric} distances), "
                f"{section['n_bridges']} bridges; {section['bytes'] / 1e6:.2f} MB")
-    click.echo(f"  wrote {Path(model) / section['file']} (sha256 {manifest.files[section['file']][:16]}...)")
+    echo(f"  wrote {Path(model) / section['file']} (sha256 {manifest.files[section['file']][:16]}...)")
     if not no_map:
         lm = manifest.latent_map
-        click.echo(f"  latent map: {lm['points']} codes from {lm['source']}"
+        echo(f"  latent map: {lm['points']} codes from {lm['source']}"
                    f"{', labelled' if lm['labelled'] else ', no labels'}; wrote {Path(model) / lm['file']}")
 
 
@@ -246,8 +263,8 @@ def index_info(model: Path, device: str, threads: int | None, as_json: bool) -> 
     for key in ("file", "source", "n_codes", "n_nodes", "n_edges", "n_bridges", "k", "metric", "cell",
                 "field_cell", "realism_weight", "build_seconds", "bytes"):
         if key in section:
-            click.echo(f"{key + ':':<16} {section[key]}")
-    click.echo(f"{'components:':<16} {components}")
-    click.echo(f"{'sha256:':<16} {m.manifest.files[section['file']]} (verified)")
+            echo(f"{key + ':':<16} {section[key]}")
+    echo(f"{'components:':<16} {components}")
+    echo(f"{'sha256:':<16} {m.manifest.files[section['file']]} (verified)")
     if index.n_nodes != section.get("n_nodes"):
-        click.echo(f"warning: model.json says {section.get('n_nodes')} nodes, the file holds {index.n_nodes}")
+        echo(f"warning: model.json says {section.get('n_nodes')} nodes, the file holds {index.n_nodes}")

@@ -6,19 +6,21 @@ from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from .. import arrays
-from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS, default_samples
+from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS, STOCHASTIC_KINDS, ChunkScorer, resolve_samples
 from ..inputs import as_latents
+from ..work_limits import MAX_SAMPLES
 from .base import (
     PNG_MAX,
     PNG_PAIRS,
     check_out,
     check_png,
+    echo,
     echo_json,
     flatten,
     fmt,
-    in_chunks,
     json_option,
     main,
     model_options,
@@ -28,6 +30,21 @@ from .base import (
     shape_text,
     status_note,
 )
+from .streams import chunks, first_rows, open_images, progress, write_rows
+
+
+def given(*names: str) -> list[str]:
+    """Which of these parameters the user typed on the command line, as their option names."""
+    ctx = click.get_current_context()
+    return [f"--{name.replace('_', '-')}" for name in names
+            if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+
+
+def refuse_ignored(options: list[str], ignored: bool, why: str) -> None:
+    """An option the command would ignore is refused, not silently dropped."""
+    if options and ignored:
+        them = "it" if len(options) == 1 else "them"
+        raise click.UsageError(f"{', '.join(options)} would be ignored: {why}; leave {them} out")
 
 
 @main.command()
@@ -60,16 +77,16 @@ def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
         ("opset", man.opset), ("device", f"{m.device} ({providers})"),
     ]
     for k, v in rows:
-        click.echo(f"{k + ':':<13} {v}")
+        echo(f"{k + ':':<13} {v}")
     for k, text in section_lines(sections):
-        click.echo(f"{k + ':':<13} {text}")
-    click.echo("files (sha256, verified):")
+        echo(f"{k + ':':<13} {text}")
+    echo("files (sha256, verified):")
     for name, digest in sorted(man.files.items()):
-        click.echo(f"  {name}  {digest}")
+        echo(f"  {name}  {digest}")
     if man.training:
-        click.echo("training:")
+        echo("training:")
         for k, v in flatten(man.training):
-            click.echo(f"  {k}: {fmt(v)}")
+            echo(f"  {k}: {fmt(v)}")
 
 
 def package_sections(man) -> dict:
@@ -111,17 +128,21 @@ def section_lines(sections: dict) -> list[tuple[str, str]]:
 def encode(model: Path, input: Path, out: Path, device: str, threads: int | None, as_json: bool) -> None:
     """Encode images to latent codes: mu and logvar of q(z|x).
 
-    Reads the images in INPUT and writes mu and logvar, each (n, latent size) float32, to --out."""
+    Reads the images in INPUT and writes mu and logvar, each (n, latent size) float32, to --out. The images
+    go through the model a chunk at a time: memory holds one chunk and the codes, whatever INPUT's size."""
     m = open_model(model, device, threads)
-    x = m.as_images(arrays.read_images(input, m.image_shape))
-    mu, logvar = in_chunks(m, m.encode, x, "encoding", quiet=as_json)
+    source = open_images(input, m)
+    mu = np.empty((len(source), m.latent_size), np.float32)
+    logvar = np.empty_like(mu)
+    for start, x in chunks(m, source, "encoding", quiet=as_json):
+        mu[start : start + len(x)], logvar[start : start + len(x)] = m.encode_rows(x)
     npz = out.suffix.lower() == ".npz"
     arrays.write_array(out, {"mu": mu, "logvar": logvar} if npz else mu)
     keys = ["mu", "logvar"] if npz else ["mu"]
     if as_json:
         echo_json({"out": str(out), "arrays": keys, "n": len(mu), "latent_size": m.latent_size})
     else:
-        click.echo(f"wrote {' and '.join(keys)} ({shape_text(mu)}) to {out}")
+        echo(f"wrote {' and '.join(keys)} ({shape_text(mu)}) to {out}")
 
 
 @main.command()
@@ -137,12 +158,14 @@ def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str,
     the decoded images (the Bernoulli means) to --out."""
     m = open_model(model, device, threads)
     z = as_latents(arrays.read_latents(latents), m.latent_size)
-    images = in_chunks(m, m.decode, z, "decoding")
-    arrays.write_array(out, {"images": images})
-    click.echo(f"wrote {len(images)} decoded images ({shape_text(images)}) to {out}")
+    shown: list[np.ndarray] = []
+    step = m.chunk_size
+    blocks = progress((m.decode_rows(z[s : s + step]) for s in range(0, len(z), step)), len(z), "decoding")
+    write_rows(out, "images", (len(z), m.manifest.features), np.float32, first_rows(blocks, shown, PNG_MAX))
+    echo(f"wrote {len(z)} decoded images ({len(z)} x {m.manifest.features}) to {out}")
     if png is not None:
-        save_grid(images[:PNG_MAX], m, png)
-        click.echo(f"wrote {png}")
+        save_grid(np.concatenate(shown), m, png)
+        echo(f"wrote {png}")
 
 
 @main.command()
@@ -157,17 +180,22 @@ def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str,
 def reconstruct(model: Path, input: Path, out: Path, png: Path | None, device: str, threads: int | None) -> None:
     """Reconstruct images: encode, then decode mu.
 
-    Reads the images in INPUT and writes decode(mu), the deterministic reconstruction, to --out."""
+    Reads the images in INPUT and writes decode(mu), the deterministic reconstruction, to --out, a chunk of
+    images at a time: memory does not grow with INPUT's size."""
     m = open_model(model, device, threads)
-    x = m.as_images(arrays.read_images(input, m.image_shape))
-    recon = in_chunks(m, m.reconstruct, x, "reconstructing")
-    arrays.write_array(out, {"images": recon})
-    click.echo(f"wrote {len(recon)} reconstructions ({shape_text(recon)}) to {out}")
+    source = open_images(input, m)
+    originals: list[np.ndarray] = []
+    shown: list[np.ndarray] = []
+    images = first_rows((x for _, x in chunks(m, source, "reconstructing")), originals, PNG_PAIRS)
+    blocks = (m.decode_rows(m.encode_rows(x)[0]) for x in images)
+    n, features = len(source), m.manifest.features
+    write_rows(out, "images", (n, features), np.float32, first_rows(blocks, shown, PNG_PAIRS))
+    echo(f"wrote {n} reconstructions ({n} x {features}) to {out}")
     if png is not None:
-        k = min(len(x), PNG_PAIRS)
-        save_grid(np.concatenate([x[:k], recon[:k]]), m, png, ncols=k,
-              title="originals (top) and reconstructions (bottom)")
-        click.echo(f"wrote {png}")
+        k = min(n, PNG_PAIRS)
+        save_grid(np.concatenate(originals + shown), m, png, ncols=k,
+                  title="originals (top) and reconstructions (bottom)")
+        echo(f"wrote {png}")
 
 
 @main.command()
@@ -189,11 +217,11 @@ def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, d
         status_note(f"sampling {n} images...")
     images = m.sample(n, seed=seed)
     arrays.write_array(out, {"images": images})
-    click.echo(f"wrote {n} samples ({shape_text(images)}) to {out}")
+    echo(f"wrote {n} samples ({shape_text(images)}) to {out}")
     if png is not None:
         title = f"{m.manifest.name}: samples" + ("" if seed is None else f", seed {seed}")
         save_grid(images[:PNG_MAX], m, png, title=title)
-        click.echo(f"wrote {png}")
+        echo(f"wrote {png}")
 
 
 @main.command()
@@ -202,8 +230,9 @@ def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, d
 @click.option("--kind", type=click.Choice(SCORE_KINDS), default="nelbo", show_default=True,
               help="nelbo, recon (BCE), mse, iwae (k = --samples), excess, ic, dose (needs calibrate); "
                    "formulas in the README.")
-@click.option("--samples", type=click.IntRange(min=1), default=None, metavar="K",
-              help=f"Draws of z per image.  [default: {DEFAULT_IW_SAMPLES} for iwae, else 1]")
+@click.option("--samples", type=click.IntRange(min=1, max=MAX_SAMPLES), default=None, metavar="K",
+              help=f"Draws of z per image (nelbo, ic; k of iwae), at most {MAX_SAMPLES}; the other kinds take "
+                   f"none.  [default: {DEFAULT_IW_SAMPLES} for iwae, else 1]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S",
               help="Random seed of the draws.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, callback=check_out, metavar="OUT.npy",
@@ -215,12 +244,17 @@ def score(model: Path, input: Path, kind: str, samples: int | None, seed: int, o
 
     Higher is less likely under the model. Prints n, mean, min and max; --out also writes the per-image
     scores."""
-    samples = samples or default_samples(kind)
+    resolve_samples(kind, samples, "--samples")  # before the model is even loaded
+    refuse_ignored(given("seed"), kind not in STOCHASTIC_KINDS, f"kind {kind} draws no z")
     m = open_model(model, device, threads)
-    x = m.as_images(arrays.read_images(input, m.image_shape))
-    if len(x) > m.chunk_size:
-        status_note(f"scoring {len(x)} images ({samples} draw(s) each)...", quiet=as_json)
-    values = m.score(x, kind=kind, samples=samples, seed=seed)
+    source = open_images(input, m)
+    scorer = ChunkScorer(m, kind, samples, seed, rows=len(source))  # checks images x samples before any work
+    samples = scorer.samples
+    if len(source) > m.chunk_size:
+        status_note(f"scoring {len(source)} images ({samples} draw(s) each)...", quiet=as_json)
+    values = np.empty(len(source))
+    for start, x in chunks(m, source, "scoring", quiet=True):
+        values[start : start + len(x)] = scorer(x)
     if out is not None:
         arrays.write_array(out, {kind: values})
     summary = {"n": len(values), "mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
@@ -230,9 +264,9 @@ def score(model: Path, input: Path, kind: str, samples: int | None, seed: int, o
                    "out": out and str(out)})
         return
     label = "negative ELBO" if kind == "nelbo" else f"{kind} score"
-    click.echo(f"{label} of {summary['n']} images, {unit} ({samples} draw(s) of z each, seed {seed}):")
+    echo(f"{label} of {summary['n']} images, {unit} ({samples} draw(s) of z each, seed {seed}):")
     for k in ("mean", "min", "max"):
-        click.echo(f"  {k + ':':<5} {summary[k]:.4f}")
+        echo(f"  {k + ':':<5} {summary[k]:.4f}")
     if out is not None:
-        click.echo(f"wrote per-image scores to {out}")
+        echo(f"wrote per-image scores to {out}")
 

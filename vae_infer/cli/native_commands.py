@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from .base import echo_json, json_option, main
+from .base import echo, echo_json, json_option, main
 
+CHECK_IMAGES = 50  # images --check runs the example program on
 TARGET_NAMES = ("x86_64", "aarch64-linux", "armv7-linux", "cortex-m4")  # vae_infer.native.targets.TARGETS
 
 
@@ -35,10 +36,14 @@ TARGET_NAMES = ("x86_64", "aarch64-linux", "armv7-linux", "cortex-m4")  # vae_in
               help="Default rows per tile (VAE_ROWS).  [default: the target's; x86_64: 6 with AVX-512, else 1]")
 @click.option("--check/--no-check", default=False, show_default=True,
               help="Also build with -std=c99 -Wall -Wextra -Werror -pedantic, run the example program (under qemu "
-                   "for the Arm targets) on 50 test images and compare with numpy (same weights) and onnxruntime.")
+                   "for the Arm targets) on 50 images (--check-data) and compare with numpy (same weights) and "
+                   "onnxruntime; prints a verdict with its tolerances.")
+@click.option("--check-data", default=None, metavar="SOURCE",
+              help="With --check: the images to check with (a source spec; its test split).  [default: Fashion-MNIST "
+                   "test images for a 28x28 model when installed, else random images of the model's size]")
 @json_option
 def export_c(model: Path, out_dir: Path, target: str, weights: str, flash: str | None, ram: str | None, prefix: str,
-             block: int | None, rows: int | None, check: bool, as_json: bool) -> None:
+             block: int | None, rows: int | None, check: bool, check_data: str | None, as_json: bool) -> None:
     """Export a model package as plain C99 for a target: vae.h, vae.c (the weights as const arrays), an
     example main.c, a Makefile (the target's compiler and flags) and memory.py.
 
@@ -54,19 +59,21 @@ def export_c(model: Path, out_dir: Path, target: str, weights: str, flash: str |
     report, what = None, ""
     if check:
         from ..native.check import check_export, check_images, format_report
+        from ..package import read_manifest
 
-        images, what = check_images(50)
-        report = check_export(model, out_dir, weights=weights, prefix=prefix, images=images, n=50, target=target)
+        images, what = check_images(CHECK_IMAGES, read_manifest(model).image_shape, check_data)
+        report = check_export(model, out_dir, weights=weights, prefix=prefix, images=images, n=CHECK_IMAGES,
+                              target=target)
     if as_json:
         echo_json({"out": str(out_dir), "target": result.target, "files": [str(f) for f in result.files],
                    "weights": weights, "weight_bytes": result.weight_bytes, "functions": result.functions,
                    "sha256": result.digests, "flash_bytes": result.flash_bytes, "ram_bytes": result.ram_bytes,
                    "check": report})
         return
-    click.echo(f"wrote {', '.join(f.name for f in result.files)} to {out_dir} for {result.target} "
+    echo(f"wrote {', '.join(f.name for f in result.files)} to {out_dir} for {result.target} "
                f"({weights} weights, {result.weight_bytes:,} bytes of tables)")
     for signature in result.functions.values():
-        click.echo(f"  {signature};")
+        echo(f"  {signature};")
     if report is not None:
-        click.echo(format_report(report, what))
-    click.echo(f"build: make -C {out_dir}")
+        echo(format_report(report, what))
+    echo(f"build: make -C {out_dir}")

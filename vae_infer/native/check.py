@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VaeInferError
+from .abi import argument_names
 from .build import STRICT_FLAGS, run_compiler
 from .export import ROLES
 from .targets import DEFAULT_TARGET, Target, get_target, require_compiler, require_emulator
@@ -149,9 +150,9 @@ def check_export(package_dir: str | Path, out_dir: str | Path, weights: str = "f
     for fname, role in ROLES.items():
         spec = getattr(model.manifest, role)
         ort[fname] = model.runners[role].run(None, {spec.inputs[0].name: feeds[fname]})  # the loaded sessions
-        graph = read_graph(read_verified(package_dir, model.manifest, spec.file), spec.file)
+        graph = read_graph(read_verified(package_dir, model.manifest, spec.file), role)
         reference[fname] = evaluate(graph, feeds[fname], weights)
-        names[fname] = graph.output_names
+        names[fname] = argument_names(fname, len(graph.outputs))[1:]  # mu, logvar...: not the package's names
     memory = None
     if t.native:
         compilers = compilers if compilers is not None else available_compilers()
@@ -196,15 +197,26 @@ def check_export(package_dir: str | Path, out_dir: str | Path, weights: str = "f
             "vs_reference": vs_ref, "vs_onnxruntime": vs_ort, "memory": memory}
 
 
-def check_images(n: int) -> tuple[np.ndarray | None, str]:
-    """The first n Fashion-MNIST test images when they are installed, else None (random images)."""
-    try:
-        from ..sources import load_images
+def check_images(n: int, image_shape: tuple[int, ...] | None = None, data: str | None = None
+                 ) -> tuple[np.ndarray | None, str]:
+    """The images a check runs on, and how to say what they are: the first n of `data` (a source spec, its
+    test split) when given; else the first n Fashion-MNIST test images when they are installed and the model
+    takes 28x28 images; else None (the check draws n random images of the model's size)."""
+    from ..sources import load_images
 
+    if data is not None:
+        images, where = load_images(data, split="test")
+        return images[:n], f"{min(n, len(images))} images of {where}"
+    if image_shape is not None and tuple(image_shape) != FASHION_SHAPE:
+        return None, f"{n} random images (pass --check-data for real ones)"
+    try:
         images, _ = load_images("fashion-mnist", split="test")
         return images[:n], f"{min(n, len(images))} Fashion-MNIST test images"
     except (VaeInferError, OSError):
         return None, f"{n} random images"
+
+
+FASHION_SHAPE = (28, 28)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,9 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default="fp32")
     p.add_argument("--prefix", default="vae")
     p.add_argument("--images", type=int, default=50)
+    p.add_argument("--data", default=None, help="a source spec whose test images to check with")
     a = p.parse_args(argv)
-    images, what = check_images(a.images)
     try:
+        from ..package import read_manifest
+
+        images, what = check_images(a.images, read_manifest(a.model).image_shape, a.data)
         report = check_export(a.model, a.out_dir, a.weights, a.prefix, images=images, n=a.images, target=a.target)
     except VaeInferError as e:
         print(f"Error: {e}", file=sys.stderr)
@@ -230,17 +245,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def format_report(report: dict, what: str) -> str:
+    """The check's figures and its verdict, with the tolerances it held them to. check_export raises before a
+    report exists when a bound is broken, so a report is a pass; the verdict says which bounds it passed."""
     ref = ", ".join(f"{k} {v:.2g}" for k, v in report["vs_reference"].items())
     ort = ", ".join(f"{k} {v:.2g}" for k, v in report["vs_onnxruntime"].items())
     where = f"under {report['emulator']}" if report["emulator"] else "natively"
+    fp32 = report["weights"] == "fp32"
     lines = [f"checked {report['target']} ({' and '.join(report['compilers'])}, -std=c99 -Wall -Wextra -Werror "
              f"-pedantic), example program run {where} on {what}:",
-             f"  vs numpy with the same {report['weights']} weights (relative): {ref}",
-             f"  vs onnxruntime (logits relative): {ort}"]
+             f"  vs numpy with the same {report['weights']} weights (relative): {ref}  [bound {REFERENCE_BOUND:g}]",
+             f"  vs onnxruntime (logits relative): {ort}  " + (
+                 f"[bounds {ONNXRUNTIME_BOUND:g}, logits {LOGIT_BOUND:g}]" if fp32 else
+                 f"[for information: {report['weights']} weights change the results by design]")]
     mem = report.get("memory")
     if mem:
         lines.append(f"  memory.json: flash {mem['flash_bytes']:,} bytes, RAM {mem['ram_bytes']:,} bytes, worst-case "
                      f"stack {mem['stack_bytes']['worst_case_bytes']:,} bytes")
+    bounds = (f"the C equals numpy with the same weights within {REFERENCE_BOUND:g}" +
+              (f" and onnxruntime within {ONNXRUNTIME_BOUND:g} ({LOGIT_BOUND:g} for logits)" if fp32 else ""))
+    lines.append(f"PASSED: {bounds}")
     return "\n".join(lines)
 
 

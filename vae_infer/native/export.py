@@ -5,7 +5,12 @@ memory report script.
 
 Linux targets get <prefix>.h, <prefix>.c, main.c (the example program), Makefile and memory.py;
 cortex-m4 also startup.c and link.ld.in (the board's memory map). A bare-metal target whose weight tables
-alone exceed its flash is refused here, before anything is written."""
+alone exceed its flash is refused here, before anything is written.
+
+No text from the package reaches these files: its name, graph and tensor names, doc strings and metadata
+are not written (the C names everything by position, the Makefile names the package by the folder the user
+gave). Every graph passes vae_infer.native.graph's checks (operators, attributes, shapes, finite weights)
+and every file's text is generated before the first file is written."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pathlib import Path
 from ..errors import InputError, ModelPackageError
 from ..manifest import GraphSpec
 from .abi import Sources
+from .ctext import check_c_text
 from .factory import check_weights
 from .graph import read_graph
 from .targets import DEFAULT_TARGET, Target, get_target, parse_size
@@ -49,16 +55,16 @@ def generate_package(package_dir: str | Path, weights: str = "fp32", prefix: str
     for fname, role in ROLES.items():
         spec: GraphSpec = getattr(manifest, role)
         data = read_verified(package_dir, manifest, spec.file)
-        graphs[fname] = read_graph(data, str(Path(package_dir) / spec.file))
+        graphs[fname] = read_graph(data, role)  # errors name the role and positions, not the package's names
         digests[fname] = hashlib.sha256(data).hexdigest()
         declared = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
         found = ([graphs[fname].input[0]], graphs[fname].output_names)
         if declared != found:
-            raise ModelPackageError(f"{spec.file}: the graph's inputs and outputs are {found} but model.json "
-                                    f"declares {declared}; the package is mismatched")
+            raise ModelPackageError(f"{role}: the graph's inputs and outputs are {found!r} but model.json "
+                                    f"declares {declared!r}; the package is mismatched")
     try:
         sources = generate(graphs, digests, weights=weights, prefix=prefix, block=block or DEFAULT_BLOCK,
-                           model_name=manifest.name, rows=rows)
+                           rows=rows)
     except ValueError as e:
         raise InputError(str(e)) from e
     return sources, digests
@@ -103,16 +109,20 @@ def export_c(package_dir: str | Path, out_dir: str | Path, weights: str = "fp32"
                                         rows if rows is not None else t.rows)
     check_flash(sources, t, flash_bytes)
     model = str(Path(package_dir).resolve())
-    texts = {
-        f"{prefix}.h": sources.header,
-        f"{prefix}.c": sources.source,
-        "main.c": firmware.firmware_main(sources, prefix) if t.bare_metal else example_main(sources, prefix),
-        "Makefile": makefile(prefix, t, model, weights, flash_bytes, ram_bytes),
-        "memory.py": Path(memory_report.__file__).read_text(),
-    }
-    if t.bare_metal:
-        texts["startup.c"] = firmware.STARTUP
-        texts["link.ld.in"] = firmware.LINKER_TEMPLATE
+    try:
+        main_c = firmware.firmware_main(sources, prefix) if t.bare_metal else example_main(sources, prefix)
+        texts = {
+            f"{prefix}.h": sources.header,
+            f"{prefix}.c": sources.source,
+            "main.c": check_c_text("main.c", main_c),
+            "Makefile": makefile(prefix, t, model, weights, flash_bytes, ram_bytes),
+            "memory.py": Path(memory_report.__file__).read_text(),
+        }
+        if t.bare_metal:
+            texts["startup.c"] = check_c_text("startup.c", firmware.STARTUP)
+            texts["link.ld.in"] = firmware.LINKER_TEMPLATE
+    except ValueError as e:
+        raise InputError(str(e)) from e
     files = []
     for name, text in texts.items():
         data = text.encode()

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import InputError, ModelPackageError
 from ..manifest import GraphSpec
 from .build import cached_library, compile_library, find_compiler, no_compiler_error, tuning
-from .graph import read_graph
+from .graph import Graph, read_graph
 from .runner import NativeRunner, open_library
 from .weights import WEIGHT_FORMATS
 from .writer import generate
@@ -41,34 +41,47 @@ def create_runner(onnx_bytes: bytes, spec: GraphSpec | None = None, threads: int
     weights = check_weights(weights or "fp32")
     digest = hashlib.sha256(onnx_bytes).hexdigest()
     where = spec.file if spec is not None else "graph"
+    # the graph's tensor names come from model.json (checked against the graph when the model loads), never
+    # from the library; without a spec they are read from the graph itself
+    names = (spec.inputs[0].name, [t.name for t in spec.outputs]) if spec is not None else None
     if library is not None:
-        return _prebuilt(Path(library), digest, where, threads)
+        if names is None:
+            names = _graph_names(read_graph(onnx_bytes, where))
+        return _prebuilt(Path(library), digest, where, threads, names)
     tuned_block, tuned_rows = tuning(native)
     block = block or tuned_block
     rows = rows if rows is not None else (tuned_rows if block == tuned_block else None)
     folder, lib = cached_library(digest, weights, block, rows, "vae", cache_dir, native)
-    if lib is None:
+    graph = None
+    if lib is None or names is None:
         graph = read_graph(onnx_bytes, where)  # an unsupported graph is refused before anything else
+        names = names or _graph_names(graph)
+    if lib is None:
         if find_compiler(cc) is None:
             raise no_compiler_error(cc)
         try:
             sources = generate({RUN_FUNCTION: graph}, {RUN_FUNCTION: digest}, weights=weights, block=block,
-                               model_name=where, rows=rows)
+                               rows=rows)
         except ValueError as e:
             raise InputError(str(e)) from e
         lib = compile_library(sources, folder, cc=cc, native=native)
-    runner = NativeRunner(lib, RUN_FUNCTION, threads=threads)
+    runner = NativeRunner(lib, RUN_FUNCTION, threads=threads, names=names)
     if runner.function.sha256 != digest or runner.weights != weights:
         raise ModelPackageError(f"{lib} was built from another graph or weight format ({runner.function.sha256[:16]}"
                                 f"..., {runner.weights}); delete {folder} and load again")
     return runner
 
 
-def _prebuilt(path: Path, digest: str, where: str, threads: int | None) -> NativeRunner:
+def _graph_names(graph: Graph) -> tuple[str, list[str]]:
+    return graph.input[0], graph.output_names
+
+
+def _prebuilt(path: Path, digest: str, where: str, threads: int | None,
+              names: tuple[str, list[str]]) -> NativeRunner:
     _, _, functions = open_library(path)
     for name, fn in functions.items():
         if fn.sha256 == digest:
-            return NativeRunner(path, name, threads=threads)
+            return NativeRunner(path, name, threads=threads, names=names)
     found = ", ".join(f"vae_{name} from {fn.sha256[:16]}..." for name, fn in functions.items())
     raise ModelPackageError(f"{path} was not generated from {where} (sha256 {digest[:16]}...): it holds {found}; "
                             f"export the library again from this model package")

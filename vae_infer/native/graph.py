@@ -3,8 +3,12 @@
 Only what our exported graphs contain (and what other exporters make of the same layers) is accepted:
 Gemm, or MatMul followed by Add of a constant bias; Relu, Sigmoid, Tanh, Identity; Constant nodes. The
 graph takes one float32 input shaped (batch, features) with a fixed feature count, and gives float32
-outputs shaped (batch, width). Anything else is refused with an UnsupportedModelError naming the node,
-operator, attribute or dimension that cannot be compiled."""
+outputs shaped (batch, width). Every weight and bias that is compiled is finite. Anything else is refused
+with an UnsupportedModelError naming the node, operator, attribute or dimension that cannot be compiled.
+
+This reader is the one gate between a graph and the C generator, and it runs before any file is written.
+Names in the graph (tensors, nodes) are used only to follow the data flow and, quoted with repr, in error
+messages; the generator names everything by position (vae_infer.native.abi.argument_names, layer indices)."""
 
 from __future__ import annotations
 
@@ -149,7 +153,21 @@ class _Reader:
         )
 
     # -- the graph -----------------------------------------------------------------------------------
+    def _check_text(self) -> None:
+        """Every name the reader follows is text: protobuf hands back bytes for a string field that is not
+        valid UTF-8, which would otherwise pass as a different (and never equal) name."""
+        g = self.g
+        values = (*g.input, *g.output, *g.value_info)
+        names = [g.name, *(i.name for i in g.initializer), *(v.name for v in values),
+                 *(n for node in g.node for n in (node.name, node.op_type, node.domain, *node.input, *node.output)),
+                 *(d.dim_param for v in values for d in v.type.tensor_type.shape.dim)]
+        bad = sum(1 for n in names if not isinstance(n, str))
+        if bad:
+            raise ModelPackageError(f"{self.where}: {bad} of the graph's names are not valid UTF-8; a graph's names "
+                                    f"must be text")
+
     def read(self) -> Graph:
+        self._check_text()
         for init in self.g.initializer:
             self.consts[init.name] = self._array(init, init.name)
         inputs = [i for i in self.g.input if i.name not in self.consts]
@@ -181,6 +199,7 @@ class _Reader:
             outputs.append((o.name, self.widths[o.name]))
         if not outputs:
             raise self.fail("the graph has no outputs")
+        self._check_finite()
         return Graph(input=(in_name, self.widths[in_name]), outputs=outputs, ops=self.ops, widths=dict(self.widths),
                      batch_name=self.batch_name)
 
@@ -191,9 +210,21 @@ class _Reader:
             raise self.fail(f"cannot read the constant {name!r}: {e}") from e
         if arr.dtype != np.float32:
             raise self.fail(f"the constant {name!r} has dtype {arr.dtype}; the C generator supports float32 weights")
-        if not np.all(np.isfinite(arr)):
-            raise self.fail(f"the constant {name!r} holds NaN or infinite values")
-        return arr
+        return arr  # finite or not: what is compiled is checked once, per layer, in _check_finite
+
+    def _check_finite(self) -> None:
+        """Every compiled weight and bias is finite (after alpha and beta are applied, which can overflow). The
+        error names the layer by its position, as the generated C does, never by a name from the graph."""
+        for index, op in enumerate(self.ops):
+            if not isinstance(op, Dense):
+                continue
+            for part, values in (("weight", op.weight), ("bias", op.bias)):
+                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+                if bad:
+                    raise UnsupportedModelError(
+                        f"{self.where} layer {index} {part} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} "
+                        f"(of {values.size}); the C generator compiles finite weights only: export the model again "
+                        f"from weights that are finite")
 
     def _act(self, name: str, node) -> int:
         if name in self.consts:
@@ -229,9 +260,9 @@ class _Reader:
         return None
 
     def _node(self, node) -> None:
-        op, name = node.op_type, node.name or f"{node.op_type}_{len(self.ops)}"
+        op, name = node.op_type, node.name or f"{node.op_type[:40]}_{len(self.ops)}"
         if node.domain not in ("", "ai.onnx"):
-            raise self.fail(f"unsupported operator {node.domain}.{op} (node {name!r}); the C generator supports "
+            raise self.fail(f"unsupported operator {node.domain!r}.{op!r} (node {name!r}); the C generator supports "
                             f"{', '.join(SUPPORTED_OPS)}")
         if op == "Constant":
             attrs = self._attrs(node)
@@ -241,7 +272,8 @@ class _Reader:
             self.consts[node.output[0]] = self._array(attrs["value"], node.output[0])
             return
         if op not in SUPPORTED_OPS:
-            raise self.fail(f"unsupported operator {op} (node {name!r}); the C generator supports "
+            shown = op if op.isascii() and op.isidentifier() else repr(op)
+            raise self.fail(f"unsupported operator {shown} (node {name!r}); the C generator supports "
                             f"{', '.join(SUPPORTED_OPS)}")
         if len(node.output) != 1:
             raise self.fail(f"node {name!r} ({op}) has {len(node.output)} outputs; expected 1")
@@ -290,11 +322,12 @@ class _Reader:
                             f"(transB={a.get('transB', 0)}), which does not take {k} input features")
         alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
         n = w.shape[0]
-        if len(node.input) > 2 and node.input[2]:
-            bias = self._bias(self._const(node.input[2], node, "bias"), n, node, node.input[2]) * np.float32(beta)
-        else:
-            bias = np.zeros(n, np.float32)
-        weight = w if alpha == 1.0 else w * np.float32(alpha)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused by _check_finite, by layer
+            if len(node.input) > 2 and node.input[2]:
+                bias = self._bias(self._const(node.input[2], node, "bias"), n, node, node.input[2]) * np.float32(beta)
+            else:
+                bias = np.zeros(n, np.float32)
+            weight = w if alpha == 1.0 else w * np.float32(alpha)
         self._add_dense(name, node.input[0], dst, weight, bias.astype(np.float32))
 
     def _add_dense(self, name: str, src: str, dst: str, weight: np.ndarray, bias: np.ndarray) -> None:
@@ -317,6 +350,7 @@ class _Reader:
         if fused is None or fused.act is not None:
             raise self.fail(f"node {name!r} (Add) adds a bias to {x!r}, which is not the result of a MatMul or Gemm "
                             f"used only here; the C generator supports Add only as a layer's bias")
-        fused.bias = (fused.bias + bias).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # refused by _check_finite
+            fused.bias = (fused.bias + bias).astype(np.float32)
         fused.dst = dst
         self.widths[dst] = width

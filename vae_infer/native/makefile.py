@@ -7,13 +7,26 @@ memory report (memory.json) and `make check` (the example against onnxruntime, u
 
 from __future__ import annotations
 
+import shlex
 import sys
+import unicodedata
 
 from .abi import GENERATOR
 from .targets import Target
 
 STRICT = "-std=c99 -Wall -Wextra -Werror -pedantic"
 STACK_FLAGS = "-fstack-usage -fcallgraph-info=su"  # per-function frames and the call graph, for memory.json
+
+
+def make_word(value: str, what: str) -> str:
+    """value as one shell word in a Makefile variable: quoted for the shell (the recipes run it through sh),
+    with make's own `$` and `#` escaped. ValueError for text a Makefile line cannot hold (newlines and other
+    control characters) or that make's escaping cannot keep apart (backslashes)."""
+    bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Cs") or c == "\\"})
+    if bad:
+        raise ValueError(f"{what} {value[:200]!r} holds {', '.join(repr(c) for c in bad)}, which the Makefile "
+                         f"cannot hold safely; use a folder whose path has no backslashes or control characters")
+    return shlex.quote(value).replace("$", "$$").replace("#", "\\#")
 
 
 def _toolchain(target: Target) -> str:
@@ -32,6 +45,8 @@ toolchain:
 def makefile(prefix: str, target: Target, model: str, weights: str, flash: int | None = None,
              ram: int | None = None) -> str:
     p = prefix
+    model = make_word(model, "the model package's path")
+    python = make_word(sys.executable, "the Python interpreter's path")
     tools = target.cc[: -len("gcc")] if target.cc.endswith("gcc") else ""
     run = " ".join(target.emulator) if not target.native else ""
     head = f"""\
@@ -47,7 +62,7 @@ CC = {target.cc}
 AR = {tools + 'ar' if tools else 'ar'}
 SIZE = {target.size_tool}
 PYTHON = python3
-VAE_PYTHON = {sys.executable}
+VAE_PYTHON = {python}
 CFLAGS = {STRICT} -O3
 ARCH = {' '.join(target.arch_flags)}
 DEFS = {' '.join(target.defines)}

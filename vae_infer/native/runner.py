@@ -2,6 +2,10 @@
 
     runner.run(["mu", "logvar"], {"x": x}) -> [mu, logvar]
 
+The library records only what it computes (the graph's sha256 and the widths of its input and outputs); the
+names the runner answers to are the graph's own, given by the caller (model.json's, via create_runner), or
+the generator's positional ones (vae_infer.native.abi.argument_names) when none are given.
+
 Fast path: a C-contiguous, aligned, native float32 input is passed to C without a copy; outputs are
 allocated once per call and filled in place; outputs that are not asked for are not computed (NULL).
 ctypes releases the GIL during the call, so large batches are split across threads by row ranges, and
@@ -18,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DeviceError, InputError, ModelPackageError, VaeInferError
-from .abi import LibraryFunction, parse_info
+from .abi import LibraryFunction, argument_names, parse_info
 
 F32 = np.dtype(np.float32)
 SPLIT_MIN_ROWS = 48  # a thread gets at least this many rows (~0.2 ms of work for the course model)
@@ -57,7 +61,7 @@ def open_library(path: str | Path, prefix: str = "vae") -> tuple[ctypes.CDLL, di
 
 class NativeRunner:
     def __init__(self, path: str | Path, function: str, prefix: str = "vae", threads: int | None = None,
-                 batch_name: str = "batch") -> None:
+                 batch_name: str = "batch", names: tuple[str, list[str]] | None = None) -> None:
         self.library = Path(path)
         self._lib, settings, functions = open_library(path, prefix)
         if function not in functions:
@@ -77,9 +81,18 @@ class NativeRunner:
         strerror = getattr(self._lib, f"{prefix}_strerror")
         strerror.argtypes, strerror.restype = [ctypes.c_int], ctypes.c_char_p
         self._strerror = strerror
-        self._in_name, self._in_width = self.function.input
-        self._out_index = {name: i for i, (name, _) in enumerate(self.function.outputs)}
-        self._out_widths = [w for _, w in self.function.outputs]
+        self._in_width = self.function.input
+        self._out_widths = list(self.function.outputs)
+        if names is None:
+            default = argument_names(function, len(self._out_widths))
+            names = (default[0], default[1:])
+        self._in_name, out_names = names[0], list(names[1])
+        if len(out_names) != len(self._out_widths) or len(set(out_names)) != len(out_names):
+            raise ModelPackageError(f"{path}: {prefix}_{function} gives {len(self._out_widths)} outputs, but "
+                                    f"{len(out_names)} names were given for them ({out_names!r}); the names must "
+                                    f"be distinct, one per output")
+        self._out_names = out_names
+        self._out_index = {name: i for i, name in enumerate(out_names)}
         self._batch = batch_name
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise DeviceError(f"threads must be a positive integer, got {threads!r}")
@@ -107,7 +120,7 @@ class NativeRunner:
         return [NodeArg(self._in_name, [self._batch, self._in_width])]
 
     def get_outputs(self) -> list[NodeArg]:
-        return [NodeArg(name, [self._batch, w]) for name, w in self.function.outputs]
+        return [NodeArg(name, [self._batch, w]) for name, w in zip(self._out_names, self._out_widths, strict=True)]
 
     def get_providers(self) -> list[str]:
         return [PROVIDER]

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .abi import GENERATOR, Sources, info_string
-from .ctext import c_array, c_identifier, comment_text, float_values
+from .abi import GENERATOR, Sources, argument_names, info_string
+from .ctext import c_array, c_string, check_c_text, float_values
 from .graph import Dense, Elementwise, Graph
 from .kernels import (
     EXP_HELPER,
@@ -70,7 +70,7 @@ class _Function:
 
 class _Writer:
     def __init__(self, graphs: dict[str, Graph], prefix: str, weights: str, block: int, info: str,
-                 model_name: str, digests: dict[str, str], rows: int | None = None) -> None:
+                 digests: dict[str, str], rows: int | None = None) -> None:
         if weights not in WEIGHT_FORMATS:
             raise ValueError(f"unknown weight format {weights!r}: expected one of {', '.join(WEIGHT_FORMATS)}")
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix):
@@ -81,7 +81,7 @@ class _Writer:
             raise ValueError(f"rows must be a positive number of rows per tile, got {rows}")
         self.rows = rows
         self.graphs, self.prefix, self.weights, self.block = graphs, prefix, weights, block
-        self.info, self.model_name, self.digests = info, model_name, digests
+        self.info, self.digests = info, digests
         self.P = prefix.upper()
         self.kernels: dict[str, str] = {}
         self.tables: list[str] = []
@@ -93,8 +93,9 @@ class _Writer:
         self.parallel: set[str] = set()  # layers large enough to split between two threads
         self.vnni = False  # an int8 layer with the AVX-512 VNNI kernel
         for fname, g in graphs.items():
-            taken: set[str] = set()
-            args = [c_identifier(g.input[0], taken)] + [c_identifier(o, taken) for o in g.output_names]
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", fname):
+                raise ValueError(f"function names are the generator's own (encode, decode, run), got {fname!r}")
+            args = argument_names(fname, len(g.outputs))  # never the graph's own tensor names
             params = [f"const float *{args[0]}"] + [f"float *{a}" for a in args[1:]] + ["int n"]
             sig = f"int {prefix}_{fname}({', '.join(params)})"
             self.functions.append(_Function(fname, g, args, sig))
@@ -107,7 +108,7 @@ class _Writer:
     def _dense(self, fname: str, index: int, op: Dense) -> str:
         n, k = op.weight.shape
         base = f"{fname}_l{index}"
-        what = f"{comment_text(op.name)}: {k} -> {n}" + (f", {op.act}" if op.act else "")
+        what = f"{fname} layer {index}: {k} -> {n}" + (f", {op.act}" if op.act else "")
         if op.act:
             self.activations.add(op.act)
         if uses_int8_dot(self.weights, k, n):
@@ -118,7 +119,7 @@ class _Writer:
             self._table("float", f"{base}_w", float_values(pack(op.weight, self.block)), 4,
                         f"{what}: weights, fp32, {order}")
         elif self.weights == "fp16":
-            bits = pack(to_fp16(op.weight, op.name), self.block).view(np.int16)
+            bits = pack(to_fp16(op.weight, f"{fname} layer {index}"), self.block).view(np.int16)
             self._table("int16_t", f"{base}_w", [str(b) for b in bits.tolist()], 2,
                         f"{what}: weights, IEEE half bits, {order}")
         else:
@@ -216,7 +217,7 @@ class _Writer:
             consumed = any(op.src == name for op in g.ops)
             if consumed:
                 decls.append(f"    VAE_ACTIVATIONS float s{j}[VAE_ROWS * {g.widths[name]}]; "
-                             f"/* {comment_text(name)} when {arg} is NULL */")
+                             f"/* {arg}, when the caller passes NULL for it */")
                 decls.append(f"    float *o{j} = {arg} != NULL ? {arg} : s{j};")
                 stack_floats += g.widths[name]
             else:
@@ -228,7 +229,7 @@ class _Writer:
                 continue  # feeds no output
             if op.dst not in buffers:
                 decls.append(f"    VAE_ACTIVATIONS float t{t}[VAE_ROWS * {g.widths[op.dst]}]; "
-                             f"/* {comment_text(op.dst)} */")
+                             f"/* the output of layer {index} */")
                 buffers[op.dst] = f"t{t}"
                 stack_floats += g.widths[op.dst]
                 t += 1
@@ -240,7 +241,7 @@ class _Writer:
             else:
                 assert isinstance(op, Elementwise)
                 self.elementwise.add(op.op)
-                call = f"ew_{op.op}({src}, {dst}, rows * {g.widths[op.dst]}); /* {comment_text(op.name)} */"
+                call = f"ew_{op.op}({src}, {dst}, rows * {g.widths[op.dst]}); /* layer {index} */"
             wanted = need[op.dst]
             if len(wanted) < len(outs):
                 cond = " || ".join(f"{fn.args[1 + i]} != NULL" for i in sorted(wanted))
@@ -248,7 +249,7 @@ class _Writer:
             else:
                 steps.append(f"    {call}")
         params = ", ".join(["const float *x"] + [f"float *{a}" for a in fn.args[1:]] + ["int rows", "int par"])
-        tile = (f"/* {fn.name}: rows (<= VAE_ROWS) rows of {comment_text(in_name)} through the graph; par: large "
+        tile = (f"/* {fn.name}: rows (<= VAE_ROWS) rows of {fn.args[0]} through the graph; par: large "
                 f"layers on two threads (with -DVAE_THREADS) */\n"
                 f"static void {fn.name}_tile({params})\n{{\n" + "\n".join(decls + ["    (void)par;"] + steps) + "\n}\n")
         x = fn.args[0]
@@ -344,9 +345,9 @@ static int {fn.name}_run({run_params})
         helpers += VNNI_HELPER if self.vnni else ""
         helpers += LAYER_HELPER + POOL_HELPER + (THREADS_HELPER if self.parallel else "")
         ew = [elementwise_source(op) for op in sorted(self.elementwise)]
-        info = comment_text(self.info)
+        names = " and ".join(f"{p}_{fn.name}" for fn in self.functions)
         source = "\n".join([
-            f"/* {p}.c: {comment_text(self.model_name)} as plain C99, generated by {GENERATOR} from the ONNX graphs.",
+            f"/* {p}.c: {names} as plain C99, generated by {GENERATOR} from the ONNX graphs.",
             f"   Weights: {self.weights}. No dynamic allocation, no mutable global state (reentrant), only libm.",
             "   Do not edit: regenerate with `vae-infer export-c`. */",
             "#ifdef VAE_THREADS",
@@ -367,7 +368,9 @@ static int {fn.name}_run({run_params})
             "",
             *self.layers,
             *bodies,
-            f'static const char {p}_info_text[] = "{info}";',
+            "/* generator, weight format, and each function's graph (sha256) and widths; octal escapes keep",
+            "   the text free of characters C treats specially */",
+            f"static const char {p}_info_text[] = {c_string(self.info)};",
             "",
             f"const char *{p}_info(void)\n{{\n    return {p}_info_text;\n}}\n",
             f"int {p}_rows(void)\n{{\n    return VAE_ROWS;\n}}\n",
@@ -389,7 +392,8 @@ static int {fn.name}_run({run_params})
 """,
         ])
         return Sources(
-            header=self._header(), source=source, prefix=p, weights=self.weights,
+            header=check_c_text(f"{p}.h", self._header()), source=check_c_text(f"{p}.c", source), prefix=p,
+            weights=self.weights,
             functions={fn.name: fn.signature for fn in self.functions}, weight_bytes=self.weight_bytes,
             args={fn.name: list(zip(fn.args, [fn.graph.input[1]] + [w for _, w in fn.graph.outputs], strict=True))
                   for fn in self.functions},
@@ -402,9 +406,9 @@ static int {fn.name}_run({run_params})
         for fn in self.functions:
             g = fn.graph
             names = [g.input] + g.outputs
-            for (tname, width), arg in zip(names, fn.args, strict=True):
+            for (_, width), arg in zip(names, fn.args, strict=True):
                 sizes.append(f"#define {P}_{fn.name.upper()}_{arg.upper()}_SIZE {width} "
-                             f"/* floats per row of {comment_text(tname)} */")
+                             f"/* floats per row of {arg} */")
             sizes.append(f"#define {P}_{fn.name.upper()}_STACK_FLOATS_PER_ROW {self.stack[fn.name]} "
                          f"/* stack: this times {p}_rows() floats, plus each layer's accumulators "
                          f"(int8: and its inputs as bytes) */")
@@ -421,7 +425,8 @@ static int {fn.name}_run({run_params})
                 f"{fn.signature.replace(f'{p}_{fn.name}(', f'{p}_{fn.name}_parallel(', 1)};\n#endif\n"
             )
         return "\n".join([
-            f"/* {p}.h: {comment_text(self.model_name)} as a C99 library, generated by {GENERATOR}; do not edit.",
+            f"/* {p}.h: {' and '.join(f'{p}_{fn.name}' for fn in self.functions)} as a C99 library, generated by "
+            f"{GENERATOR}; do not edit.",
             f"   Weights {self.weights}. Thread-safe: no global mutable state, no allocation; link with -lm. */",
             f"#ifndef {guard}",
             f"#define {guard}",
@@ -453,11 +458,12 @@ static int {fn.name}_run({run_params})
 
 
 def generate(graphs: dict[str, Graph], digests: dict[str, str], weights: str = "fp32", prefix: str = "vae",
-             block: int = DEFAULT_BLOCK, model_name: str = "a model", rows: int | None = None) -> Sources:
+             block: int = DEFAULT_BLOCK, rows: int | None = None) -> Sources:
     """C99 sources computing each graph as `int <prefix>_<name>(const float *in, float *out..., int n)`.
 
     graphs: function name -> Graph; digests: function name -> sha256 of its ONNX bytes (recorded in
     <prefix>_info()). block: outputs per weight block (the register block's width); rows: rows per tile
-    (VAE_ROWS), None for a choice by the target's preprocessor macros."""
+    (VAE_ROWS), None for a choice by the target's preprocessor macros. No text of the graphs (names, doc
+    strings) reaches the sources: arguments are named by position (abi.argument_names), layers by index."""
     info = info_string(graphs, digests, weights, block)
-    return _Writer(graphs, prefix, weights, block, info, model_name, digests, rows).write()
+    return _Writer(graphs, prefix, weights, block, info, digests, rows).write()

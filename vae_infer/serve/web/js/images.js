@@ -25,11 +25,24 @@ export function imageCanvas(row, shape, scale = 1) {
   return canvas;
 }
 
+// Files past this size are refused before the browser decodes them (a small file can still unpack huge; the
+// browser bounds that itself): the model sees 28 x 28 pixels, so nothing useful is this large.
+export const MAX_FILE_BYTES = 32 * 1024 * 1024;
+
 // An image file as one row of uint8 gray pixels at the model's size: composited on black (the data set's
 // background), resized, averaged over the colour channels.
 export async function fileToPixels(file, shape) {
   const [h, w] = shape;
-  const bitmap = await createImageBitmap(file);
+  if (file.size > MAX_FILE_BYTES) {
+    throw new Error(`${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MiB; the page reads images of up to `
+      + `${MAX_FILE_BYTES / 2 ** 20} MiB (the model sees ${h} x ${w} pixels): make it smaller first`);
+  }
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch (e) {
+    throw new Error(`${file.name} is not an image this browser can read (PNG, JPEG, GIF, WebP): ${e.message}`);
+  }
   const canvas = document.createElement("canvas");
   canvas.width = w;
   canvas.height = h;

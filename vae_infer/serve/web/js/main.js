@@ -1,12 +1,13 @@
 // The explorer page: wires the views (map, decoded image, paths, upload, manifold grid) to the server's API
-// and the decoder. Everything it shows comes from the API or from onnxruntime-web running decoder.onnx.
+// and the decoder. Everything it shows comes from the API or from onnxruntime-web running decoder.onnx, and is
+// put on the page as text (textContent, elements made here): names from a package or a file are data, never markup.
 
-import { getJSON } from "./api.js";
+import { getJSON, loginFromFragment } from "./api.js";
 import { createDecoder } from "./decoder.js";
 import { drawGrid, padded } from "./grid.js";
-import { drawImage } from "./images.js";
+import { drawImage, fileToPixels } from "./images.js";
 import { MapView, PALETTE } from "./map.js";
-import { drawPaths } from "./paths.js";
+import { drawPaths, pathsNote } from "./paths.js";
 import { analyse, loadExamples, showResult } from "./upload.js";
 
 const $ = (id) => document.getElementById(id);
@@ -18,7 +19,22 @@ function setStatus(text, cls = "note") {
   $("status").className = cls;
 }
 
+function showLegend(container, names) {
+  container.replaceChildren(...names.map((name, i) => {
+    const item = document.createElement("span");
+    item.className = "legend-item";
+    const dot = document.createElement("i");
+    dot.style.background = PALETTE[i % PALETTE.length];
+    const text = document.createElement("span");
+    text.className = "legend-name";
+    text.textContent = String(name);
+    item.append(dot, text);
+    return item;
+  }));
+}
+
 async function start() {
+  await loginFromFragment();
   const info = await getJSON("/v1/info");
   explorer.info = info;
   const shape = info.image_shape;
@@ -36,46 +52,57 @@ async function start() {
     map = { z: [[-3, -3], [3, 3]], labels: null, names: null, source: `no map: ${e.message}` };
   }
   $("map-source").textContent = `(${map.source})`;
-  if (map.names) {
-    $("legend").innerHTML = map.names.map((n, i) => `<span><i style="background:${PALETTE[i]}"></i>${n}</span>`).join("");
-  }
+  if (map.names) showLegend($("legend"), map.names);
 
-  // hover: decode the point under the mouse; only the latest request is drawn, so a slow decode never lags
+  // decode a point and show it; only the latest request is drawn, so a slow decode never lags the mouse
   let latest = 0;
-  const hover = async (z2) => {
+  const show = async (z2, why) => {
     const ticket = ++latest;
     const z = padded(z2, info.latent_size);
     const t0 = performance.now();
     const [row] = await decoder.decode([z]);
     const ms = performance.now() - t0;
-    explorer.decodeMs.push(ms);
-    if (ticket !== latest) return;
+    if (ticket !== latest) return null;
     drawImage($("hover-image"), row, shape);
     $("hover-z").textContent = `z = (${z.map((v) => v.toFixed(3)).join(", ")})`;
-    $("hover-time").textContent = `decoded ${decoder.mode === "browser" ? "in the browser" : "by the server"} `
+    $("hover-time").textContent = `${why}: decoded ${decoder.mode === "browser" ? "in the browser" : "by the server"} `
       + `in ${ms.toFixed(2)} ms`;
+    return { z, row, ms };
+  };
+  const hover = async (z2) => {
+    const shown = await show(z2, "under the pointer");
+    if (!shown) return;
+    explorer.decodeMs.push(shown.ms);
     explorer.hovers += 1;
-    explorer.lastHover = { z, row };
+    explorer.lastHover = { z: shown.z, row: shown.row };
   };
 
+  // picks: A, then B (then paths); a third pick starts a new pair, and the old pair's strips and lines go at once
   const picks = [];
+  let pair = 0;
   const pick = async (z2, label) => {
     if (picks.length === 2) {
       picks.length = 0;
       view.setMarker("B", null);
       view.setPaths([]);
+      explorer.pathsDrawn = 0;
     }
     const z = padded(z2, info.latent_size);
     picks.push(z);
     const name = picks.length === 1 ? "A" : "B";
     view.setMarker(name, z, "#fff", label ? `${name}: ${label}` : name);
-    if (picks.length === 2) {
-      setStatus("computing paths…");
-      const paths = await drawPaths($("paths"), picks[0], picks[1], shape);
-      view.setPaths(paths);
-      explorer.pathsDrawn = paths.length;
-      setStatus(`${paths.length} paths drawn between A and B`);
+    const ticket = ++pair;
+    if (picks.length === 1) {
+      pathsNote($("paths"), "A is picked: pick B on the map (or another test image).");
+      return;
     }
+    setStatus("computing paths…");
+    pathsNote($("paths"), "computing the paths from A to B…");
+    const paths = await drawPaths($("paths"), picks[0], picks[1], shape, () => ticket === pair);
+    if (paths === null) return;  // a newer pick came first
+    view.setPaths(paths);
+    explorer.pathsDrawn = paths.length;
+    setStatus(`${paths.length} paths drawn between A and B`);
   };
 
   let gridTimer = null;
@@ -89,6 +116,8 @@ async function start() {
   explorer.map = view;
   $("grid-refresh").addEventListener("click", redrawGrid);
   redrawGrid();
+  // the first view: the map's centre, decoded before any hover, so the image panel is never an empty box
+  explorer.firstView = await show(view.centre(), "the map's centre");
 
   const showImage = async (pixels, title) => {
     setStatus(`encoding and scoring ${title}…`);
@@ -99,18 +128,22 @@ async function start() {
     setStatus("ready");
     return result;
   };
-  const fromFile = async (file) => {
-    const { fileToPixels } = await import("./images.js");
-    return showImage(await fileToPixels(file, shape), file.name);
-  };
-  $("upload").addEventListener("change", (e) => e.target.files[0] && fromFile(e.target.files[0]).catch(fail));
+  // a file that cannot be read is this upload's failure, said beside the upload; the page carries on
+  const fromFile = (file) => fileToPixels(file, shape).then((pixels) => showImage(pixels, file.name)).catch((e) => {
+    const p = document.createElement("p");
+    p.className = "error";
+    p.textContent = e.message;
+    $("upload-result").replaceChildren(p);
+    setStatus("ready");
+  });
+  $("upload").addEventListener("change", (e) => e.target.files[0] && fromFile(e.target.files[0]));
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    if (e.dataTransfer.files[0]) fromFile(e.dataTransfer.files[0]).catch(fail);
+    if (e.dataTransfer.files[0]) fromFile(e.dataTransfer.files[0]);
   });
   // a test image: its encoding and score; two picked in a row also become A and B of the paths view
   await loadExamples($("examples"), shape, (pixels, name) => showImage(pixels, name).then((r) => pick(r.z, name))

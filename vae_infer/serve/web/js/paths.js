@@ -12,8 +12,9 @@ const STEPS = 10;
 const SHOWN = [["length", "length in data space"], ["largest_step", "largest step"],
   ["step_evenness", "largest / mean step"], ["brightness_ratio_min", "faintest frame / ends"]];
 
-export async function drawPaths(container, za, zb, shape) {
-  container.replaceChildren();
+// The three paths from the server, drawn into container unless isCurrent() says a newer pick replaced them
+// meanwhile (then nothing is drawn and null is returned).
+export async function drawPaths(container, za, zb, shape, isCurrent = () => true) {
   const results = await Promise.all(METHODS.map(async (method) => {
     try {
       return { method, ...(await postJSON("/v1/interpolate", { z_a: za, z_b: zb, steps: STEPS, method })) };
@@ -21,8 +22,17 @@ export async function drawPaths(container, za, zb, shape) {
       return { method, error: e.message };
     }
   }));
-  for (const r of results) container.append(strip(r, shape));
+  if (!isCurrent()) return null;
+  container.replaceChildren(...results.map((r) => strip(r, shape)));
   return results.filter((r) => !r.error).map((r) => ({ method: r.method, z: r.z }));
+}
+
+// What the paths view says while it has no pair: a hint, or that A is picked and B is awaited.
+export function pathsNote(container, text) {
+  const p = document.createElement("p");
+  p.className = "note";
+  p.textContent = text;
+  container.replaceChildren(p);
 }
 
 function strip(r, shape) {
@@ -44,6 +54,8 @@ function strip(r, shape) {
   frames.className = "frames";
   for (const row of r.x_hat) frames.append(imageCanvas(row, shape));
   div.append(frames);
+  const scroll = document.createElement("div");
+  scroll.className = "table-scroll";  // a narrow screen scrolls the table, never the page
   const table = document.createElement("table");
   const head = table.insertRow();
   const values = table.insertRow();
@@ -52,6 +64,7 @@ function strip(r, shape) {
     const v = r.metrics[key];
     values.insertCell().textContent = typeof v === "number" ? v.toFixed(3) : "–";
   }
-  div.append(table);
+  scroll.append(table);
+  div.append(scroll);
   return div;
 }

@@ -18,16 +18,24 @@ export async function analyse(pixels) {
   }
 }
 
+function el(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+// The result as elements and text: the title is a file name or a class name, text from outside the page.
 export function showResult(container, result, title) {
-  container.replaceChildren();
-  const p = document.createElement("p");
-  const flag = result.flag === null ? '<span class="note">no flag: the model is not calibrated</span>'
-    : result.flag ? '<span class="flagged">flagged: unlike the training data</span>'
-      : '<span class="normal">not flagged</span>';
-  p.innerHTML = `<b>${title}</b><br>z = (${result.z.map((v) => v.toFixed(3)).join(", ")})<br>`
-    + `<span id="upload-score">score (${result.kind}) ${result.score.toFixed(2)}</span>`
-    + (result.threshold !== undefined ? ` (threshold ${result.threshold.toFixed(2)})` : "") + `<br>${flag}`;
-  container.append(p);
+  const p = el("p");
+  const flag = result.flag === null ? el("span", "note", "no flag: the model is not calibrated")
+    : result.flag ? el("span", "flagged", "flagged: unlike the training data") : el("span", "normal", "not flagged");
+  const score = el("span", null, `score (${result.kind}) ${result.score.toFixed(2)}`);
+  score.id = "upload-score";
+  const threshold = result.threshold !== undefined ? ` (threshold ${result.threshold.toFixed(2)})` : "";
+  p.append(el("b", "title", String(title)), el("br"), `z = (${result.z.map((v) => v.toFixed(3)).join(", ")})`,
+    el("br"), score, threshold, el("br"), flag);
+  container.replaceChildren(p);
 }
 
 export async function loadExamples(container, shape, onPick) {
