@@ -13,6 +13,10 @@
 - The server's resident memory (VmRSS) after a warm-up and after all runs, and its peak (VmHWM).
 - In-browser decode time per frame: headless Chromium running the page's own decoder (onnxruntime-web, one wasm
   thread) on single codes, as the hover view does, and on a 15 x 15 grid at once.
+- A hostile neighbour: the 8 polite clients (batch-1 encode, JSON) while one more client, on the load generator's
+  core, sends maximal bodies back to back: the largest JSON body the server takes (--max-json-bytes of "0," digits:
+  the densest numbers, the worst case of the parser), or the largest valid .npy batch (--max-rows float32 images),
+  each beside a quiet run of the same polite clients. Goal: polite requests/s >= 0.7 x quiet, p99 <= 50 ms.
 
 Targets (the issue): batch-1 encode >= 1,000 requests/s at 8 connections and >= 0.7 x the no-op endpoint in the
 same run, p99 <= 20 ms, no errors, no growth in memory."""
@@ -118,6 +122,54 @@ def wrk(url: str, script: Path, connections: int, seconds: int, limit: int, nice
             "p50_ms": ms("50%"), "p99_ms": ms("99%"), "errors": errors}
 
 
+HOSTILE = """
+import sys, time, httpx
+url, path, media, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+body = open(sys.argv[5], "rb").read()
+statuses, end = {}, time.monotonic() + seconds
+with httpx.Client(timeout=30) as c:
+    while time.monotonic() < end:
+        try:
+            code = c.post(url + path, content=body, headers={"content-type": media}).status_code
+        except httpx.TransportError as e:
+            code = type(e).__name__
+        statuses[str(code)] = statuses.get(str(code), 0) + 1
+print(repr(statuses))
+"""
+
+
+def hostile_bodies(folder: Path, features: int, max_json_bytes: int, max_rows: int) -> dict[str, tuple]:
+    """name -> (path, media type, body file): the two maximal bodies of a hostile neighbour."""
+    rows = (max_json_bytes - 64) // (2 * features + 2)  # "0," per value: the most numbers a JSON body can hold
+    json_body = folder / "hostile.json"
+    json_body.write_bytes(b'{"images": [' + b",".join([b"[" + b"0," * (features - 1) + b"0]"] * rows) + b"]}")
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((max_rows, features), np.float32))
+    npy_body = folder / "hostile.npy"
+    npy_body.write_bytes(buf.getvalue())
+    return {"json_max": ("/v1/encode", "application/json", json_body),
+            "npy_max": ("/v1/encode", "application/x-npy", npy_body)}
+
+
+def with_neighbour(url: str, polite: Path, hostile: tuple | None, seconds: int, limit: int, nice: int) -> dict:
+    """The 8 polite clients (wrk), alone or beside a hostile client (its own process on the load core)."""
+    neighbour = None
+    if hostile is not None:
+        path, media, body = hostile
+        cmd = ["taskset", "-c", LOAD_CORE, sys.executable, "-c", HOSTILE, url, path, media, str(seconds + 1), str(body)]
+        neighbour = subprocess.Popen(niced(cmd, nice), stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # already sending when the polite clients start
+    try:
+        result = wrk(url + "/v1/encode", polite, 8, seconds, limit, nice)
+    finally:
+        if neighbour is not None:
+            out, _ = neighbour.communicate(timeout=seconds + 90)
+            import ast
+
+            result["neighbour_statuses"] = ast.literal_eval(out.strip().splitlines()[-1])
+    return result
+
+
 def in_process(model_path: Path, x1: np.ndarray, x256: np.ndarray, repeats: int) -> dict:
     model = vae_infer.load(model_path, threads=1)
     out = {}
@@ -147,7 +199,13 @@ def browser_decode(url: str, frames: int) -> dict | None:
         browser = p.chromium.launch(executable_path=chromium, args=args, headless=True)
         page = browser.new_page()
         page.goto(url + "/")
-        page.wait_for_function("window.explorer && (window.explorer.ready || window.explorer.error)", timeout=60_000)
+        # polled from here: wait_for_function evaluates a string in the page, which its CSP (no 'unsafe-eval') blocks
+        deadline = time.monotonic() + 60
+        while not page.evaluate("() => !!(window.explorer && (window.explorer.ready || window.explorer.error))"):
+            if time.monotonic() > deadline:
+                browser.close()
+                return {"error": "the page did not get ready within 60 s"}
+            time.sleep(0.1)
         mode = page.evaluate("window.explorer.decoder.mode")
         result = page.evaluate(f"""async () => {{
             const d = window.explorer.decoder, single = [];
@@ -221,7 +279,18 @@ def main() -> None:
                     runs[name][c].append(wrk(url + path, script, c, args.seconds, args.max_requests, args.nice))
             mem_rounds.append(memory(proc.pid))
         mem_end = mem_rounds[-1]
-        browser = browser_decode(url, args.browser_frames)
+        info = __import__("httpx").get(url + "/v1/info", timeout=10).json()
+        hostile = hostile_bodies(tmp, info["features"], info["limits"]["max_json_bytes"], info["limits"]["max_rows"])
+        neighbour_runs: dict[str, list[dict]] = {"quiet": [], **{name: [] for name in hostile}}
+        for _ in range(args.rounds):
+            for name in neighbour_runs:
+                neighbour_runs[name].append(with_neighbour(url, scripts["encode_batch1"][1], hostile.get(name),
+                                                           args.seconds, args.max_requests, args.nice))
+        mem_hostile = memory(proc.pid)
+        try:
+            browser = browser_decode(url, args.browser_frames)
+        except Exception as e:  # noqa: BLE001  (the page is measured last: report its failure beside the figures)
+            browser = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -232,6 +301,12 @@ def main() -> None:
         return {**best, "errors": sum(r["errors"] for r in rs), "rps_all": [r["rps"] for r in rs]}
 
     http = {name: {str(c): median_run(rs) for c, rs in by_c.items()} for name, by_c in runs.items()}
+    neighbours = {name: {**median_run(rs), **({"neighbour_statuses": _merged([r["neighbour_statuses"] for r in rs])}
+                                               if name != "quiet" else {})}
+                  for name, rs in neighbour_runs.items()}
+    quiet = neighbours["quiet"]
+    for r in neighbours.values():
+        r["rps_over_quiet"] = r["rps"] / quiet["rps"]
     api = in_process(args.model, x1.astype(np.uint8), x256, repeats=2000)
     enc8, noop8 = http["encode_batch1"]["8"], http["noop"]["8"]
     targets = {
@@ -243,18 +318,32 @@ def main() -> None:
         "rss_growth_after_first_round_mib": {"value": mem_end["rss_mib"] - mem_rounds[0]["rss_mib"], "target": "~0"},
     }
     targets["errors"]["met"] = targets["errors"]["value"] == 0
+    for name in hostile:
+        r = neighbours[name]
+        targets[f"polite_rps_beside_{name}_over_quiet"] = {"value": r["rps_over_quiet"], "target": ">= 0.7",
+                                                           "met": r["rps_over_quiet"] >= 0.7}
+        targets[f"polite_p99_ms_beside_{name}"] = {"value": r["p99_ms"], "target": "<= 50", "met": r["p99_ms"] <= 50}
     report = {
         "environment": common.environment(server_core=SERVER_CORE, load_core=LOAD_CORE, data=data),
         "settings": {"nice": args.nice, "seconds": args.seconds, "max_requests": args.max_requests,
                      "rounds": args.rounds, "connections": list(CONNECTIONS),
                      "server": "vae-infer serve --compute-threads 1 --threads 1"},
-        "http": http, "in_process": api,
-        "memory": {"after_warmup": mem_start, "after_each_round": mem_rounds, "after_runs": mem_end},
+        "http": http, "in_process": api, "hostile_neighbour": neighbours,
+        "memory": {"after_warmup": mem_start, "after_each_round": mem_rounds, "after_runs": mem_end,
+                   "after_hostile_runs": mem_hostile},
         "browser": browser, "targets": targets,
     }
     markdown = render(report)
     common.write_report(report, args.json, markdown, args.markdown)
     print(markdown)
+
+
+def _merged(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+    return total
 
 
 def render(report: dict) -> str:
@@ -269,6 +358,15 @@ def render(report: dict) -> str:
            f"{', '.join(f'{v:.2f}' for v in report['environment']['load_average'])}; "
            f"data: {report['environment']['data']}.\n",
            common.markdown_table(["endpoint", "connections", "requests/s", "p50 ms", "p99 ms", "errors"], rows)]
+    labels = {"quiet": "alone (quiet)", "json_max": "beside maximal JSON bodies",
+              "npy_max": "beside maximal .npy batches"}
+    out.append("A hostile neighbour: 8 polite clients (encode, 1 image, JSON) alone, and beside one client sending "
+               "maximal bodies back to back (its answers by status).\n")
+    out.append(common.markdown_table(
+        ["polite clients", "requests/s", "x quiet", "p50 ms", "p99 ms", "errors", "neighbour's answers"],
+        [[labels.get(name, name), f"{r['rps']:,.0f}", f"{r['rps_over_quiet']:.2f}", f"{r['p50_ms']:.2f}",
+          f"{r['p99_ms']:.2f}", r["errors"], ", ".join(f"{k}: {v}" for k, v in r.get("neighbour_statuses", {}).items())]
+         for name, r in report["hostile_neighbour"].items()]))
     api = report["in_process"]
     out.append(common.markdown_table(["in-process API (model.encode, 1 onnxruntime thread)", "p50 ms", "p99 ms"], [
         [k.replace("_", " "), f"{v['p50_ms']:.3f}", f"{v['p99_ms']:.3f}"] for k, v in api.items()]))
@@ -277,7 +375,9 @@ def render(report: dict) -> str:
     out.append(f"Server memory: RSS {mem['after_warmup']['rss_mib']:.1f} MiB after warm-up, after each round "
                f"{rounds} MiB; peak {mem['after_runs']['peak_rss_mib']:.1f} MiB.\n")
     b = report["browser"]
-    if b:
+    if b and "error" in b:
+        out.append(f"In the browser: not measured ({b['error']}).\n")
+    elif b:
         out.append(f"In the browser ({b['mode']} decoding, headless Chromium): one frame p50 "
                    f"{b['single_frame_p50_ms']:.2f} ms, p99 {b['single_frame_p99_ms']:.2f} ms over {b['frames']} "
                    f"frames; a 15 x 15 grid {b['grid_225_frames_p50_ms']:.1f} ms "

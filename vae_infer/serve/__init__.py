@@ -20,11 +20,11 @@ INSTALL_HINT = "pip install 'vae-infer[serve]'"
 
 
 def require_extra() -> None:
-    """Raise MissingExtraError naming the extra when FastAPI or uvicorn is not installed."""
+    """Raise MissingExtraError naming the extra when FastAPI, uvicorn or simdjson (pysimdjson) is not installed."""
     import importlib
 
     missing = []
-    for name in ("fastapi", "uvicorn"):
+    for name in ("fastapi", "uvicorn", "simdjson"):
         try:
             importlib.import_module(name)
         except ImportError:

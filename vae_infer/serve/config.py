@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,12 +11,20 @@ from ..errors import InputError
 from ..machine import available_cores
 
 LOOPBACK = "127.0.0.1"
+TOKEN_CHARS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")  # RFC 6265's cookie-octet
 
 
 def default_compute_threads() -> int:
     """The cores this process may use: one onnxruntime call per core at a time keeps them busy without
     oversubscribing them (each call itself runs on one intra-op thread by default, see ServeConfig.threads)."""
     return available_cores()
+
+
+def is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def is_loopback(host: str) -> bool:
@@ -47,16 +56,29 @@ class ServeConfig:
     web_assets: Path | None = None  # an installed onnxruntime-web (its dist/ folder or the package above it)
     examples: str | None = "fashion-mnist"  # test images offered by the page (a data-set spec), None for none
     examples_count: int = 64  # how many of them
+    # Who may call (guards.py). Loopback names always; a wildcard bind (0.0.0.0, ::) needs the names clients use.
+    allowed_hosts: tuple[str, ...] = ()  # more Host names (or IPs) than the loopback ones and the bound address
+    cors_origins: tuple[str, ...] = ()  # other origins (scheme://host:port) whose pages may call the API
+    # JSON bodies are parsed while the event loop waits (simdjson holds the GIL): about 10 ms per MiB at worst
+    # ("0,0,0,..."), so their cap is lower than the .npy cap; larger batches go as .npy (benchmarks/serve.md)
+    max_json_bytes: int = 1024 * 1024
+    # Time limits per connection (server.py): a slow or idle client never holds a socket for ever
+    header_timeout_s: float = 10.0  # from the first byte of a request (or the connection) to its last header
+    body_timeout_s: float = 30.0  # from the end of the headers to the last byte of the body
+    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 256  # open connections; more are closed at once (their clients see a reset)
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_rows", "max_in_flight", "examples_count"):
+        for name in ("max_body_bytes", "max_rows", "max_in_flight", "examples_count", "max_json_bytes",
+                     "max_connections"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must lie in 0..65535, got {self.port}")
-        if not self.request_timeout_s > 0:
-            raise InputError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}")
         if isinstance(self.inline_rows, bool) or not isinstance(self.inline_rows, int) or self.inline_rows < 0:
             raise InputError(f"inline_rows must be an integer >= 0, got {self.inline_rows!r}")
         if self.compute_threads < 0 or self.threads < 1:
@@ -64,12 +86,24 @@ class ServeConfig:
                              f"{self.threads}")
         if self.token is not None and not self.token.strip():
             raise InputError("token must not be empty; pass a long random string (e.g. `openssl rand -hex 32`)")
+        if self.token is not None and not TOKEN_CHARS.fullmatch(self.token):
+            raise InputError("token must be printable ASCII without blanks, quotes, commas, semicolons or "
+                             "backslashes (it travels in a cookie); pass e.g. `openssl rand -hex 32`")
         if not is_loopback(self.host) and self.token is None and not self.insecure:
             raise InputError(
                 f"refusing to bind to {self.host} without a token: anyone who can reach it could use the API; "
                 f"pass --token TOKEN (clients send `Authorization: Bearer TOKEN`), or --insecure on a trusted "
                 f"network, or bind to {LOOPBACK}"
             )
+        if is_wildcard(self.host) and not self.allowed_hosts:
+            raise InputError(
+                f"binding to {self.host} (every interface) needs --allowed-host NAME for each name clients use to "
+                f"reach this machine (its DNS name or IP address): requests whose Host header is not allowed are "
+                f"refused, which stops DNS-rebinding web pages from calling the API")
+        for origin in self.cors_origins:
+            if origin == "*" or not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+                raise InputError(f"--cors-origin {origin!r}: expected one origin, scheme://host[:port] with no "
+                                 f"path (for example https://app.example:8443); '*' is not allowed")
 
     @property
     def workers(self) -> int:

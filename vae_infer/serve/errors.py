@@ -3,7 +3,9 @@
 The library's named errors keep their meaning: a bad input is the client's (400), a model package that cannot do
 what was asked (an uncalibrated model asked to detect, a package without a latent index asked for a graph path)
 is a conflict with the server's state (409). The server adds its own: too large (413), schema (422), busy or
-timed out (503, with Retry-After), unauthorized (401), not found (404)."""
+timed out (503, with Retry-After), unauthorized (401), not found (404), a media type the route does not take (415),
+and a client that went away before its answer (499, nginx's code: counted, never logged as a server error).
+Messages never show a server path (redact.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 from typing import Any
 
 from ..errors import DataError, DeviceError, InputError, MissingExtraError, ModelPackageError, VaeInferError
+from .redact import redact_paths
 
 log = logging.getLogger("vae_infer.serve")
 
@@ -41,6 +44,16 @@ class Unauthorized(ApiError):
 
 class NotFound(ApiError):
     status, type = 404, "not_found"
+
+
+class UnsupportedMediaType(ApiError):
+    status, type = 415, "unsupported_media_type"
+
+
+class ClientGone(ApiError):
+    """The client closed its connection (or was closed for being too slow) before its request was read."""
+
+    status, type = 499, "client_closed_request"
 
 
 class PayloadTooLarge(ApiError):
@@ -73,21 +86,24 @@ LIBRARY_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
 )
 
 # FastAPI's own 4xx (an unknown path, a wrong method) in the same format.
-HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
               413: "too_large", 415: "unsupported_media_type", 422: "schema"}
 
 
 def classify(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:
     """(status, type, message, headers) for any exception a request can raise."""
     if isinstance(exc, ApiError):
-        return exc.status, exc.type, exc.message, exc.headers
+        return exc.status, exc.type, redact_paths(exc.message), exc.headers
     for cls, status, kind in LIBRARY_ERRORS:
         if isinstance(exc, cls):
-            return status, kind, one_line(str(exc)), {}
+            return status, kind, redact_paths(one_line(str(exc))), {}
     from fastapi.exceptions import RequestValidationError
     from pydantic import ValidationError
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
+    if isinstance(exc, ClientDisconnect):
+        return ClientGone.status, ClientGone.type, "the client closed the connection before sending its whole body", {}
     if isinstance(exc, (RequestValidationError, ValidationError)):
         return validation_error(exc.errors())
     if isinstance(exc, HTTPException):
@@ -134,5 +150,10 @@ def install(app) -> None:
     async def handler(request, exc):
         return error_response(exc)
 
-    for cls in (ApiError, VaeInferError, RequestValidationError, ValidationError, HTTPException, Exception):
+    from starlette.requests import ClientDisconnect
+
+    # ClientDisconnect is named apart from Exception: FastAPI re-raises (and uvicorn logs) whatever only the
+    # catch-all Exception handler answered
+    for cls in (ApiError, VaeInferError, RequestValidationError, ValidationError, HTTPException, ClientDisconnect,
+                Exception):
         app.add_exception_handler(cls, handler)

@@ -30,8 +30,7 @@ class Histogram:
 
 
 class Metrics:
-    """What /metrics reports. `endpoint` is the route's path template (unknown paths are counted as "other",
-    so a scanner cannot grow the label set without bound)."""
+    """What /metrics reports, under labels from a closed set (Labels): a scanner cannot grow it."""
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -91,19 +90,62 @@ def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-class RequestMetrics:
-    """ASGI middleware: counts each response and times it, by the route's path template (FastAPI puts the matched
-    route in the scope). The outermost layer, so refused requests (401, 413) are counted too."""
+METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS"})
+OTHER = "other"
 
-    def __init__(self, app, metrics: Metrics) -> None:
+
+class Labels:
+    """The closed set of (method, endpoint) labels: the app's own routes by their path template, the page's
+    files as one label per folder, and everything else `other`, so that no client can add a label. Worked out
+    from the path alone, so a request refused before routing (a wrong Host, a missing token) gets the same label
+    as one that reached its route."""
+
+    def __init__(self, exact: frozenset[str], prefixes: tuple[tuple[str, str, bool], ...]) -> None:
+        self.exact = exact
+        self.prefixes = prefixes  # (path prefix, label, whether deeper paths count too)
+
+    @classmethod
+    def of_app(cls, app, folders: tuple[str, ...]) -> Labels:
+        """Labels of the app's routes; each of `folders` ("/web/") is one label ("/web/*") for all its files."""
+        exact, prefixes = set(), [(folder, folder + "*", True) for folder in folders]
+        for route in app.routes:
+            path = getattr(route, "path", "")
+            if "{" in path:  # one path parameter, one segment: /v1/files/{name}
+                prefixes.append((path[: path.index("{")], path, False))
+            elif path and not any(folder.rstrip("/") == path for folder in folders):
+                exact.add(path)
+        return cls(frozenset(exact), tuple(prefixes))
+
+    def endpoint(self, path: str) -> str:
+        if path in self.exact:
+            return path
+        for prefix, label, nested in self.prefixes:
+            rest = path[len(prefix):] if path.startswith(prefix) else ""
+            if rest and (nested or "/" not in rest):
+                return label
+        return OTHER
+
+    @staticmethod
+    def method(method: str) -> str:
+        return method if method in METHODS else OTHER
+
+
+class RequestMetrics:
+    """ASGI middleware: counts each response and times it, under the closed set of labels. The outermost layer, so
+    refused requests (400 Host, 403 Origin, 401, 413, 415) are counted too. A client that went away before its
+    answer is counted as 499 (nginx's "client closed request"), never as a server error."""
+
+    def __init__(self, app, metrics: Metrics, labels: Labels) -> None:
         self.app = app
         self.metrics = metrics
+        self.labels = labels
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = 500
+        status = None
+        gone = False
 
         async def send_status(message):
             nonlocal status
@@ -111,11 +153,15 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
+        async def watch_receive():
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, watch_receive, send_status)
         finally:
-            route = scope.get("route")
-            # Routes FastAPI did not match (the docs, the page's files) by path, except misses: a 404 for any
-            # path a scanner tries would grow the label set without bound.
-            endpoint = getattr(route, "path", None) or (scope["path"] if status != 404 else "other")
-            self.metrics.observe(scope["method"], endpoint, status, time.perf_counter() - start)
+            code = 499 if gone and status in (None, 499, 500) else (status or 500)
+            self.metrics.observe(self.labels.method(scope["method"]), self.labels.endpoint(scope["path"]), code,
+                                 time.perf_counter() - start)

@@ -3,6 +3,7 @@ latent map, the test images the page offers, and where the page's own files and 
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,31 +12,27 @@ import numpy as np
 
 from ..errors import DataError, ModelPackageError
 from ..manifest import MANIFEST_NAME
-from ..package import read_verified
+from ..package import read_verified, sha256_bytes
+from .redact import redact, redact_paths
 
 WEB_DIR = Path(__file__).with_name("web")
-ORT_ENTRY = "ort.min.mjs"  # the ES module build of onnxruntime-web; it loads its ort-wasm-* files beside it
+# onnxruntime-web's CPU-only ES module build: it compiles WebAssembly (CSP 'wasm-unsafe-eval') but never builds
+# code from strings, as the WebGPU/JSEP build does; it loads its ort-wasm-* files from beside it
+ORT_ENTRY = "ort.wasm.min.mjs"
+ORT_VERSION = "1.30.0"  # the page's package.json pins the same
+NPM_COMMAND = f"npm install --no-save onnxruntime-web@{ORT_VERSION}"
 EXAMPLES_SEED = 0
 
 
 def find_ort_dist(web_assets: Path | None) -> Path | None:
     """The dist/ folder of an installed onnxruntime-web: --web-assets (the dist folder, the package folder, or a
-    folder with node_modules), else the copy `npm ci` put beside the page. None when there is none."""
+    folder with node_modules: `NPM_COMMAND` run in it), else a copy `npm ci` put beside the page (a source
+    checkout). None when there is none: the page then decodes through the API."""
     roots = [Path(web_assets)] if web_assets is not None else [WEB_DIR]
     for root in roots:
         for candidate in (root, root / "dist", root / "node_modules" / "onnxruntime-web" / "dist"):
             if (candidate / ORT_ENTRY).is_file():
                 return candidate
-    return None
-
-
-def find_swagger_dist(web_assets: Path | None) -> Path | None:
-    """swagger-ui-dist from npm (beside the page, or under --web-assets), so /docs needs no CDN."""
-    roots = [Path(web_assets)] if web_assets is not None else []
-    for root in [*roots, WEB_DIR]:
-        candidate = root / "node_modules" / "swagger-ui-dist"
-        if (candidate / "swagger-ui-bundle.js").is_file():
-            return candidate
     return None
 
 
@@ -45,8 +42,12 @@ class Resources:
     def __init__(self, model, examples: str | None, examples_count: int) -> None:
         self.model = model
         man = model.manifest
+        stored = (Path(model.path) / MANIFEST_NAME).read_bytes()
+        self.manifest_sha256 = sha256_bytes(stored)
+        # model.json as the page reads it: the paths of the machine that built the package cut to their last part
+        shown = json.dumps(redact(json.loads(stored)), indent=2).encode()
         self.files: dict[str, bytes] = {
-            MANIFEST_NAME: (Path(model.path) / MANIFEST_NAME).read_bytes(),
+            MANIFEST_NAME: shown,
             man.decoder.file: read_verified(model.path, man, man.decoder.file),
         }
         self.examples_spec = examples
@@ -78,7 +79,7 @@ def _read_latent_map(model) -> dict[str, Any]:
         m = latent_map.read_latent_map(model)
         return {"z": np.asarray(m.codes, np.float32), "labels": None if m.labels is None else np.asarray(m.labels),
                 "class_names": list(m.class_names) if m.class_names else None,
-                "source": m.source or "the package's latent_map section"}
+                "source": redact_paths(m.source or "the package's latent_map section")}
     if man.latent_index:
         from ..latent_index import read_index
 
@@ -107,4 +108,4 @@ def _read_examples(model, spec: str | None, count: int) -> dict[str, Any]:
     pixels = np.clip(np.round(x * model.manifest.input_scale), 0, 255).astype(np.uint8)
     names = CLASS_NAMES.get(str(spec))
     return {"images": pixels, "labels": labels, "class_names": list(names) if names and labels is not None else None,
-            "source": f"{source.name} (test split, {len(pixels)} images)"}
+            "source": redact_paths(f"{source.name} (test split, {len(pixels)} images)")}

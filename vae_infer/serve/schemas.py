@@ -1,6 +1,7 @@
 """Request and response bodies, with the Python API's names (images, z, mu, logvar, x_hat, scores, flags), so the
 OpenAPI schema reads like the README. Values are checked by the library (vae_infer.inputs) exactly as for Python
-callers; the schemas check only types and the per-call options' ranges.
+callers; the schemas check only types (strictly, as Python does: "3" is not a number, true is not 1) and the
+per-call options' ranges. JSON bodies are read by jsonbody.py, which checks these models in strict mode.
 
 A request with an `application/x-npy` body sends its one array (images or z) as the body and the other fields
 of the same schema as query parameters; its reply is an `.npz` with the response's array fields."""
@@ -13,9 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..anomaly import SCORE_KINDS
 from ..interpolation import METHODS, SPACINGS
-
-MAX_SAMPLES = 1024  # draws of z per image (iwae's k): bounds the work of one score call with the row limit
-MAX_STEPS = 256  # points of an interpolation path
+from ..work_limits import MAX_SAMPLES, MAX_STEPS
 
 Rows = list[list[float]]
 ImageRows = list[list[float]] | list[list[list[float]]]
@@ -95,6 +94,10 @@ class InterpolateRequest(Strict):
         if not (all(images) and not any(codes)) and not (all(codes) and not any(images)):
             raise ValueError("pass either image_a and image_b, or z_a and z_b")
         return self
+
+
+class LoginRequest(Strict):
+    token: str = Field(max_length=1024, description="the token the server was started with (--token)")
 
 
 # -- responses --------------------------------------------------------------------------------------------------
