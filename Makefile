@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,viz,native,parquet,ray,serve,docs,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,viz,native,parquet,ray,serve,images,docs,dev]'
 	touch $@
 
 # The real data set: Debian's package when apt-get is there and no data directory already holds it.

@@ -10,7 +10,7 @@ shape read off the first row, which refuses ragged rows and deeper nesting at C 
 Cost, measured (benchmarks/serve.md): about 10 ms per MiB of body at worst ("0,0,0,..."), all of it holding the
 GIL, hence the lower cap on JSON bodies (ServeConfig.max_json_bytes; larger batches go as .npy). Peak memory: the
 body, simdjson's tape (up to 8 bytes per body byte for "0,0,..."), the float64 values (up to 4 per body byte) and
-a bracket skeleton: measured about 18 times the body at worst, up to the model's float32 input (docs/serve.md)."""
+a bracket skeleton: measured about 18 times the body at worst, up to the model's float32 input (docs/server.md)."""
 
 from __future__ import annotations
 
