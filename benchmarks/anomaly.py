@@ -43,9 +43,10 @@ import numpy as np
 from common import ROOT
 
 import vae_infer
-from vae_infer import anomaly, corruptions
-from vae_infer.datasets import CLASS_NAMES as DATASET_CLASSES
-from vae_infer.datasets import validation_split
+from vae_infer.anomaly import corruptions
+from vae_infer.anomaly import scores as anomaly
+from vae_infer.data.datasets import CLASS_NAMES as DATASET_CLASSES
+from vae_infer.data.datasets import validation_split
 
 CORRUPTED_N = 2000  # test images each corruption is applied to
 FONT_N = 2000
@@ -282,7 +283,7 @@ def train_package(out: Path, dataset, epochs: int, threads: int, noise: str | No
 
 
 def validation_images(train_images: np.ndarray, training: dict) -> np.ndarray:
-    """The validation split a run held out of training (vae_infer.datasets.validation_split with its config)."""
+    """The validation split a run held out of training (vae_infer.data.datasets.validation_split with its config)."""
     config = training["config"]
     images = train_images[: config.get("train_limit") or None]
     _, val = validation_split(len(images), config["validation_size"], config["seed"])
@@ -411,7 +412,7 @@ def markdown(result: dict) -> str:
         "",
         f"Measured on {result['environment']['machine']}, Python {result['environment']['python']}, numpy "
         f"{result['environment']['numpy']}, onnxruntime {result['environment']['onnxruntime']}.",
-        "Scores: see `vae_infer/anomaly.py`; higher = more anomalous. The default score of `detect` is "
+        "Scores: see `vae_infer/anomaly/scores.py`; higher = more anomalous. The default score of `detect` is "
         f"**{default}**. AUROC and AUPRC take the out-of-distribution images as the positive class.",
         "",
     ]

@@ -38,8 +38,8 @@ from common import ROOT, SHIPPED_MODEL
 
 from vae_infer import load
 from vae_infer.batch import BatchOptions, run_batch
+from vae_infer.data.sources import open_source
 from vae_infer.machine import available_cores
-from vae_infer.sources import open_source
 
 OUTPUTS = ("mu", "logvar")
 MEMORY_GB = (0.5, 1.0, 2.0)  # input sizes of the memory runs, GB

@@ -32,13 +32,13 @@ import common
 import numpy as np
 
 import vae_infer
-from vae_infer import interpolation as it
-from vae_infer import latent_build as lb
-from vae_infer import latent_index as li
-from vae_infer import latent_search as ls
-from vae_infer import realism
-from vae_infer.datasets import CLASS_NAMES
-from vae_infer.sources import open_source
+from vae_infer.data.datasets import CLASS_NAMES
+from vae_infer.data.sources import open_source
+from vae_infer.interpolation import build as lb
+from vae_infer.interpolation import index as li
+from vae_infer.interpolation import paths as it
+from vae_infer.interpolation import realism
+from vae_infer.interpolation import search as ls
 
 STEPS = 10
 SWEEP_PAIRS = 60
@@ -385,7 +385,7 @@ def main() -> None:
         print(f"  graph query p50 {timing['graph']['p50_ms']:.1f} ms", flush=True)
         written = []
         if args.pictures:
-            from vae_infer.latent_map import build_latent_map
+            from vae_infer.interpolation.latent_map import build_latent_map
 
             lmap = build_latent_map(model, test, test_labels, CLASS_NAMES["fashion-mnist"])
             written = pictures(model, test, test_labels, pairs, args.pictures, lmap)

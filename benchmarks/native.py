@@ -34,7 +34,8 @@ import common  # noqa: E402
 import numpy as np  # noqa: E402
 
 import vae_infer  # noqa: E402
-from vae_infer import bench, likelihood, native  # noqa: E402
+from vae_infer import bench, native
+from vae_infer.anomaly import likelihood  # noqa: E402
 from vae_infer.machine import available_cores  # noqa: E402
 from vae_infer.native import check, targets  # noqa: E402
 
@@ -313,8 +314,8 @@ def main() -> None:
     p.add_argument("--markdown", type=Path, default=None)
     args = p.parse_args()
     environment = common.environment()
+    from vae_infer.data.sources import load_images
     from vae_infer.native import build
-    from vae_infer.sources import load_images
 
     images, _ = load_images("fashion-mnist", split="test")
     backends = load_backends(args.model, not args.no_torch)

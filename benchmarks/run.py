@@ -25,7 +25,7 @@ from common import ROOT
 
 import vae_infer
 from vae_infer import bench
-from vae_infer.package import read_verified
+from vae_infer.package.files import read_verified
 from vae_infer.sessions import session_options
 
 ENGINES = ("torch", "ort", "ort-spin", "ort-int8", "ort-fp16", "ort-ort")  # ort-spin: fp32, spinning threads

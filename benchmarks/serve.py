@@ -55,7 +55,7 @@ end
 def test_images(n: int) -> tuple[np.ndarray, str]:
     """Real Fashion-MNIST test images when the data set is here, else the committed test fixture's."""
     try:
-        from vae_infer.sources import open_source
+        from vae_infer.data.sources import open_source
 
         source = open_source("fashion-mnist", split="test")
         return np.asarray(source.read(0, n)).reshape(n, -1).astype(np.uint8), f"fashion-mnist test[0:{n}]"

@@ -15,11 +15,12 @@ from click.testing import CliRunner
 
 import vae_infer
 import vae_infer.cli.anomaly_commands  # noqa: F401  (registers calibrate, detect, denoise on main)
-from vae_infer import anomaly, corruptions
+from vae_infer.anomaly import corruptions
+from vae_infer.anomaly import scores as anomaly
 from vae_infer.cli import main
-from vae_infer.datasets import validation_split
+from vae_infer.data.datasets import validation_split
 from vae_infer.errors import InputError, ModelPackageError
-from vae_infer.package import read_manifest, update_package
+from vae_infer.package.files import read_manifest, update_package
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "fashion-mnist"
 

@@ -145,7 +145,7 @@ def test_bad_chunk_size(tiny_package):
 def test_one_except_clause_catches_every_kind_of_bad_call(tiny_package, tmp_path, monkeypatch):
     """What each kind of mistake really raises is caught by `except vae_infer.VaeInferError`, as an
     application (and the CLI's one error handler) relies on."""
-    from vae_infer.datasets import read_idx
+    from vae_infer.data.datasets import read_idx
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no cached C library to fall back on
     monkeypatch.setitem(sys.modules, "onnx", None)  # the C backend's extra, missing

@@ -18,12 +18,13 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import fails, needs_module, needs_real_data, ok
-from vae_infer import anomaly, load
+from vae_infer import load
+from vae_infer.anomaly import scores as anomaly
 from vae_infer.batch import BatchOptions, read_results, run_batch
 from vae_infer.batch.noise import row_normals, source_key
 from vae_infer.batch.progress import Progress
+from vae_infer.data.sources import open_source
 from vae_infer.errors import DataError, InputError
-from vae_infer.sources import open_source
 
 pytestmark = [needs_real_data, needs_module("pyarrow", "parquet")]
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,8 +22,8 @@ import pytest
 from tests.conftest import needs_module, needs_real_data
 from vae_infer import load
 from vae_infer.batch import BatchOptions, read_results, run_batch
+from vae_infer.data.sources import open_source
 from vae_infer.errors import DataError, InputError
-from vae_infer.sources import open_source
 
 pytestmark = [needs_real_data, needs_module("pyarrow", "parquet")]
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,7 +340,7 @@ def test_a_parquet_page_larger_than_the_readers_limit_is_refused_not_allocated_h
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import vae_infer.parquet_source as ps
+    import vae_infer.data.parquet as ps
 
     rows = 320_000
     chunk = pa.array([bytes(784)] * PIECE_ROWS, pa.binary(784))

@@ -16,10 +16,10 @@ from click.testing import CliRunner, Result
 
 import vae_infer
 from tests.conftest import fails, ok
-from vae_infer import arrays as vio
 from vae_infer import cli
 from vae_infer.cli import base as cli_base
 from vae_infer.cli import model_commands
+from vae_infer.data import arrays as vio
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODEL = FIXTURES / "tiny-model"

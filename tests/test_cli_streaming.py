@@ -16,7 +16,8 @@ from click.testing import CliRunner, Result
 import vae_infer
 import vae_infer.cli.anomaly_commands  # noqa: F401  (registers detect and denoise on main)
 from tests.conftest import FIXTURES, fails, needs_real_data, ok
-from vae_infer import anomaly, cli
+from vae_infer import cli
+from vae_infer.anomaly import scores as anomaly
 from vae_infer.cli import anomaly_commands, model_commands
 from vae_infer.cli.streams import write_rows
 from vae_infer.errors import InputError
@@ -188,7 +189,7 @@ def _peak_rss(args: list[object], tmp_path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def large_input(tmp_path_factory):
-    from vae_infer.sources import open_source
+    from vae_infer.data.sources import open_source
 
     folder = tmp_path_factory.mktemp("large")
     train = open_source("fashion-mnist", split="train").read_all().reshape(-1, 784)  # real rows, repeated

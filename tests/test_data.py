@@ -29,7 +29,7 @@ from train.data import (
     load_dataset,
     read_idx,
 )
-from vae_infer.datasets import IDX_DTYPES, validation_split
+from vae_infer.data.datasets import IDX_DTYPES, validation_split
 
 FASHION = "fashion-mnist"
 MNIST = "mnist"

@@ -208,7 +208,7 @@ def run_arrays(model) -> int:
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from vae_infer.anomaly import SCORE_KINDS
+    from vae_infer.anomaly.scores import SCORE_KINDS
 
     f, shape, latent = model.manifest.features, model.image_shape, model.latent_size
     inputs, single = _array_strategies(f, shape, latent)

@@ -153,7 +153,7 @@ def test_load_verifies_every_listed_file(tiny_copy):
 def test_a_later_package_write_removes_folders_of_killed_writes(tiny_copy):
     """write_package's temporary folders left by a killed writer (its PID gone) are removed by the next
     write to the same package; a live writer's folder is left alone."""
-    from vae_infer.package import update_package
+    from vae_infer.package.files import update_package
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -177,7 +177,7 @@ def test_a_decoder_that_overflows_is_refused_not_returned_as_nan(tiny_copy):
     onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper
 
-    from vae_infer.package import update_package
+    from vae_infer.package.files import update_package
 
     proto = onnx.load(str(tiny_copy / "decoder.onnx"))
     hidden = next(i for i in proto.graph.initializer if i.name.endswith("hidden.weight"))

@@ -55,10 +55,10 @@ def _images() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def sectioned(tmp_path_factory) -> Path:
     """The tiny model with a calibration, a latent index and a labelled latent map (each from its real writer)."""
-    from vae_infer.anomaly import calibrate
-    from vae_infer.latent_build import build_index
-    from vae_infer.latent_index import save_index
-    from vae_infer.latent_map import build_latent_map, save_latent_map
+    from vae_infer.anomaly.scores import calibrate
+    from vae_infer.interpolation.build import build_index
+    from vae_infer.interpolation.index import save_index
+    from vae_infer.interpolation.latent_map import build_latent_map, save_latent_map
 
     pkg = tmp_path_factory.mktemp("sectioned") / "pkg"
     shutil.copytree(TINY_PACKAGE, pkg)
@@ -222,7 +222,7 @@ def test_hostile_keys_are_refused_naming_the_object_or_loaded(sectioned, tmp_pat
 def test_a_manifest_made_in_code_is_held_to_the_same_rules(tiny_copy):
     import dataclasses
 
-    from vae_infer.package import read_manifest
+    from vae_infer.package.files import read_manifest
 
     man = read_manifest(tiny_copy)
     with pytest.raises(ModelPackageError, match=r"^model.json: \.training\.note: expected text of at most 4096"):
@@ -436,8 +436,8 @@ def test_a_non_finite_section_array_is_refused_at_load_naming_it(pkg_copy, secti
 
 
 def test_a_sectioned_package_loads_and_its_sections_read(sectioned):
-    from vae_infer.latent_index import read_index
-    from vae_infer.latent_map import read_latent_map
+    from vae_infer.interpolation.index import read_index
+    from vae_infer.interpolation.latent_map import read_latent_map
 
     m = vae_infer.load(sectioned, threads=1)
     assert read_latent_map(m).class_names == tuple(CLASSES) and read_index(m).n_nodes > 2

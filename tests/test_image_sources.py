@@ -1,5 +1,5 @@
-"""The one source spec (vae_infer.sources) on every kind of source, image files and folders read as trained
-(vae_infer.preprocessing, vae_infer.image_folder), and a model trained on a folder of PNG files driven through
+"""The one source spec (vae_infer.data.sources) on every kind of source, image files and folders read as trained
+(vae_infer.data.preprocessing, vae_infer.data.image_folder), and a model trained on a folder of PNG files driven through
 every runtime command with that folder as its source.
 
 Real data that ships inside packages, no download: scikit-learn's 8x8 digits (1,797 images) written as a PNG
@@ -22,12 +22,12 @@ from click.testing import CliRunner
 import vae_infer
 from tests.conftest import needs_real_data
 from vae_infer import cli
-from vae_infer.datasets import holdout_split, validation_split
+from vae_infer.data.datasets import holdout_split, validation_split
+from vae_infer.data.image_folder import check_class_name, pin_folder
+from vae_infer.data.preprocessing import MAX_FILE_PIXELS, Preprocessing, read_image_file
+from vae_infer.data.sources import class_names, open_source, parse_split, spec_splits
 from vae_infer.errors import DataError, ModelPackageError
-from vae_infer.image_folder import check_class_name, pin_folder
-from vae_infer.manifest import MAX_FEATURES, MAX_WEIGHTS, Manifest, size_problem
-from vae_infer.preprocessing import MAX_FILE_PIXELS, Preprocessing, read_image_file
-from vae_infer.sources import class_names, open_source, parse_split, spec_splits
+from vae_infer.package.manifest import MAX_FEATURES, MAX_WEIGHTS, Manifest, size_problem
 
 Image = pytest.importorskip("PIL.Image")
 SHIPPED = Path("models/fashion-mnist")

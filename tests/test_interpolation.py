@@ -16,14 +16,15 @@ from click.testing import CliRunner
 import vae_infer
 import vae_infer.cli.interpolate_commands  # noqa: F401  (registers interpolate and index on main)
 from tests.conftest import fails, needs_real_data, ok
-from vae_infer import cli, realism
-from vae_infer import interpolation as it
-from vae_infer import latent_build as lb
-from vae_infer import latent_field as lf
-from vae_infer import latent_index as li
-from vae_infer import latent_map as lm
-from vae_infer import latent_search as ls
+from vae_infer import cli
 from vae_infer.errors import InputError, ModelPackageError
+from vae_infer.interpolation import build as lb
+from vae_infer.interpolation import field as lf
+from vae_infer.interpolation import index as li
+from vae_infer.interpolation import latent_map as lm
+from vae_infer.interpolation import paths as it
+from vae_infer.interpolation import realism
+from vae_infer.interpolation import search as ls
 
 # -- helpers and fixtures ------------------------------------------------------------------------------------
 
@@ -649,7 +650,7 @@ FIXED_PAIRS = [(0, 1), (2, 3), (5, 8), (13, 21), (34, 55), (89, 144)]  # test im
 
 @needs_real_data
 def test_graph_paths_on_the_shipped_model_keep_their_brightness():
-    from vae_infer.sources import open_source
+    from vae_infer.data.sources import open_source
 
     model = vae_infer.load(SHIPPED, threads=1)
     test = open_source("fashion-mnist", split="test").read(0, 200)
@@ -691,7 +692,7 @@ def test_latent_map_round_trip(tiny_copy, tiny_model, tiny_images):
 
 
 def test_latent_map_tampering_is_refused(tiny_copy, tiny_model, tiny_images):
-    from vae_infer.package import update_package
+    from vae_infer.package.files import update_package
 
     with pytest.raises(ModelPackageError, match="no latent_map section.*vae-infer index build"):
         lm.read_latent_map(tiny_model)
@@ -755,7 +756,7 @@ def test_cli_index_build_writes_the_latent_map(tmp_path, tiny_copy, tiny_images)
 def test_brightness_ratio_is_finite_between_blank_ends():
     """A path from a blank image to a blank image through a garment: no reference brightness at its ends. Its
     ratios stay finite (no API call returns infinity): 1 where the frame is blank too, large where it is not."""
-    from vae_infer import realism
+    from vae_infer.interpolation import realism
 
     features = 16
     frames = np.zeros((3, features), np.float32)

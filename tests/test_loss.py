@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from train.config import ModelConfig  # noqa: E402
 from train.loss import bernoulli_nll, importance_weighted_nll, kl_to_standard_normal, negative_elbo  # noqa: E402
 from train.model import VAE  # noqa: E402
-from vae_infer import likelihood  # noqa: E402
+from vae_infer.anomaly import likelihood  # noqa: E402
 
 
 def test_closed_form_kl_matches_monte_carlo():

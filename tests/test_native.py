@@ -45,7 +45,7 @@ def cache_in_tmp(tmp_path_factory):
 
 
 def graph_bytes(package: Path, role: str) -> tuple[bytes, object]:
-    from vae_infer.package import read_manifest
+    from vae_infer.package.files import read_manifest
 
     manifest = read_manifest(package)
     spec = getattr(manifest, role)

@@ -11,9 +11,9 @@ import pytest
 
 import vae_infer
 from vae_infer import ModelPackageError
-from vae_infer import package as package_mod
-from vae_infer.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest
-from vae_infer.package import read_manifest, sha256_bytes, write_package
+from vae_infer.package import files as package_mod
+from vae_infer.package.files import read_manifest, sha256_bytes, write_package
+from vae_infer.package.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest
 
 
 def _edit_manifest(path, edit):
@@ -187,7 +187,7 @@ def test_without_atomic_exchange_the_fallback_still_replaces(tiny_package, tmp_p
 
 
 def test_update_package_adds_a_file_and_section(tiny_copy):
-    from vae_infer.package import update_package
+    from vae_infer.package.files import update_package
 
     extra = b"\x00\x01extra"
     new = update_package(tiny_copy, {"extra.bin": extra}, calibration={"file": "extra.bin", "quantile": 0.99})
@@ -200,7 +200,7 @@ def test_update_package_adds_a_file_and_section(tiny_copy):
 
 
 def test_update_package_refuses_a_tampered_package(tiny_copy):
-    from vae_infer.package import update_package
+    from vae_infer.package.files import update_package
 
     (tiny_copy / "decoder.onnx").write_bytes(b"tampered")
     with pytest.raises(ModelPackageError, match=r"decoder.onnx does not match model.json"):

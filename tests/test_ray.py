@@ -19,8 +19,8 @@ import pytest
 from tests.conftest import needs_module, needs_real_data
 from vae_infer import load
 from vae_infer.batch import BatchOptions, read_results, run_batch
+from vae_infer.data.sources import open_source
 from vae_infer.errors import ModelPackageError
-from vae_infer.sources import open_source
 
 pytestmark = [needs_module("ray", "ray"), needs_module("pyarrow", "parquet"), needs_real_data]
 JOB_TIMEOUT_S = 120  # a Ray job that cannot be scheduled waits silently: every job here has a deadline

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import vae_infer
-from vae_infer import likelihood
+from vae_infer.anomaly import likelihood
 
 
 def test_load_reports_manifest_and_device(tiny_model):

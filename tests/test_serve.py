@@ -139,7 +139,7 @@ def test_score_equals_the_python_api(tiny, tiny_model, tiny_images, kind, sample
 
 
 def test_detect_equals_the_python_api_and_409_when_uncalibrated(shipped, shipped_model, tiny, tiny_images):
-    from vae_infer import anomaly
+    from vae_infer.anomaly import scores as anomaly
 
     x = np.concatenate([tiny_images[:4], 255 - tiny_images[:2]])  # two inverted images: anomalies
     flags, scores = shipped_model.detect(x)
@@ -173,7 +173,7 @@ def test_interpolate_from_images_equals_the_python_api(tiny, tiny_model, tiny_im
 
 
 def test_interpolate_from_codes_and_graph_paths(shipped, shipped_model):
-    from vae_infer.interpolation import interpolate_codes
+    from vae_infer.interpolation.paths import interpolate_codes
 
     za, zb = [-1.5, 0.5], [1.0, -1.0]
     for method in ("linear", "slerp", "graph"):
@@ -187,7 +187,7 @@ def test_interpolate_from_codes_and_graph_paths(shipped, shipped_model):
 
 
 def test_info_files_latent_map_and_examples(shipped, shipped_model, tiny):
-    from vae_infer.package import sha256_bytes
+    from vae_infer.package.files import sha256_bytes
 
     info = ok(shipped.get("/v1/info"))
     man = shipped_model.manifest
@@ -211,8 +211,8 @@ def test_info_files_latent_map_and_examples(shipped, shipped_model, tiny):
 
 @needs_real_data
 def test_examples_are_real_test_images(tiny_model):
-    from vae_infer.datasets import CLASS_NAMES
-    from vae_infer.sources import open_source
+    from vae_infer.data.datasets import CLASS_NAMES
+    from vae_infer.data.sources import open_source
 
     with client_for(tiny_model, examples="fashion-mnist", examples_count=5) as c:
         got = ok(c.get("/v1/examples"))

@@ -268,7 +268,7 @@ def test_no_server_path_in_any_reply(open_server, package):
         assert r.status_code in (200, 409), (path, r.text)
         texts.append(r.text)
     info = open_server.request("GET", "/v1/info").json()
-    from vae_infer.package import sha256_bytes
+    from vae_infer.package.files import sha256_bytes
 
     assert info["manifest_sha256"] == sha256_bytes((package / "model.json").read_bytes())
     assert info["examples"] == "examples.npy"

@@ -117,7 +117,7 @@ def _use(path: Path, parts: str = "all") -> dict[str, np.ndarray]:
     for name in m.manifest.variants if parts in ("all", "variants") else ():
         checks[f"variant {name}"] = (vae_infer.load(path, variant=name, threads=1).encode(x)[0], (4, m.latent_size))
     if getattr(m.manifest, "latent_map", None) and parts in ("all", "latent_map"):
-        from vae_infer.latent_map import read_latent_map
+        from vae_infer.interpolation.latent_map import read_latent_map
 
         checks["latent map"] = (np.asarray(read_latent_map(m)[0]), None)
     if m.manifest.latent_index and parts in ("all", "latent_index") and _graph_works():
@@ -518,8 +518,8 @@ def test_a_calibration_npz_that_unpacks_huge_is_refused_before_reading(tmp_path)
     """A zip member whose header declares far more than it holds, or a member that unpacks past the bound."""
     import zipfile
 
-    from vae_infer.calibration_schema import MAX_CALIBRATION_BYTES, load_calibration_arrays
     from vae_infer.errors import ModelPackageError
+    from vae_infer.package.calibration import MAX_CALIBRATION_BYTES, load_calibration_arrays
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("scores_recon.npy", "w", force_zip64=True) as f:
@@ -537,7 +537,7 @@ def test_a_calibration_npz_that_unpacks_huge_is_refused_before_reading(tmp_path)
 
 
 def test_validate_calibration_accepts_what_calibrate_writes(calibrated):
-    from vae_infer.anomaly import CALIBRATION_FILE, load_calibration_arrays, validate_calibration
+    from vae_infer.anomaly.scores import CALIBRATION_FILE, load_calibration_arrays, validate_calibration
 
     section = json.loads((calibrated / "model.json").read_text())["calibration"]
     arrays = load_calibration_arrays((calibrated / CALIBRATION_FILE).read_bytes(), CALIBRATION_FILE)

@@ -15,10 +15,11 @@ import vae_infer
 import vae_infer.cli.anomaly_commands  # noqa: F401  (registers calibrate, detect, denoise on main)
 import vae_infer.cli.interpolate_commands  # noqa: F401  (registers interpolate)
 from tests.conftest import fails
-from vae_infer import anomaly, cli
-from vae_infer import interpolation as it
+from vae_infer import cli
+from vae_infer.anomaly import scores as anomaly
 from vae_infer.errors import InputError
-from vae_infer.path_refine import relax
+from vae_infer.interpolation import paths as it
+from vae_infer.interpolation.refine import relax
 from vae_infer.work_limits import (
     MAX_ATTACH,
     MAX_DENOISE_STEPS,

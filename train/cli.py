@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 import vae_infer
+from vae_infer.data.preprocessing import ALPHAS, FILTERS, FITS
 from vae_infer.errors import VaeInferError
-from vae_infer.preprocessing import ALPHAS, FILTERS, FITS
 
 from .config import SCHEDULES, ModelConfig, TrainConfig
 
@@ -117,7 +117,7 @@ def export(source, out, quantize, fp16, ort_format, data_dir, pictures, drop_ext
     variants asked for are added to it in place). Each variant's test -ELBO change is measured and
     written to model.json. A package already at --out is replaced only when nothing in it would be lost
     (variants not asked for again, calibration, latent index), or with --drop-extras."""
-    from vae_infer.manifest import MANIFEST_NAME
+    from vae_infer.package.manifest import MANIFEST_NAME
 
     from .data import load_dataset
     from .variants import add_variants

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from vae_infer.manifest import size_problem
-from vae_infer.preprocessing import Preprocessing, parse_image_size
+from vae_infer.data.preprocessing import Preprocessing, parse_image_size
+from vae_infer.package.manifest import size_problem
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class TrainConfig:
         if self.iw_samples < 1:
             raise ValueError(f"iw_samples must be at least 1, got {self.iw_samples}")
         if self.noise:
-            from vae_infer.corruptions import parse_noise
+            from vae_infer.anomaly.corruptions import parse_noise
 
             parse_noise(self.noise)  # raises InputError (a ValueError) naming what it expected
         size = self.preprocessing().image_size  # raises DataError naming the bad option

@@ -1,5 +1,5 @@
 """Images for training: IDX files (raw or gzip), .npy / .npz arrays, folders of PNG or JPEG images, and the
-named datasets: the source specs of vae_infer.sources (a source without a test split has one held out).
+named datasets: the source specs of vae_infer.data.sources (a source without a test split has one held out).
 
 A named dataset is looked up, in order, in: the `data_dir` argument, the VAE_DATA_DIR environment
 variable, the cache folder (XDG_CACHE_HOME or ~/.cache, then vae-infer/datasets/<name>), and, for
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_infer.datasets import (  # noqa: F401
+from vae_infer.data.datasets import (  # noqa: F401
     CLASS_NAMES,
     HOLDOUT_SEED,
     TEST_FRACTION,
@@ -33,11 +33,11 @@ from vae_infer.datasets import (  # noqa: F401
     holdout_split,
     read_idx,
 )
+from vae_infer.data.image_folder import ImageSource, folder_splits, is_image_file, open_folder
+from vae_infer.data.preprocessing import Preprocessing
+from vae_infer.data.sources import parse_split
 from vae_infer.errors import DataError
-from vae_infer.image_folder import ImageSource, folder_splits, is_image_file, open_folder
-from vae_infer.manifest import size_problem
-from vae_infer.preprocessing import Preprocessing
-from vae_infer.sources import parse_split
+from vae_infer.package.manifest import size_problem
 
 SPLIT_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -95,7 +95,7 @@ class Dataset:
     test_labels: np.ndarray | None
     source: str  # where the files were found, for the run record
     class_names: tuple[str, ...] | None = None  # an image folder's class folders, in label order
-    preprocessing: dict | None = None  # how image files became pixels (vae_infer.preprocessing), for the package
+    preprocessing: dict | None = None  # how image files became pixels (vae_infer.data.preprocessing), for the package
     holdout: dict | None = None  # how a source without a test split had one held out (datasets.holdout_split)
 
     @property
@@ -191,7 +191,7 @@ def load_array_file(path: Path, test_fraction: float = 0.1) -> Dataset:
 
 
 def load_image_folder(root: Path, preprocessing: Preprocessing | None = None) -> Dataset:
-    """A folder of PNG or JPEG images (vae_infer.image_folder): its train/ and test/ folders, or a seeded
+    """A folder of PNG or JPEG images (vae_infer.data.image_folder): its train/ and test/ folders, or a seeded
     TEST_FRACTION of its images held out for testing. Gray: colour images are refused unless
     preprocessing.to_gray. The image size is checked against what a package holds before the rest is read."""
     prep = preprocessing or Preprocessing()

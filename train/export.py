@@ -21,8 +21,8 @@ import torch
 
 import vae_infer
 from vae_infer.errors import VaeInferError
-from vae_infer.manifest import BATCH_AXIS, MANIFEST_NAME, GraphSpec, Manifest, TensorSpec
-from vae_infer.package import sha256_bytes, write_package
+from vae_infer.package.files import sha256_bytes, write_package
+from vae_infer.package.manifest import BATCH_AXIS, MANIFEST_NAME, GraphSpec, Manifest, TensorSpec
 from vae_infer.sessions import create_backend
 
 from .config import ModelConfig
@@ -185,7 +185,7 @@ def export_package(
     parity_inputs: real images (n, features) in [0, 1]; the first PARITY_ROWS are compared.
     An existing package's variants, calibration and latent index were made from other weights: export refuses
     to replace it (ExportError naming them) unless drop_extras. preprocessing: how image files became the
-    training pixels (vae_infer.preprocessing), recorded so the runtime reads image files the same way."""
+    training pixels (vae_infer.data.preprocessing), recorded so the runtime reads image files the same way."""
     out = Path(out)
     check_replaceable(out, drop_extras)
     config = model.config

@@ -16,7 +16,7 @@ import click
 import numpy as np
 import torch
 
-from vae_infer.datasets import validation_split
+from vae_infer.data.datasets import validation_split
 from vae_infer.errors import VaeInferError
 
 from .config import ModelConfig, TrainConfig

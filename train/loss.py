@@ -1,6 +1,6 @@
 """The per-example negative ELBO, the one training objective and test figure (nats per example).
 
-The numpy twin used by the runtime is vae_infer/likelihood.py; tests hold the two to the same values."""
+The numpy twin used by the runtime is vae_infer/anomaly/likelihood.py; tests hold the two to the same values."""
 
 from __future__ import annotations
 

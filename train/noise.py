@@ -1,6 +1,6 @@
 """Noise for training a denoising VAE: the model sees a corrupted input and is scored on the clean image.
 
-The noise spec is the runtime's (vae_infer.corruptions.parse_noise), so training and the benchmarks name
+The noise spec is the runtime's (vae_infer.anomaly.corruptions.parse_noise), so training and the benchmarks name
 noise the same way: `gaussian:0.2`, `salt-pepper:0.1`, ranges `gaussian:0-0.3`, and several kinds joined
 by commas (each example gets one of them at random). The draws come from the training loop's seeded
 generator, so a run with noise is as reproducible and resumable as one without.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from vae_infer.corruptions import NOISE_KINDS, NoiseItem, parse_noise
+from vae_infer.anomaly.corruptions import NOISE_KINDS, NoiseItem, parse_noise
 
 __all__ = ["NOISE_KINDS", "NoiseItem", "parse_noise", "add_noise"]
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 import vae_infer
 from vae_infer.errors import VaeInferError
-from vae_infer.package import read_manifest, read_verified, update_package
+from vae_infer.package.files import read_manifest, read_verified, update_package
 
 VARIANTS = ("int8", "fp16", "ort")
 SCORE_SEED = 0  # the same z draws for fp32 and every variant, so the -ELBO change is the variant's alone

@@ -6,8 +6,8 @@
 """
 
 from .errors import DataError, DeviceError, InputError, MissingExtraError, ModelPackageError, VaeInferError
-from .manifest import FORMAT_VERSION, Manifest
 from .model import VAEModel, load
+from .package.manifest import FORMAT_VERSION, Manifest
 
 __version__ = "0.1.0"
 __all__ = [

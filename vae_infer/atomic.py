@@ -3,7 +3,7 @@ an existing file is never left half-written and a crash leaves the old file or t
 
 Temporary names carry a mark no person would choose and proof that this program made them:
 `.NAME.vae-infer~ROLE~PID~TOKEN~TAG` (ROLE tmp for files, new/old for the folders of
-vae_infer.package.write_package; TOKEN random; TAG a digest of NAME, ROLE, PID and TOKEN). A later write to
+vae_infer.package.files.write_package; TOKEN random; TAG a digest of NAME, ROLE, PID and TOKEN). A later write to
 the same place removes such leftovers of killed writes, when their writing process is gone or they are over
 an hour old (parallel writers may still be using the others). Nothing else is ever removed, whatever its
 name or age: a user's `.mymodel.old-backup` folder is not a leftover."""

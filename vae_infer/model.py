@@ -20,9 +20,9 @@ from .inputs import (
     check_output_rows,
     images_to_float32,
 )
-from .manifest import BATCH_AXIS, GraphSpec, Manifest
-from .package import read_manifest, read_verified, verify_all
-from .sections import section_checks
+from .package.files import read_manifest, read_verified, verify_all
+from .package.manifest import BATCH_AXIS, GraphSpec, Manifest
+from .package.sections import section_checks
 from .sessions import create_backend
 
 Array = NDArray[np.float32]
@@ -208,28 +208,28 @@ class VAEModel:
 
     def score(self, images: object, kind: str = "nelbo", samples: int | None = None,
               seed: int | None = 0) -> NDArray[np.float64]:
-        """Per-example scores, (n,), higher = less likely under the model (vae_infer.anomaly.score).
+        """Per-example scores, (n,), higher = less likely under the model (vae_infer.anomaly.scores.score).
 
         kind="nelbo" (default): the negative ELBO in nats, -E_q[log p(x|z)] + KL(q(z|x) || p(z)), estimated
         with `samples` reparameterized draws of z per example (seeded; the same figure training reports).
         samples defaults to 1 draw, and to k = 64 for kind="iwae", as in the CLI and calibration; it is at most
         MAX_SAMPLES (1024), images x samples at most MAX_WORK (2**24), and a deterministic kind takes no samples
         (vae_infer.work_limits; checked before any work). Other kinds are the anomaly scores of vae_infer.anomaly."""
-        from .anomaly import score as anomaly_score
+        from .anomaly.scores import score as anomaly_score
 
         return anomaly_score(self, images, kind=kind, samples=samples, seed=seed)
 
     def detect(self, images: object, **options):
         """(flags, scores): which images score above the threshold calibrated on training data (vae_infer.anomaly;
         samples as in score)."""
-        from .anomaly import detect
+        from .anomaly.scores import detect
 
         return detect(self, images, **options)
 
     def denoise(self, images: object, **options) -> Array:
-        """Images mapped through the encoder mean and the decoder (vae_infer.anomaly.denoise): steps at most
+        """Images mapped through the encoder mean and the decoder (vae_infer.anomaly.scores.denoise): steps at most
         MAX_DENOISE_STEPS (100), images x steps at most MAX_WORK (2**24)."""
-        from .anomaly import denoise
+        from .anomaly.scores import denoise
 
         return denoise(self, images, **options)
 
@@ -237,14 +237,14 @@ class VAEModel:
                     **options) -> Array:
         """Decoded images along a path from image_a to image_b, (steps, features), steps at most MAX_STEPS (256)
         (vae_infer.interpolation; the latent path alone, from two codes: vae_infer.interpolation.interpolate_codes)."""
-        from .interpolation import interpolate
+        from .interpolation.paths import interpolate
 
         return interpolate(self, image_a, image_b, steps=steps, method=method, **options)
 
     def path_metrics(self, path: object, **options) -> dict:
         """Length, brightness and realism of a path of codes or images, per frame and summarised
-        (vae_infer.interpolation.path_metrics)."""
-        from .interpolation import path_metrics
+        (vae_infer.interpolation.paths.path_metrics)."""
+        from .interpolation.paths import path_metrics
 
         return path_metrics(self, path, **options)
 

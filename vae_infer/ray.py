@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .anomaly import STOCHASTIC_KINDS
+from .anomaly.scores import STOCHASTIC_KINDS
 from .errors import InputError, MissingExtraError, ModelPackageError, VaeInferError
-from .manifest import MANIFEST_NAME
+from .package.manifest import MANIFEST_NAME
 
 DEFAULT_COLUMN = "data"  # the column ray.data.read_numpy and from_numpy put arrays in
 DEFAULT_BATCH_ROWS = 4096
@@ -48,7 +48,7 @@ def require_ray():
 
 def package_payload(package: str | Path) -> tuple[dict[str, bytes], str]:
     """({file name: bytes} of the package, verified, and the sha256 of its model.json)."""
-    from .package import read_manifest, read_verified
+    from .package.files import read_manifest, read_verified
 
     package = Path(package)
     manifest = read_manifest(package)
@@ -220,7 +220,7 @@ def map_model(ds, package: str | Path, outputs: Sequence[str] = ("mu", "logvar")
     ray = require_ray()
     from .batch.core import check_model_for
     from .batch.options import BatchOptions
-    from .package import read_manifest
+    from .package.files import read_manifest
 
     options = BatchOptions(outputs=tuple(outputs), kind=kind, samples=samples, seed=seed)
     check_model_for(read_manifest(package), package, options)

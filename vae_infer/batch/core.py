@@ -3,7 +3,7 @@ loaded model. Engines (vae_infer.batch.local, vae_infer.ray) only move blocks to
 
 Deterministic outputs (mu, logvar, the scores recon, mse, excess, dose) are the model's public API on the
 same rows, so they equal `model.encode` / `model.score` whatever the blocks are. Sampled scores (nelbo, iwae,
-ic) use the same estimators as vae_infer.anomaly with noise keyed by (job seed, source, row)
+ic) use the same estimators as vae_infer.anomaly.scores with noise keyed by (job seed, source, row)
 (vae_infer.batch.noise), so they too are the same however the job is split."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from .. import anomaly, likelihood
+from ..anomaly import likelihood
+from ..anomaly import scores as anomaly
 from ..errors import ModelPackageError
 from .noise import row_normals, source_key
 from .options import BatchOptions
@@ -78,7 +79,7 @@ class ChunkComputer:
             return self.model.score(x, kind=kind)
         eps = row_normals(source_key(self.options.seed, source), rows, k, mu.shape[1])  # (n, k, latent)
         std = np.exp(0.5 * logvar)
-        if kind == "iwae":  # Burda et al. 2016; the running logsumexp of vae_infer.anomaly
+        if kind == "iwae":  # Burda et al. 2016; the running logsumexp of vae_infer.anomaly.scores
             zeros = np.zeros_like(mu)
             running = np.full(len(x), -np.inf)
             for j in range(k):

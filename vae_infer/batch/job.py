@@ -14,7 +14,7 @@ from typing import Any
 
 from ..atomic import atomic_write_bytes
 from ..errors import InputError
-from ..manifest import MANIFEST_NAME
+from ..package.manifest import MANIFEST_NAME
 from .options import BatchOptions
 from .plan import InputFile
 

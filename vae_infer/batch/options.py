@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..anomaly import SCORE_KINDS, STOCHASTIC_KINDS, check_kind, default_samples
+from ..anomaly.scores import SCORE_KINDS, STOCHASTIC_KINDS, check_kind, default_samples
 from ..errors import InputError
 from ..inputs import as_count, as_seed
 from ..work_limits import MAX_SAMPLES

@@ -12,8 +12,8 @@ import glob
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..data.sources import split_key
 from ..errors import DataError
-from ..sources import split_key
 from .pins import content_digest, pin_part
 from .readers import RowReader, StreamRows, open_rows
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..anomaly import STOCHASTIC_KINDS
+from ..anomaly.scores import STOCHASTIC_KINDS
 from ..errors import InputError, VaeInferError
 from .options import BatchOptions
 
@@ -42,7 +42,7 @@ def run_uris(package: str | Path, uris: Sequence[str], out: str, options: BatchO
              threads: int | None = None, timeout_s: float | None = None, log: str | Path | None = None) -> dict:
     """Map the model over URIs with Ray Data and write Parquet from the workers; returns {"out", "seconds"}."""
     from .. import ray as vray
-    from ..package import read_manifest
+    from ..package.files import read_manifest
 
     kinds = {options.kind} if "score" in options.outputs else set()
     if "flag" in options.outputs:

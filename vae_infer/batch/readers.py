@@ -6,8 +6,8 @@ is an InputChanged error naming the file. Compressed rows (.gz IDX, deflated .np
 a stream, forward only, STREAM_PIECE bytes at a time (a range before the current position reopens the stream),
 so memory is one range whatever the compression ratio; a .npz member stops at its declared size (zipfile), and
 a declared size that is not what the npy header's shape needs is refused before decompressing. Parquet
-columns go through vae_infer.parquet_source (a reader process under a memory limit). Named data sets and IDX
-folders resolve to their image file; PNG folders are read one file per row (vae_infer.image_source)."""
+columns go through vae_infer.data.parquet (a reader process under a memory limit). Named data sets and IDX
+folders resolve to their image file; PNG folders are read one file per row (vae_infer.data.rows)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..datasets import IMAGE_FILES, NAMED, dataset_dirs, find_split_file, idx_header, missing_dataset_error
+from ..data.datasets import IMAGE_FILES, NAMED, dataset_dirs, find_split_file, idx_header, missing_dataset_error
+from ..data.sources import split_key
 from ..errors import DataError
-from ..sources import split_key
 
 STREAM_PIECE = 1 << 20  # bytes decompressed at a time when skipping forward in a compressed stream
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_LOCAL_HEADER = 30  # bytes of a zip local file header before the name and the extra field
-SPLIT = "train"  # the split of a named data set or an IDX folder (as vae_infer.sources.open_source)
+SPLIT = "train"  # the split of a named data set or an IDX folder (as vae_infer.data.sources.open_source)
 
 
 class InputChanged(DataError):
@@ -176,7 +176,7 @@ class StreamRows(RowReader):
 
 
 def open_rows(spec: str, image_shape: tuple[int, int] | None = None) -> RowReader:
-    """The reader for what a user typed (see vae_infer.sources.open_source for the forms accepted)."""
+    """The reader for what a user typed (see vae_infer.data.sources.open_source for the forms accepted)."""
     text = str(spec)
     if text in NAMED:
         looked = dataset_dirs(text)
@@ -190,7 +190,7 @@ def open_rows(spec: str, image_shape: tuple[int, int] | None = None) -> RowReade
         path = find_split_file(file, IMAGE_FILES[SPLIT])
         if path is not None:
             return _idx(text, path)
-        from ..sources import open_source  # a folder of PNG images: one small file per row
+        from ..data.sources import open_source  # a folder of PNG images: one small file per row
 
         return open_source(text, image_shape=image_shape)
     if not file.exists():
@@ -200,7 +200,7 @@ def open_rows(spec: str, image_shape: tuple[int, int] | None = None) -> RowReade
         raise DataError(f"{file}: not a regular file (a device, FIFO or socket cannot be read as images)")
     suffix = file.suffix.lower()
     if suffix == ".parquet":
-        from ..parquet_source import open_parquet
+        from ..data.parquet import open_parquet
 
         return open_parquet(text, file, key, image_shape)
     if key is not None and suffix != ".npz":

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import DataError, InputError
-from ..package import read_manifest
+from ..package.files import read_manifest
 from .core import Columns, check_model_for
 from .job import job_id, job_record, open_job
 from .lock import folder_lock

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import anomaly, arrays, model_sources, sources
-from ..model_sources import calibration_images
+from ..anomaly import scores as anomaly
+from ..data import arrays, model_sources, sources
+from ..data.model_sources import calibration_images
 from ..work_limits import MAX_DENOISE_STEPS, MAX_SAMPLES, check_work
 from .base import (
     PNG_PAIRS,

@@ -14,7 +14,8 @@ from typing import Any
 import click
 import numpy as np
 
-from .. import __version__, arrays
+from .. import __version__
+from ..data import arrays
 from ..errors import VaeInferError
 from ..model import VAEModel, load
 from ..sessions import DEVICES

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..anomaly import SCORE_KINDS
+from ..anomaly.scores import SCORE_KINDS
 from ..batch import ENGINES, FORMATS, OUTPUTS, BatchOptions, parse_outputs, run_batch
 from ..batch.options import CHUNK_ROWS, PART_ROWS
 from ..batch.parts import RAY_LOG

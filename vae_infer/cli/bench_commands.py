@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from .. import arrays, bench
+from .. import bench
 from ..atomic import atomic_write_bytes
+from ..data import arrays
 from ..errors import InputError
 from ..sessions import DEVICES
 from .base import check_png, echo, main, status_note

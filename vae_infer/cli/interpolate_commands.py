@@ -7,15 +7,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import arrays, model_sources, sources
+from ..data import arrays, model_sources, sources
+from ..data.sources import SPEC_HELP
 from ..errors import DataError, InputError
-from ..interpolation import METHODS, SPACINGS, interpolate, path_metrics
-from ..latent_build import DEFAULT_FAINT_WEIGHT, DEFAULT_K, DEFAULT_REALISM_WEIGHT, MAX_CODES, build_index
-from ..latent_index import INDEX_FILE, METRICS, read_index
-from ..latent_map import DEFAULT_POINTS, MAP_FILE, build_latent_map, manifest_section, to_bytes
-from ..latent_search import SEARCHES, load_graph
-from ..realism import Reference
-from ..sources import SPEC_HELP
+from ..interpolation.build import DEFAULT_FAINT_WEIGHT, DEFAULT_K, DEFAULT_REALISM_WEIGHT, MAX_CODES, build_index
+from ..interpolation.index import INDEX_FILE, METRICS, read_index
+from ..interpolation.latent_map import DEFAULT_POINTS, MAP_FILE, build_latent_map, manifest_section, to_bytes
+from ..interpolation.paths import METHODS, SPACINGS, interpolate, path_metrics
+from ..interpolation.realism import Reference
+from ..interpolation.search import SEARCHES, load_graph
 from ..work_limits import MAX_STEPS
 from .base import (
     check_out,
@@ -206,7 +206,7 @@ def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: f
     field, and stores it in the package as latent_index.npz. Unless --no-map, it also encodes a sample of the
     --map-split split (with its labels, when DATA has them) as latent_map.npz. Both are listed with their sha256
     in model.json; the package is rewritten once, atomically, keeping every other file and section."""
-    from ..package import update_package
+    from ..package.files import update_package
 
     m = open_model(model, device, threads)
     images, labels, names, origin = _open_data(data, split, m)

@@ -8,8 +8,8 @@ import click
 import numpy as np
 from click.core import ParameterSource
 
-from .. import arrays, model_sources
-from ..anomaly import DEFAULT_IW_SAMPLES, SCORE_KINDS, STOCHASTIC_KINDS, ChunkScorer, resolve_samples
+from ..anomaly.scores import DEFAULT_IW_SAMPLES, SCORE_KINDS, STOCHASTIC_KINDS, ChunkScorer, resolve_samples
+from ..data import arrays, model_sources
 from ..inputs import as_latents
 from ..work_limits import MAX_SAMPLES
 from .base import (

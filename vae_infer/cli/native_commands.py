@@ -59,7 +59,7 @@ def export_c(model: Path, out_dir: Path, target: str, weights: str, flash: str |
     report, what = None, ""
     if check:
         from ..native.check import check_export, check_images, format_report
-        from ..package import read_manifest
+        from ..package.files import read_manifest
 
         images, what = check_images(CHECK_IMAGES, read_manifest(model).image_shape, check_data)
         report = check_export(model, out_dir, weights=weights, prefix=prefix, images=images, n=CHECK_IMAGES,

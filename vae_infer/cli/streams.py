@@ -1,5 +1,5 @@
 """Images through the command line a chunk at a time: inputs read by row ranges through the data layer
-(vae_infer.sources), validated and converted one chunk at a time, and large outputs written as they are made,
+(vae_infer.data.sources), validated and converted one chunk at a time, and large outputs written as they are made,
 so a command's memory does not grow with its input (only with what it keeps of its output).
 
 A .npy output, and a .npz output of one array, is written header first and then chunk by chunk, inside
@@ -16,22 +16,22 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import arrays
 from ..atomic import write_atomically
+from ..data import arrays
+from ..data.model_sources import images_for_model, open_for_model
+from ..data.rows import Source
+from ..data.sources import open_source, parse_split, spec_splits, split_key
 from ..errors import DataError, InputError
-from ..image_source import Source
 from ..inputs import check_images
-from ..model_sources import images_for_model, open_for_model
-from ..sources import open_source, parse_split, spec_splits, split_key
 from . import base
 
 
 def open_images(path: str | Path, model) -> Source:
-    """The images of any source spec as rows read by range (vae_infer.sources): a .npy file, an .npz whose
+    """The images of any source spec as rows read by range (vae_infer.data.sources): a .npy file, an .npz whose
     arrays are stored uncompressed (np.savez; FILE.npz:KEY picks an array), a folder of PNG/JPEG files (read as
     the model's package says training read them), IDX files, FILE.parquet:COLUMN or a data set name (its test
     split unless SPEC:train). A file holding one image, (height, width) or (height*width,), is a batch of one.
-    A compressed .npz (it cannot be read by range) is read whole, as vae_infer.arrays.read_images reads it."""
+    A compressed .npz (it cannot be read by range) is read whole, as vae_infer.data.arrays.read_images reads it."""
     text, explicit = parse_split(str(path))
     file, _ = split_key(text)
     suffix = file.suffix.lower()

@@ -134,7 +134,7 @@ def check_export(package_dir: str | Path, out_dir: str | Path, weights: str = "f
     import json
 
     from .. import load
-    from ..package import read_verified
+    from ..package.files import read_verified
     from .graph import read_graph
     from .reference import evaluate
 
@@ -202,7 +202,7 @@ def check_images(n: int, image_shape: tuple[int, ...] | None = None, data: str |
     """The images a check runs on, and how to say what they are: the first n of `data` (a source spec, its
     test split) when given; else the first n Fashion-MNIST test images when they are installed and the model
     takes 28x28 images; else None (the check draws n random images of the model's size)."""
-    from ..sources import load_images
+    from ..data.sources import load_images
 
     if data is not None:
         images, where = load_images(data, split="test")
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="a source spec whose test images to check with")
     a = p.parse_args(argv)
     try:
-        from ..package import read_manifest
+        from ..package.files import read_manifest
 
         images, what = check_images(a.images, read_manifest(a.model).image_shape, a.data)
         report = check_export(a.model, a.out_dir, a.weights, a.prefix, images=images, n=a.images, target=a.target)

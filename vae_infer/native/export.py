@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, ModelPackageError
-from ..manifest import GraphSpec
+from ..package.manifest import GraphSpec
 from .abi import Sources
 from .ctext import check_c_text
 from .factory import check_weights
@@ -46,7 +46,7 @@ class Export:
 def generate_package(package_dir: str | Path, weights: str = "fp32", prefix: str = "vae",
                      block: int | None = None, rows: int | None = None) -> tuple[Sources, dict[str, str]]:
     """C sources for a model package: <prefix>_encode and <prefix>_decode; returns (sources, sha256 per function)."""
-    from ..package import read_manifest, read_verified
+    from ..package.files import read_manifest, read_verified
     from .weights import DEFAULT_BLOCK
 
     check_weights(weights)

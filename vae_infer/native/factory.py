@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 
 from ..errors import InputError, ModelPackageError
-from ..manifest import GraphSpec
+from ..package.manifest import GraphSpec
 from .build import cached_library, compile_library, find_compiler, no_compiler_error, tuning
 from .graph import Graph, read_graph
 from .runner import NativeRunner, open_library

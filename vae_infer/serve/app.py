@@ -27,9 +27,9 @@ from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from ..anomaly import SCORE_KINDS
-from ..anomaly import threshold as detect_threshold
-from ..interpolation import METHODS
+from ..anomaly.scores import SCORE_KINDS
+from ..anomaly.scores import threshold as detect_threshold
+from ..interpolation.paths import METHODS
 from ..model import VAEModel, load
 from ..work_limits import MAX_SAMPLES, MAX_STEPS
 from . import auth, bodies, docs, errors, schemas
@@ -207,7 +207,7 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
 
     @app.post("/v1/score", **_doc(s.ScoreResponse, s.ScoreRequest))
     async def score(request: Request):
-        """Per-image scores, higher = less likely (VAEModel.score; kinds from vae_infer.anomaly)."""
+        """Per-image scores, higher = less likely (VAEModel.score; kinds from vae_infer.anomaly.scores)."""
         async with state.slot() as slot:
             x, req = await _read(request, state, s.ScoreRequest, s.ScoreOptions, "images", "images")
             scores = await slot.run(lambda: m.score(x, kind=req.kind, samples=req.samples, seed=req.seed))
@@ -236,7 +236,7 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
     @app.post("/v1/interpolate", **_doc(s.InterpolateResponse, s.InterpolateRequest, npy=False))
     async def interpolate(request: Request):
         """A latent path between two images or two codes, its decoded frames and its metrics
-        (VAEModel.interpolate, vae_infer.interpolation.interpolate_codes, VAEModel.path_metrics)."""
+        (VAEModel.interpolate, vae_infer.interpolation.paths.interpolate_codes, VAEModel.path_metrics)."""
         async with state.slot() as slot:
             req, arrays = await _read_json(request, s.InterpolateRequest)
             names = ("z_a", "z_b") if req.z_a is not None else ("image_a", "image_b")
@@ -245,7 +245,7 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
 
             def job():
                 if req.z_a is not None:
-                    from ..interpolation import interpolate_codes
+                    from ..interpolation.paths import interpolate_codes
 
                     codes = interpolate_codes(m, ends[0], ends[1], steps=req.steps, method=req.method,
                                               spacing=req.spacing)

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, ModelPackageError
-from ..manifest import MANIFEST_NAME
-from ..package import read_verified, sha256_bytes
+from ..package.files import read_verified, sha256_bytes
+from ..package.manifest import MANIFEST_NAME
 from .redact import redact, redact_paths
 
 WEB_DIR = Path(__file__).with_name("web")
@@ -74,14 +74,14 @@ class Resources:
 def _read_latent_map(model) -> dict[str, Any]:
     man = model.manifest
     if getattr(man, "latent_map", None):
-        from .. import latent_map
+        from ..interpolation import latent_map
 
         m = latent_map.read_latent_map(model)
         return {"z": np.asarray(m.codes, np.float32), "labels": None if m.labels is None else np.asarray(m.labels),
                 "class_names": list(m.class_names) if m.class_names else None,
                 "source": redact_paths(m.source or "the package's latent_map section")}
     if man.latent_index:
-        from ..latent_index import read_index
+        from ..interpolation.index import read_index
 
         index = read_index(model)
         return {"z": index.codes, "labels": None, "class_names": None,
@@ -95,8 +95,8 @@ def _read_latent_map(model) -> dict[str, Any]:
 def _read_examples(model, spec: str | None, count: int) -> dict[str, Any]:
     if spec is None:
         raise DataError("this server offers no example images (started with --examples none)")
-    from ..datasets import CLASS_NAMES
-    from ..sources import open_source
+    from ..data.datasets import CLASS_NAMES
+    from ..data.sources import open_source
 
     source = open_source(spec, split="test")
     n = len(source)

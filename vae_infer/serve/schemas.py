@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..anomaly import SCORE_KINDS
-from ..interpolation import METHODS, SPACINGS
+from ..anomaly.scores import SCORE_KINDS
+from ..interpolation.paths import METHODS, SPACINGS
 from ..work_limits import MAX_SAMPLES, MAX_STEPS
 
 Rows = list[list[float]]
@@ -128,7 +128,7 @@ class InterpolateResponse(BaseModel):
     method: str
     z: Rows = Field(description="(steps, latent_size) codes along the path")
     x_hat: Rows = Field(description="(steps, height*width) their decoded images")
-    metrics: dict[str, Any] = Field(description="vae_infer.interpolation.path_metrics of the codes")
+    metrics: dict[str, Any] = Field(description="vae_infer.interpolation.paths.path_metrics of the codes")
 
 
 class LatentMapResponse(BaseModel):

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from .errors import ModelPackageError, VaeInferError
-from .text import check_name, check_text
+from ..errors import ModelPackageError, VaeInferError
+from ..text import check_name, check_text
 
 MANIFEST_NAME = "model.json"
 FORMAT_NAME = "vae-infer-model"
@@ -62,7 +62,7 @@ class Manifest:
     latent_map: dict[str, Any] | None = None  # codes and labels of a data sample, for the explorer page
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. "int8": other encoder/decoder files
     format_version: int = FORMAT_VERSION
-    # How image files become the model's pixels (vae_infer.preprocessing), where training read image files
+    # How image files become the model's pixels (vae_infer.data.preprocessing), where training read image files
     preprocessing: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -253,7 +253,7 @@ def size_problem(features: int, hidden: int | None, latent: int) -> str | None:
 
 
 def _check_preprocessing(body: object, image_shape: tuple[int, int]) -> None:
-    from .preprocessing import Preprocessing  # no Pillow: the rules only
+    from ..data.preprocessing import Preprocessing  # no Pillow: the rules only
 
     try:
         prep = Preprocessing.from_dict(body)

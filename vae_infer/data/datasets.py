@@ -1,5 +1,5 @@
 """Image data sets, without torch: named data sets and where they are looked for, their class names, the one
-validation split, and the IDX reader. Reading images by row ranges is vae_infer.sources, built on this.
+validation split, and the IDX reader. Reading images by row ranges is vae_infer.data.sources, built on this.
 
 The one data layer of the project: `train`, calibration, the latent index, batch jobs, benchmarks and tests all
 read through it. The runtime never downloads; `python -m train` does, into the same cache folder."""
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from . import machine
-from .errors import DataError
+from .. import machine
+from ..errors import DataError
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 GZIP_MAGIC = b"\x1f\x8b"

@@ -1,7 +1,7 @@
 """The readers behind every image source: a length, the per-row shape and dtype, rows read by range
 (`read(start, stop)`), and labels where the source has them. `Source` wraps an array or a memory map;
-`PngFolderSource` reads a folder of PNG files one file per row. vae_infer.sources opens the right one for
-what a user typed; vae_infer.parquet_source adds Parquet columns."""
+`PngFolderSource` reads a folder of PNG files one file per row. vae_infer.data.sources opens the right one for
+what a user typed; vae_infer.data.parquet adds Parquet columns."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DataError
+from ..errors import DataError
 
 
 class Source:
@@ -80,7 +80,7 @@ class PngFolderSource(Source):
         self._shape, self._image_shape = first.shape, image_shape or first.shape
 
     def _read_one(self, file: Path, image_shape: tuple[int, int] | None) -> np.ndarray:
-        from .viz import read_png
+        from ..viz import read_png
 
         return read_png(file, image_shape)
 

@@ -1,6 +1,6 @@
 """What a valid anomaly calibration is: model.json's `calibration` section and calibration.npz, checked field by
 field (types, ranges, shapes, finite values) and read with bounds, so nothing an edited or damaged package holds
-reaches the scores unchecked. vae_infer.anomaly writes them (calibrate) and checks them at first use; the
+reaches the scores unchecked. vae_infer.anomaly.scores writes them (calibrate) and checks them at first use; the
 package loader may check them at load (validate_calibration, load_calibration_arrays)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ModelPackageError, VaeInferError
+from ..errors import ModelPackageError, VaeInferError
 
 SCORE_KINDS = ("nelbo", "recon", "mse", "iwae", "excess", "ic", "dose")
 STOCHASTIC_KINDS = ("nelbo", "iwae", "ic")  # the kinds that draw z; the others are deterministic

@@ -1,4 +1,4 @@
-"""The statistics behind the anomaly scores of vae_infer.anomaly, in numpy: the pixel entropy, the PNG code
+"""The statistics behind the anomaly scores of vae_infer.anomaly.scores, in numpy: the pixel entropy, the PNG code
 length L(x), the density-of-states statistics T(x) and the Gaussian kernel density score over them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InputError
+from ..errors import InputError
 
 KDE_BLOCK = 1024  # rows per block of the kernel density sums: a (block, reference) float64 matrix
 

@@ -13,8 +13,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .atomic import remove_stale_leftovers, temp_folder_prefix
-from .errors import ModelPackageError
+from ..atomic import remove_stale_leftovers, temp_folder_prefix
+from ..errors import ModelPackageError
 from .manifest import MANIFEST_NAME, Manifest
 
 
@@ -107,7 +107,7 @@ def verify_all(package_dir: str | Path, manifest: Manifest, skip: tuple[str, ...
                checks: dict[str, list[Callable[[bytes], object]]] | None = None) -> None:
     """Check every file model.json lists against its sha256 (load() does, so a damaged calibration, index or
     variant is found when the package loads, not at first use), then run `checks` (file name -> functions of
-    its verified bytes: the optional sections' own checks, vae_infer.sections) on the same bytes. `skip`: files
+    its verified bytes: the optional sections' own checks, vae_infer.package.sections) on the same bytes. `skip`: files
     already checked (the graphs a load has just read), unless a check names one."""
     checks = checks or {}
     for name in manifest.files:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InputError
+from ..errors import InputError
 
 Array = NDArray[np.float32]
 NOISE_KINDS = ("gaussian", "salt-pepper")

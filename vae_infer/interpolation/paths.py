@@ -6,7 +6,7 @@
 
 method="linear" follows the straight line between the two codes, "slerp" the spherical arc (great-circle
 direction, norm interpolated), and "graph" a shortest path through the latent graph index stored in the model
-package (vae_infer.latent_index, built by vae_infer.latent_build, searched by vae_infer.latent_search):
+package (interpolation.index, built by interpolation.build, searched by interpolation.search):
 
 1. The nodes are codes of real training images that decode well. Each endpoint attaches to its nearest nodes;
    A* (or Dijkstra) finds the path of least weight, an edge weighing the chordal distance between the unit-length
@@ -14,7 +14,7 @@ package (vae_infer.latent_index, built by vae_infer.latent_build, searched by va
    field (cosine distance of decoded images to the nearest real image nearby, with a penalty for faint ones) at
    both ends and the midpoint, raised to realism_weight; nodes fainter than fade_floor times the dimmer endpoint
    weigh more still, so the path does not fade through ghosts.
-2. Refinement (vae_infer.path_refine.relax): the path, resampled to `refine_points` codes, is moved to minimise
+2. Refinement (vae_infer.interpolation.refine.relax): the path, resampled to `refine_points` codes, is moved to minimise
    sum_i c_i ** (2 realism_weight) * ||u(z[i+1]) - u(z[i])||^2 (u: the unit-length decoded image, c: the cost
    field), which shortens it in the decoder's metric while keeping it where decoded images look real. A step
    that would take a point fainter than the searched path's faintest (or than 0.85 of the endpoints' blend), or
@@ -38,11 +38,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InputError
-from .inputs import as_array, as_latents, check_output_rows
-from .path_refine import REFINE_ITERATIONS, relax
-from .realism import Reference, brightness_ratio, unit_rows
-from .work_limits import (
+from ..errors import InputError
+from ..inputs import as_array, as_latents, check_output_rows
+from ..work_limits import (
     MAX_ATTACH,
     MAX_FINE,
     MAX_REFINE_ITERATIONS,
@@ -50,6 +48,8 @@ from .work_limits import (
     MAX_STEPS,
     check_at_most,
 )
+from .realism import Reference, brightness_ratio, unit_rows
+from .refine import REFINE_ITERATIONS, relax
 
 METHODS = ("linear", "slerp", "graph")
 SPACINGS = ("data", "latent")
@@ -309,8 +309,8 @@ def _faintest(model, codes: NDArray, per: int = 4) -> float:
 
 def _graph_codes(model, za, zb, steps, spacing, info, *, search, realism_weight, refine, refine_points,
                  refine_iterations, attach, fade_floor, fade_weight) -> NDArray[np.float32]:
-    from .inputs import as_count
-    from .latent_search import DEFAULT_FADE_FLOOR, DEFAULT_FADE_WEIGHT, load_graph
+    from ..inputs import as_count
+    from .search import DEFAULT_FADE_FLOOR, DEFAULT_FADE_WEIGHT, load_graph
 
     if attach is not None:
         attach = check_at_most(as_count(attach, "attach"), MAX_ATTACH, "attach", "graph nodes per endpoint")
@@ -372,7 +372,7 @@ def path_metrics(model, path: object, *, reference: object | None = None, fine: 
     """Length, brightness and realism of a path, per frame and summarised.
 
     path: latent codes (n, latent size), e.g. from interpolate_codes, or images (n, features) / (n, h, w), n >= 2.
-    reference: real images (e.g. the training set) or a vae_infer.realism.Reference, for realism.
+    reference: real images (e.g. the training set) or a vae_infer.interpolation.realism.Reference, for realism.
     fine: with codes, each segment is split into `fine` parts (default 16) and decoded to measure the length
     (integer >= 1, at most MAX_FINE = 64; the decoded points at most 2 GiB, vae_infer.inputs.MAX_OUTPUT_BYTES).
     A path of images is measured as given: fine is refused with one, which would ignore it.
@@ -390,7 +390,7 @@ def path_metrics(model, path: object, *, reference: object | None = None, fine: 
     - summaries over the interior frames (all frames of a 2-point path): "brightness_ratio_mean",
       "brightness_ratio_min", "faint_share" (share of frames under 0.5), "realism" (mean cosine distance;
       lower is more realistic; None without reference) and "realism_l2" (its Euclidean counterpart, kept for
-      comparison: it rewards dim images, see vae_infer.realism)."""
+      comparison: it rewards dim images, see vae_infer.interpolation.realism)."""
     arr = as_array(path, "a path (latent codes or images)")
     if arr.ndim == 2 and arr.shape[1] == model.latent_size and model.latent_size != model.manifest.features:
         fine = FINE if fine is None else _fine(fine)

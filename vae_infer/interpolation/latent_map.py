@@ -1,7 +1,7 @@
 """The latent map of a model package: the latent means of a sample of a data set, with their class labels, for
 drawing the latent space (the explorer page, the README's picture).
 
-    from vae_infer.latent_map import read_latent_map
+    from vae_infer.interpolation.latent_map import read_latent_map
     m = read_latent_map(model)      # LatentMap(codes, labels, class_names, source)
     m.codes                         # (n, latent_size) float32, finite
     m.labels                        # (n,) int64 in 0..len(class_names) - 1, or None when the data had no labels
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InputError, ModelPackageError
+from ..errors import InputError, ModelPackageError
 
 MAP_FILE = "latent_map.npz"
 MAP_FORMAT = 1
@@ -44,7 +44,7 @@ def build_latent_map(model, images: object, labels: object | None = None,
 
     images: (n, features) or (n, h, w), uint8 or floats in [0, 1]. labels: (n,) integers, or None. class_names:
     the names of labels 0..; default "0", "1", ... up to the largest label."""
-    from .inputs import as_count, as_seed
+    from ..inputs import as_count, as_seed
 
     points = as_count(points, "points")
     arr = np.asarray(images)
@@ -93,7 +93,7 @@ def manifest_section(latent_map: LatentMap, file_name: str = MAP_FILE, seed: int
 def save_latent_map(package_dir: str | Path, latent_map: LatentMap, seed: int | None = None,
                     file_name: str = MAP_FILE):
     """Store the map in a model package (atomically, with its sha256 in model.json); returns the new manifest."""
-    from .package import update_package
+    from ..package.files import update_package
 
     data = to_bytes(latent_map)
     section = manifest_section(latent_map, file_name, seed)
@@ -103,7 +103,7 @@ def save_latent_map(package_dir: str | Path, latent_map: LatentMap, seed: int | 
 
 def read_latent_map(model) -> LatentMap:
     """The latent map stored in a loaded model's package, sha256-checked and validated."""
-    from .package import read_verified
+    from ..package.files import read_verified
 
     section = model.manifest.latent_map
     rebuild = f"rebuild it with `vae-infer index build {model.path} --data DATASET`"

@@ -7,7 +7,7 @@ images from disk.
 
 The spec (what --dataset, --data, INPUT and batch inputs accept): a named set (fashion-mnist, mnist), a folder
 of IDX files, an IDX file, a .npy file, FILE.npz (one array, FILE.npz:KEY, or x_train/x_test with optional
-y_train/y_test labels), FILE.parquet:COLUMN, a PNG or JPEG file, or a folder of them (vae_infer.image_folder:
+y_train/y_test labels), FILE.parquet:COLUMN, a PNG or JPEG file, or a folder of them (vae_infer.data.image_folder:
 class subfolders are labels, train/ and test/ are splits). Where a source has splits (named sets, IDX folders,
 .npz files with x_train and x_test, image folders with train/ and test/), the command picks the default (training
 and the latent index: train; calibration: the validation part of train; everything else: test) and
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from .datasets import (
     IMAGE_FILES,
     LABEL_FILES,
@@ -36,10 +37,9 @@ from .datasets import (
     missing_dataset_error,
     read_idx,
 )
-from .errors import DataError
 from .image_folder import ImageSource, folder_splits, is_image_file, open_folder
-from .image_source import Source
 from .preprocessing import Preprocessing
+from .rows import Source
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 SPLITS = tuple(IMAGE_FILES)
@@ -126,7 +126,7 @@ def open_source(spec: str | Path, split: str = "test", data_dir: str | Path | No
         raise DataError(f"{file}: not a regular file (a device, FIFO or socket cannot be read as images)")
     suffix = file.suffix.lower()
     if suffix == ".parquet":
-        from .parquet_source import open_parquet  # pyarrow: the `parquet` extra
+        from .parquet import open_parquet  # pyarrow: the `parquet` extra
 
         return open_parquet(text, file, key)
     if key is not None and suffix != ".npz":

@@ -11,9 +11,9 @@ import networkx as nx
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InputError
-from .latent_field import bilinear
-from .latent_index import LatentIndex, node_points, read_index
+from ..errors import InputError
+from .field import bilinear
+from .index import LatentIndex, node_points, read_index
 
 SEARCHES = ("astar", "dijkstra")
 DEFAULT_FADE_FLOOR = 0.8  # nodes dimmer than this times the blend of the endpoints are penalised ...

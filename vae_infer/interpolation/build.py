@@ -1,4 +1,4 @@
-"""Building the latent graph index (vae_infer.latent_index) from a data set's images or from latent codes.
+"""Building the latent graph index (vae_infer.interpolation.index) from a data set's images or from latent codes.
 
 - Nodes are encodings of real images: the codes are binned on a regular latent grid (`cell` wide) and each
   occupied cell contributes the one real code in it whose image the model reconstructs best (smallest cosine
@@ -33,10 +33,10 @@ import networkx as nx
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InputError
-from .latent_field import bilinear, occupancy_field, realism_field
-from .latent_index import METRICS, LatentIndex, node_points
-from .latent_search import _components, _factor, _weighted_graph
+from ..errors import InputError
+from .field import bilinear, occupancy_field, realism_field
+from .index import METRICS, LatentIndex, node_points
+from .search import _components, _factor, _weighted_graph
 
 DEFAULT_K = 12  # neighbours per node
 CELL_FRACTION = 0.1  # default landmark grid spacing: this fraction of the codes' standard deviation
@@ -169,7 +169,7 @@ def build_index(
     landmarks: graph nodes whose distances to every node are stored for the A* heuristic (ALT); 0 for none.
     bridge: join a disconnected graph with bridging edges (else queries across pieces raise InputError).
     max_codes: a larger dataset is subsampled (seeded) to this many codes; max_nodes bounds the nodes."""
-    from .inputs import as_array, as_count, as_latents, as_seed
+    from ..inputs import as_array, as_count, as_latents, as_seed
 
     t0 = time.perf_counter()
     k = as_count(k, "k")

@@ -4,7 +4,7 @@
 The index is stored as plain arrays in an .npz file (no pickles), listed in model.json with its sha256; reading
 checks the sha256, the format number, every array's shape, dtype range and finiteness, and refuses a malformed
 file with a ModelPackageError that says to rebuild it (`vae-infer index build`). How the index is built is
-vae_infer.latent_build; how it is searched is vae_infer.latent_search.
+vae_infer.interpolation.build; how it is searched is vae_infer.interpolation.search.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ModelPackageError
+from ..errors import ModelPackageError
 
 INDEX_FILE = "latent_index.npz"
 INDEX_FORMAT = 2  # 2: nodes are real codes (rows), cosine metric, edge midpoint costs
@@ -165,7 +165,7 @@ class LatentIndex:
 def save_index(package_dir: str | Path, index: LatentIndex, source: str | None = None,
                file_name: str = INDEX_FILE):
     """Store the index in a model package (atomically, with its sha256 in model.json); returns the new manifest."""
-    from .package import update_package
+    from ..package.files import update_package
 
     data = index.to_bytes()
     section = index.manifest_section(file_name, source)
@@ -175,13 +175,13 @@ def save_index(package_dir: str | Path, index: LatentIndex, source: str | None =
 
 def read_index(model) -> LatentIndex:
     """The index stored in a loaded model's package, sha256-checked."""
-    from .package import read_verified
+    from ..package.files import read_verified
 
     section = model.manifest.latent_index
     if not section:
         raise ModelPackageError(
             f"{model.path}: model.json has no latent_index section, so graph interpolation has no graph; build one "
-            f"with `vae-infer index build {model.path} --data DATASET` (or vae_infer.latent_build.build_index)"
+            f"with `vae-infer index build {model.path} --data DATASET` (or vae_infer.interpolation.build.build_index)"
         )
     name = section.get("file")
     if not isinstance(name, str) or name not in model.manifest.files:

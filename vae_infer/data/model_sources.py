@@ -1,6 +1,6 @@
 """Images for a model from any source spec: what the runtime commands (encode, score, detect, ...) read, and the
 held-out images calibration re-creates from what model.json records. Image files are read at the model's size
-with the preprocessing its package records (vae_infer.preprocessing), as gray; the cost of a whole read is
+with the preprocessing its package records (vae_infer.data.preprocessing), as gray; the cost of a whole read is
 bounded before any row is read."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError, InputError
 from .arrays import MAX_READ_BYTES, read_images
 from .datasets import NAMED, training_rows, validation_split
-from .errors import DataError, InputError
 from .image_folder import IMAGE_SUFFIXES
-from .image_source import Source
 from .preprocessing import Preprocessing
+from .rows import Source
 from .sources import ARRAY_SUFFIXES, open_source, parse_split, spec_splits, split_key
 
 CALIBRATION_SPLITS = ("validation", "train", "test")  # calibrate's --split: validation re-creates training's
@@ -36,7 +36,7 @@ def open_for_model(spec: str | Path, manifest, split: str = "test", data_dir: st
 def images_for_model(spec: str | Path, manifest, split: str = "test", data_dir: str | Path | None = None,
                      probe: bool = False) -> tuple[np.ndarray, Source | None]:
     """(images, their source) for a command that reads a whole input: every source kind, the default split
-    `split` where the source has splits. A plain .npy or a one-array .npz goes through vae_infer.arrays (its
+    `split` where the source has splits. A plain .npy or a one-array .npz goes through vae_infer.data.arrays (its
     checks and messages); the rest through open_source. The cost is bounded before any row is read.
     probe: only check the spec (its suffix), read nothing and return (an empty array, None)."""
     text, explicit = parse_split(spec)
@@ -65,7 +65,7 @@ def images_for_model(spec: str | Path, manifest, split: str = "test", data_dir: 
 
 def validation_indices(n: int, training: dict) -> np.ndarray:
     """The indices of the validation split that `python -m train fit` held out of training
-    (vae_infer.datasets.validation_split with the config recorded in model.json)."""
+    (vae_infer.data.datasets.validation_split with the config recorded in model.json)."""
     config = training.get("config") if isinstance(training, dict) else None
     if not isinstance(config, dict) or "validation_size" not in config or "seed" not in config:
         raise DataError("model.json records no training configuration, so its validation split is unknown; "

@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import likelihood
-from .calibration_schema import (  # noqa: F401  (validate_calibration, load_calibration_arrays: public here too)
+from ..errors import InputError, ModelPackageError
+from ..inputs import as_count, as_seed, check_output_rows
+from ..package.calibration import (  # noqa: F401  (validate_calibration, load_calibration_arrays: public here too)
     CALIBRATION_VERSION,
     DOSE_STATISTICS,
     MIN_CALIBRATION_IMAGES,
@@ -49,9 +50,9 @@ from .calibration_schema import (  # noqa: F401  (validate_calibration, load_cal
     load_calibration_arrays,
     validate_calibration,
 )
-from .errors import InputError, ModelPackageError
-from .inputs import as_count, as_seed, check_output_rows
-from .score_statistics import (  # noqa: F401  (KDE_BLOCK: public here too)
+from ..work_limits import MAX_DENOISE_STEPS, MAX_SAMPLES, check_at_most, check_work
+from . import likelihood
+from .statistics import (  # noqa: F401  (KDE_BLOCK: public here too)
     KDE_BLOCK,
     _sigmoid,
     dose_statistics,
@@ -59,7 +60,6 @@ from .score_statistics import (  # noqa: F401  (KDE_BLOCK: public here too)
     pixel_entropy,
     png_bits,
 )
-from .work_limits import MAX_DENOISE_STEPS, MAX_SAMPLES, check_at_most, check_work
 
 DEFAULT_KIND = "dose"  # detect's default: chosen by measurement (benchmarks/anomaly.md)
 DEFAULT_QUANTILE = 0.99
@@ -200,14 +200,14 @@ def _require_calibration(model, what: str) -> dict[str, Any]:
     if not cal:
         raise ModelPackageError(
             f"{model.path} is not calibrated, so {what} has no threshold: run `vae-infer calibrate {model.path} "
-            f"--data SOURCE` (or vae_infer.anomaly.calibrate) on held-out images of the training data, "
+            f"--data SOURCE` (or vae_infer.anomaly.scores.calibrate) on held-out images of the training data, "
             f"or pass a threshold"
         )
     return cal
 
 
 def _calibration_arrays(model) -> dict[str, NDArray]:
-    from .package import read_verified
+    from ..package.files import read_verified
 
     cal = _require_calibration(model, "this score")
     name = cal["reference_file"]
@@ -299,7 +299,7 @@ def calibrate(model, images: object, quantile: float = DEFAULT_QUANTILE, kinds: 
     arrays = {f"scores_{k}": scores[k].astype(np.float64) for k in kinds}
     section: dict[str, Any] = {
         "version": CALIBRATION_VERSION,
-        "source": source or "images passed to vae_infer.anomaly.calibrate",
+        "source": source or "images passed to vae_infer.anomaly.scores.calibrate",
         "examples": int(len(scores[kinds[0]])),
         "variant": getattr(model, "variant", None),  # the graphs scored: None for the fp32 ones
         "quantile": q,
@@ -316,7 +316,7 @@ def calibrate(model, images: object, quantile: float = DEFAULT_QUANTILE, kinds: 
                            "std": ref["std"].tolist(), "bandwidth": ref["bandwidth"], "kernel": "gaussian"}
     validate_calibration(section, arrays, where=f"{model.path}: the new calibration")  # no NaN reaches the disk
     if write:
-        from .package import update_package
+        from ..package.files import update_package
 
         buf = io.BytesIO()
         np.savez(buf, **arrays)

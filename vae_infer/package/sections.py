@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .calibration_schema import check_calibration_file, validate_calibration
-from .errors import ModelPackageError
-from .latent_index import parse_index
-from .latent_map import parse_latent_map
+from ..errors import ModelPackageError
+from ..interpolation.index import parse_index
+from ..interpolation.latent_map import parse_latent_map
+from .calibration import check_calibration_file, validate_calibration
 from .manifest import MANIFEST_NAME, Manifest
 
 Check = Callable[[bytes], object]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_atomically
-from .errors import InputError
+from ..atomic import write_atomically
+from ..errors import InputError
 from .sources import split_key
 
 IMAGE_SUFFIXES = (".npy", ".npz", ".png")
@@ -38,7 +38,7 @@ def read_images(path: str | Path, image_shape: tuple[int, int]) -> np.ndarray:
         if key is not None:
             raise InputError(f"{path}: a key (:{key}) only applies to .npz files")
         _require_file(file, "a .png image")
-        from .viz import read_png
+        from ..viz import read_png
 
         return read_png(file, image_shape)[None]
     arr = _read_array(file, key, "images")

@@ -9,7 +9,7 @@ Files are found recursively under each class folder and taken in sorted order (c
 names starting with "." are skipped (.DS_Store, .ipynb_checkpoints). Anything else is refused, naming it:
 other files, links to folders, an empty class folder, images beside class folders, a class name that is not
 valid Unicode or is longer than MAX_CLASS_NAME characters. A folder is never read whole to learn its shape:
-the first image decides it, and each image is checked against it when it is read (vae_infer.preprocessing)."""
+the first image decides it, and each image is checked against it when it is read (vae_infer.data.preprocessing)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DataError
-from .image_source import Source
+from ..errors import DataError
 from .preprocessing import Preprocessing, read_image_file
+from .rows import Source
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLIT_FOLDERS = ("train", "test")

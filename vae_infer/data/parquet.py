@@ -1,4 +1,4 @@
-"""Images in a Parquet column, read by row ranges: `FILE.parquet:COLUMN` for vae_infer.sources.open_source and
+"""Images in a Parquet column, read by row ranges: `FILE.parquet:COLUMN` for vae_infer.data.sources.open_source and
 batch jobs.
 
 The column holds one image per row, as a fixed-size list of numbers (uint8 0..255 or floats in [0, 1]; a plain
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, MissingExtraError
+from ..errors import DataError, MissingExtraError
 
 READER_MEMORY = 1 << 30  # RLIMIT_DATA of the reader process: the per-page (and per-batch) bound, enforced
 BATCH_BYTES = 4 << 20  # pixels per decoded batch (pyarrow's levels and offsets for a list column: ~5x that)
@@ -53,7 +53,7 @@ class ParquetSource:
         width = None if image_shape is None else int(image_shape[0]) * int(image_shape[1])
         ours, theirs = socket.socketpair()
         # a fresh interpreter (not multiprocessing's spawn, which would import the caller's __main__ again)
-        code = "import sys; from vae_infer.parquet_source import _reader_main; _reader_main(*sys.argv[1:])"
+        code = "import sys; from vae_infer.data.parquet import _reader_main; _reader_main(*sys.argv[1:])"
         self._limit = READER_MEMORY
         args = [str(theirs.fileno()), str(file), column or "", str(width or 0), str(self._limit)]
         self._proc = subprocess.Popen([sys.executable, "-c", code, *args], pass_fds=[theirs.fileno()],
@@ -131,7 +131,7 @@ class ParquetSource:
 
 def open_parquet(text: str, file: Path, column: str | None, image_shape: tuple[int, int] | None = None
                  ) -> ParquetSource:
-    """The source for `FILE.parquet[:COLUMN]` (vae_infer.sources.open_source dispatches here)."""
+    """The source for `FILE.parquet[:COLUMN]` (vae_infer.data.sources.open_source dispatches here)."""
     return ParquetSource(text, Path(file), column, image_shape)
 
 

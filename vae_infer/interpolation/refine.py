@@ -1,5 +1,5 @@
 """Path refinement ("relaxation"): a latent path moved to minimise a discrete, cost-weighted energy in the
-decoder's metric, by damped Gauss-Newton steps with finite-difference decoder Jacobians (vae_infer.interpolation
+decoder's metric, by damped Gauss-Newton steps with finite-difference decoder Jacobians (vae_infer.interpolation.paths
 uses it for graph paths)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .inputs import as_count
-from .work_limits import MAX_REFINE_ITERATIONS, MAX_REFINE_POINTS, check_at_most
+from ..inputs import as_count
+from ..work_limits import MAX_REFINE_ITERATIONS, MAX_REFINE_POINTS, check_at_most
 
 REFINE_ITERATIONS = 6
 FD_STEP = 1e-2  # latent finite-difference step for the decoder Jacobian

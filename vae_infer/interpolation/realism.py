@@ -53,7 +53,7 @@ class Reference:
     """Real images to measure realism against, prepared once (validated rows, unit rows, squared norms)."""
 
     def __init__(self, model, images: object) -> None:
-        from .errors import InputError
+        from ..errors import InputError
 
         arr = np.asarray(images)
         if arr.ndim == 0 or len(arr) == 0:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import DataError, MissingExtraError
+from ..errors import DataError, MissingExtraError
 
 MAX_FILE_PIXELS = 1 << 26  # 8192 x 8192: a file whose header declares more is refused before decoding
 FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
