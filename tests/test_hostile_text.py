@@ -265,7 +265,8 @@ def _hostile_package(sectioned: Path, tmp_path: Path, text: str) -> Path:
 def _check_info_output(label: str, text: str, pkg: Path, flag: str, code: int, out_bytes: bytes,
                        err_bytes: bytes) -> None:
     """What `vae-infer info PKG [--full | --json]` (flag) printed for a package holding `text`: valid UTF-8 with
-    no character a terminal could obey; the text shown escaped (or as JSON escapes), or one line of refusal naming the field."""
+    no character a terminal could obey; the text shown escaped (or as JSON escapes), or one line of refusal naming
+    the field."""
     out, err = out_bytes.decode("utf-8"), err_bytes.decode("utf-8")  # strict: valid UTF-8 only
     assert not _unsafe(out) and not _unsafe(err), (label, flag, _unsafe(out + err))
     if _refused_by_rules(label, text, ("name",)):
