@@ -78,7 +78,7 @@ def info(model: Path, device: str, threads: int | None, as_json: bool, full: boo
         return
     if not full:
         for k, v in short_info(m, sections):
-            for i, line in enumerate(_wrap(v) if k == "files" else [v]):  # the one long row of many names
+            for i, line in enumerate(_wrap(v) if k in ("files", "test figures") else [v]):  # the long rows
                 echo(f"{k + ':' if i == 0 else '':<13} {line}")
         echo("(more with --full: training configuration, sha256 of every file, device)")
         return
