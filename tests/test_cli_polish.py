@@ -93,18 +93,19 @@ def test_a_busy_port_is_named_with_its_host_and_the_option_that_fixes_it():
 
 # -- extras checked before any work ---------------------------------------------------------------------------
 
-# An interpreter without matplotlib: a finder placed first on the meta path refuses the name, as a missing
+# An interpreter without a package: a finder placed first on the meta path refuses the name, as a missing
 # package would, and the CLI then runs as `python -m vae_infer`.
-WITHOUT_MATPLOTLIB = """
+WITHOUT = """
 import runpy, sys
-class NoMatplotlib:
+class Without:
     def find_spec(self, name, path=None, target=None):
-        if name == "matplotlib" or name.startswith("matplotlib."):
+        if name == "MODULE" or name.startswith("MODULE."):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, NoMatplotlib())
+sys.meta_path.insert(0, Without())
 sys.argv = ["vae-infer", *sys.argv[1:]]
 runpy.run_module("vae_infer", run_name="__main__", alter_sys=True)
 """
+WITHOUT_MATPLOTLIB = WITHOUT.replace("MODULE", "matplotlib")
 
 
 def test_the_interpreter_without_matplotlib_really_lacks_it():
@@ -130,6 +131,23 @@ def test_png_without_matplotlib_is_refused_before_any_file_is_written(tmp_path, 
     assert "pip install 'vae-infer[viz]'" in lines[0]
     assert "save_image_grid" not in lines[0] and "Traceback" not in r.stderr  # no internal name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.npy"]  # nothing written, not even the .npy
+
+
+def test_an_image_folder_without_pillow_is_refused_before_the_batch_folder_is_made(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with np.load(ROOT / "tests" / "fixtures" / "tiny-images.npz") as z:
+        images = z["images"][:3].reshape(-1, 28, 28)
+    for i, image in enumerate(images):
+        Image.fromarray((image * 255).astype(np.uint8) if image.dtype != np.uint8 else image).save(folder / f"{i}.png")
+    r = _run(["-c", WITHOUT.replace("MODULE", "PIL"), "batch", str(TINY_PACKAGE), str(folder), "--out",
+              str(tmp_path / "out"), "--format", "npz"])
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    assert r.stderr.strip().splitlines() == ["Error: reading PNG or JPEG files needs Pillow, which is not installed; "
+                                             "install it with: pip install 'vae-infer[images]'"]
+    assert not (tmp_path / "out").exists()  # no folder, no lock: nothing was started
 
 
 # -- info: short by default, --full for the rest -------------------------------------------------------------
