@@ -93,7 +93,7 @@ def test_installed_console_script_runs():
 
 
 def test_info_shows_the_manifest_and_verified_files(api):
-    text = ok(run("info", MODEL)).output
+    text = ok(run("info", MODEL, "--full")).output
     man = api.manifest
     for fragment in ("tiny-model", "28 x 28", "latent size:  2", "bernoulli", "opset:        18",
                      "test.nelbo: 533.724", "CPUExecutionProvider", man.files["encoder.onnx"]):
@@ -402,8 +402,8 @@ def test_info_lists_the_optional_sections(tiny_package):
     assert info["variants"]["int8"]["encoder_file"] == "encoder.int8.onnx"
     assert info["calibration"]["default_kind"] == "dose" and "dose" in info["calibration"]["kinds"]
     assert info["latent_index"]["file"] == "latent_index.npz"
-    text = ok(CliRunner().invoke(cli.main, ["info", str(tiny_package)])).output
+    text = ok(CliRunner().invoke(cli.main, ["info", str(tiny_package), "--full"])).output
     assert "variants:     none (make them with: python -m train export" in text
     assert "calibration:  none (vae-infer calibrate" in text
-    shipped_text = ok(CliRunner().invoke(cli.main, ["info", "models/fashion-mnist"])).output
+    shipped_text = ok(CliRunner().invoke(cli.main, ["info", "models/fashion-mnist", "--full"])).output
     assert "variants:     int8 (variant='int8'), fp16 (variant='fp16'), ort (variant='ort')" in shipped_text

@@ -262,28 +262,35 @@ def _hostile_package(sectioned: Path, tmp_path: Path, text: str) -> Path:
     return pkg
 
 
-def _check_info_output(label: str, text: str, pkg: Path, as_json: bool, code: int, out_bytes: bytes,
+def _check_info_output(label: str, text: str, pkg: Path, flag: str, code: int, out_bytes: bytes,
                        err_bytes: bytes) -> None:
-    """What `vae-infer info PKG [--json]` printed for a package holding `text`: valid UTF-8 with no character a
-    terminal could obey; the text shown escaped (or as JSON escapes), or one line of refusal naming the field."""
+    """What `vae-infer info PKG [--full | --json]` (flag) printed for a package holding `text`: valid UTF-8 with
+    no character a terminal could obey; the text shown escaped (or as JSON escapes), or one line of refusal naming
+    the field."""
     out, err = out_bytes.decode("utf-8"), err_bytes.decode("utf-8")  # strict: valid UTF-8 only
-    assert not _unsafe(out) and not _unsafe(err), (label, as_json, _unsafe(out + err))
+    assert not _unsafe(out) and not _unsafe(err), (label, flag, _unsafe(out + err))
     if _refused_by_rules(label, text, ("name",)):
         assert code == 1 and out == "", (label, code)
         lines = err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: model.json: .name: expected a name"), err
         return
     assert code == 0 and err == "", (label, err)
-    if as_json:
+    if flag == "--json":
         info = json.loads(out)
         assert info["name"] == text and info["path"] == str(pkg) and info["latent_map"]["source"] == text
         assert out.isascii() and "\x7f" not in out
         return
     assert f"{'name:':<13} {terminal_text(text)}\n" in out
+    if not flag:  # the short form: the name and the sections, no training record
+        assert "sections:     " in out and "note:" not in out
+        return
     assert f"{'path:':<13} {terminal_text(str(pkg))}\n" in out
     assert f"  note: {terminal_text(text)}\n" in out
     if label == "terminal-osc":
         assert "name:         \\x1b]0;vae_infer_canary_pwned\\x07\\x1b[2J\n" in out  # shown, not obeyed
+
+
+INFO_FLAGS = ("", "--full", "--json")  # the short form, the whole and the JSON
 
 
 @pytest.mark.parametrize(("label", "text"), _text_cases())
@@ -294,10 +301,10 @@ def test_info_of_a_hostile_package_prints_no_control_characters(sectioned, tmp_p
     from vae_infer.cli import main
 
     pkg = _hostile_package(sectioned, tmp_path, text)
-    for as_json in (False, True):
-        result = CliRunner().invoke(main, ["info", str(pkg)] + (["--json"] if as_json else []))
+    for flag in INFO_FLAGS:
+        result = CliRunner().invoke(main, ["info", str(pkg), *([flag] if flag else [])])
         assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-        _check_info_output(label, text, pkg, as_json, result.exit_code, result.stdout_bytes, result.stderr_bytes)
+        _check_info_output(label, text, pkg, flag, result.exit_code, result.stdout_bytes, result.stderr_bytes)
 
 
 SUBPROCESS_CASES = ("terminal-osc", "bidi-override", "del-and-c0", "lone-surrogate", "long-name")
@@ -306,9 +313,9 @@ SUBPROCESS_CASES = ("terminal-osc", "bidi-override", "del-and-c0", "lone-surroga
 @pytest.mark.parametrize(("label", "text"), [p for p in _text_cases() if p.values[0] in SUBPROCESS_CASES])
 def test_vae_infer_info_in_a_real_terminal_process_prints_no_control_characters(sectioned, tmp_path, label, text):
     pkg = _hostile_package(sectioned, tmp_path, text)
-    for as_json in (False, True):
-        run = _run_cli("info", str(pkg), *(["--json"] if as_json else []))
-        _check_info_output(label, text, pkg, as_json, run.returncode, run.stdout, run.stderr)
+    for flag in INFO_FLAGS:
+        run = _run_cli("info", str(pkg), *([flag] if flag else []))
+        _check_info_output(label, text, pkg, flag, run.returncode, run.stdout, run.stderr)
 
 
 @pytest.mark.slow
@@ -325,7 +332,7 @@ def test_a_lone_surrogate_path_and_click_errors_are_escaped(tmp_path):
     assert err.count("\n") == 1 and "nope\\udc80\\x1b[2J" in err and "UnicodeEncodeError" not in err
     folder = tmp_path / "pkg\udc80\x1b[2J"  # a real package in such a folder: its path printed escaped
     shutil.copytree(TINY_PACKAGE, folder)
-    run = _run_cli("info", str(folder))
+    run = _run_cli("info", str(folder), "--full")
     out = run.stdout.decode("utf-8")
     assert run.returncode == 0 and not _unsafe(out) and f"path:         {tmp_path}/pkg\\udc80\\x1b[2J\n" in out
     run = _run_cli("sample", str(tmp_path), "-n", "\x1b]0;x\x07", "--out", "o.npy")  # click's own error

@@ -481,7 +481,7 @@ def test_train_on_a_png_folder_then_every_command(tmp_path, digits):
     assert man["training"]["holdout"] == {"rule": "random", "test_fraction": 0.1, "seed": 0, "rows": 1797}
     assert man["training"]["train_examples"] == 1617 - 200 and man["training"]["test_examples"] == 180
 
-    info = ok(run("info", pkg)).output
+    info = ok(run("info", pkg, "--full")).output
     assert "8 x 8 (64 features)" in info and "image files:  must be 8x8; colour refused; transparency refused" in info
     model = vae_infer.load(pkg, threads=1)
     source = open_source(folder)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -33,7 +35,32 @@ def _errors_as_one_line(fn):
     return wrapper
 
 
-@click.group()
+def quiet_libraries(verbose: bool) -> None:
+    """Third-party output is for those who ask (-v): the root logger at DEBUG shows everything (and tells the
+    quantizer not to hush itself, see variants._quantizer_quiet); otherwise only errors, and no warnings."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, format=fmt, force=True)
+        warnings.resetwarnings()
+        return
+    logging.basicConfig(level=logging.ERROR, format=fmt)  # a handler of ours, so logging adds no WARNING default
+    if not sys.warnoptions:  # an explicit -W or PYTHONWARNINGS wins
+        warnings.simplefilter("ignore")
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, verbose: bool) -> None:
+    if verbose or ctx.parent is None:  # the group sets the default; `fit -v` turns it up
+        quiet_libraries(verbose)
+
+
+verbose_option = click.option(
+    "-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbosity,
+    help="Show the log lines and warnings of the libraries underneath (torch, onnx, onnxruntime's quantizer); "
+         "without it only this program's own output appears.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@verbose_option
 def main() -> None:
     """Train the course's VAE and export it as an ONNX model package for vae_infer."""
 
@@ -79,6 +106,7 @@ def main() -> None:
 @click.option("--pictures/--no-pictures", default=True, show_default=True, help="Write pictures (matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--drop-extras", is_flag=True, help=DROP_HELP)
+@verbose_option
 @_errors_as_one_line
 def fit(data_dir, hidden_size, latent_size, run_dir, out, resume, pictures, quiet, drop_extras, **options) -> None:
     """Train a VAE, export it to --out, and report its test figures (nats per example)."""
@@ -109,6 +137,7 @@ def fit(data_dir, hidden_size, latent_size, run_dir, out, resume, pictures, quie
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding named datasets (else VAE_DATA_DIR).")
 @click.option("--pictures/--no-pictures", default=False, show_default=True, help="Write the pictures again.")
 @click.option("--drop-extras", is_flag=True, help=DROP_HELP)
+@verbose_option
 @_errors_as_one_line
 def export(source, out, quantize, fp16, ort_format, data_dir, pictures, drop_extras) -> None:
     """Export a model package, or add variants to one.

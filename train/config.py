@@ -106,3 +106,15 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def option_name(field_name: str) -> str:
+    """The command-line option of a configuration field (`batch_size` is `--batch-size`)."""
+    return "--" + field_name.replace("_", "-")
+
+
+def changed_options(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`--NAME BEFORE -> NOW` for every field whose value differs between two configurations (as dicts)."""
+    return [f"{option_name(k)} {before.get(k)!r} -> {now.get(k)!r}"
+            for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+

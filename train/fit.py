@@ -19,7 +19,7 @@ import torch
 from vae_infer.data.datasets import validation_split
 from vae_infer.errors import VaeInferError
 
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, changed_options
 from .data import Dataset, load_dataset
 from .loss import importance_weighted_nll, negative_elbo
 from .model import VAE
@@ -117,6 +117,31 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
             w.writerows(history)
 
 
+def check_resumable(ckpt: dict, config: TrainConfig, model_config: ModelConfig, ckpt_path: Path) -> None:
+    """A run resumes with the options it was made with; only --epochs may grow, and only where the learning
+    rate does not depend on the total (the constant schedule): each epoch's batches and noise are seeded by
+    (seed, epoch), so the extended run equals one trained for the new total from the start."""
+    before = {**ckpt["train_config"], **ckpt["model_config"]}
+    now = {**config.to_dict(), **model_config.to_dict()}
+    before["epochs"] = now["epochs"]  # judged on its own below
+    changes = changed_options(before, now)
+    if changes:
+        raise VaeInferError(
+            f"--resume: {ckpt_path} was made with a different configuration: {'; '.join(changes)} (the run's value "
+            f"-> this command's); resume with the run's values or start a new run folder (--run-dir)")
+    planned, done = ckpt["train_config"]["epochs"], ckpt["epoch"]
+    if config.epochs == planned:
+        return
+    if config.epochs < done:
+        raise VaeInferError(f"--resume --epochs {config.epochs}: the run at {ckpt_path} has already trained "
+                            f"{done} epochs; give --epochs {done} or more")
+    if config.schedule == "onecycle":
+        raise VaeInferError(
+            f"--resume --epochs {config.epochs}: the run was planned for {planned} epochs with the onecycle "
+            f"schedule, whose learning rate at every step depends on the total number of epochs, so it cannot be "
+            f"extended; resume with --epochs {planned}, or start a new run folder (--run-dir)")
+
+
 def fit(
     config: TrainConfig,
     model_config: ModelConfig | None = None,
@@ -160,11 +185,7 @@ def fit(
         if not ckpt_path.is_file():
             raise VaeInferError(f"--resume: no checkpoint at {ckpt_path}; run without --resume to start afresh")
         ckpt = torch.load(ckpt_path, weights_only=True)
-        if TrainConfig.from_dict(ckpt["train_config"]) != config or ckpt["model_config"] != model_config.to_dict():
-            raise VaeInferError(
-                f"--resume: {ckpt_path} was made with a different configuration "
-                f"({ckpt['train_config']}); resume with the same options or start a new run folder"
-            )
+        check_resumable(ckpt, config, model_config, ckpt_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:

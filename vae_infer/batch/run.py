@@ -83,9 +83,25 @@ def run_batch(package: str | Path, inputs: Sequence[str | Path], out: str | Path
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     specs = expand(inputs)
+    if any(_reads_images(spec) for spec in specs):  # the images extra, said before the folder is locked
+        from ..data.preprocessing import pillow
+
+        pillow()
     with folder_lock(out):
         return _run_locked(package, manifest, specs, out, options, engine, workers, threads, chunk_rows, skip_bad,
                            progress, ray_options, on_rows, t0, pin_inputs)
+
+
+def _reads_images(spec: str) -> bool:
+    """Whether an input is read with Pillow: a PNG or JPEG file, or a folder holding no IDX files."""
+    from ..data.datasets import IMAGE_FILES, find_split_file
+    from ..data.image_folder import is_image_file
+    from ..data.sources import split_key
+
+    file, _ = split_key(spec)
+    if file.is_dir():
+        return not any(find_split_file(file, stem) for stem in IMAGE_FILES.values())
+    return is_image_file(file)
 
 
 def _run_locked(package, manifest, specs, out: Path, options: BatchOptions, engine: str, workers: int,

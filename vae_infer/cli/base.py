@@ -150,7 +150,14 @@ def check_out(ctx: click.Context, param: click.Parameter, value: Path | None) ->
 
 
 def check_png(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    return None if value is None else arrays.check_output(value, (".png",))
+    """A picture's path, refused while parsing (before any work or any other output is written) when it is
+    not a writable .png or when the viz extra that draws it is not installed."""
+    if value is None:
+        return None
+    from ..viz import _require_matplotlib
+
+    _require_matplotlib(f"{param.opts[0]} {value}")  # raises MissingExtraError with the install command
+    return arrays.check_output(value, (".png",))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout (for scripts).")

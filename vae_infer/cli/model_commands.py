@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -32,6 +33,8 @@ from .base import (
 )
 from .streams import chunks, first_rows, open_images, progress, write_rows
 
+SHORT_WIDTH = 86  # columns of a short `info` value: with its 14-column label, lines fit a 100-column terminal
+
 
 def given(*names: str) -> list[str]:
     """Which of these parameters the user typed on the command line, as their option names."""
@@ -50,13 +53,17 @@ def refuse_ignored(options: list[str], ignored: bool, why: str) -> None:
 @main.command()
 @model_options
 @json_option
-def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
+@click.option("--full", is_flag=True,
+              help="Also the likelihood, opset, device and providers, the sha256 of every file and the whole "
+                   "training record (configuration and command).")
+def info(model: Path, device: str, threads: int | None, as_json: bool, full: bool) -> None:
     """Describe a model package and verify its files.
 
-    Prints the name, image shape, latent size, likelihood, ONNX opset, the optional sections the package
-    carries (variants, to load with variant=NAME; calibration, for detect; the latent index, for graph
-    interpolation; the latent map), the training figures recorded in model.json, the sha256 of every file
-    (all verified while loading) and the device and onnxruntime providers in use."""
+    Prints the name, format, image shape, latent size, the files and their sizes (every sha256 verified while
+    loading), the headline test figures and the optional sections the package carries (variants, to load with
+    variant=NAME; calibration, for detect; the latent index, for graph interpolation; the latent map).
+    --full adds the rest: likelihood, opset, how image files are read, the device and onnxruntime providers,
+    every file's sha256 and the whole training record. --json prints everything as one object."""
     m = open_model(model, device, threads)
     man = m.manifest
     sections = package_sections(man)
@@ -68,6 +75,12 @@ def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
             "opset": man.opset, "training": man.training, "tools": man.tools, "files": dict(sorted(man.files.items())),
             "device": m.device, "providers": m.providers, "preprocessing": man.preprocessing, **sections,
         })
+        return
+    if not full:
+        for k, v in short_info(m, sections):
+            for i, line in enumerate(_wrap(v) if k in ("files", "test figures") else [v]):  # the long rows
+                echo(f"{k + ':' if i == 0 else '':<13} {line}")
+        echo("(more with --full: training configuration, sha256 of every file, device)")
         return
     h, w = man.image_shape
     providers = "; ".join(f"{role}: {', '.join(p)}" for role, p in m.providers.items())
@@ -88,6 +101,64 @@ def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
         echo("training:")
         for k, v in flatten(man.training):
             echo(f"  {k}: {fmt(v)}")
+
+
+def short_info(m, sections: dict) -> list[tuple[str, str]]:
+    """The few lines a person reads first: what the package is, what it holds, how good it is."""
+    man = m.manifest
+    h, w = man.image_shape
+    sizes = {name: (m.path / name).stat().st_size for name in sorted(man.files)}
+    listed = ", ".join(f"{name} {_mb(n)}" for name, n in sizes.items())
+    rows = [
+        ("name", man.name),
+        ("format", f"model package v{man.format_version}: ONNX encoder and decoder, {man.likelihood} likelihood"),
+        ("image shape", f"{h} x {w} ({man.features} features)"),
+        ("latent size", str(man.latent_size)),
+        ("files", f"{len(sizes)}, {_mb(sum(sizes.values()))} in all, sha256 verified: {listed}"),
+    ]
+    figures = headline_figures(man.training)
+    if figures:
+        rows.append(("test figures", figures))
+    present = [name.replace("_", " ") for name in ("variants", "calibration", "latent_index", "latent_map")
+               if sections[name]]
+    if sections["variants"]:
+        present[0] = f"variants ({', '.join(sections['variants'])})"
+    rows.append(("sections", ", ".join(present) or "none"))
+    return rows
+
+
+def headline_figures(training: dict) -> str:
+    """The training record's test figures in one line (nats per example), or '' when it has none."""
+    t = training or {}
+    parts = []
+    if _is_number(t.get("test_nelbo")):
+        parts.append(f"-ELBO {t['test_nelbo']:.2f} nats/example")
+    if _is_number(t.get("test_iw_nll")):
+        k = t.get("iw_samples")
+        parts.append(f"importance-weighted{f' (k={k})' if _is_number(k) else ''} {t['test_iw_nll']:.2f}")
+    if parts and t.get("dataset") is not None:
+        epochs = f", {t['epochs_run']} epochs" if _is_number(t.get("epochs_run")) else ""
+        parts.append(f"trained on {t['dataset']}{epochs}")
+    return "; ".join(parts)
+
+
+def _wrap(text: str) -> list[str]:
+    """Lines of at most SHORT_WIDTH columns, broken only after "; " or ", " (so "0.40 MB" stays together)."""
+    lines = [""]
+    for part in re.split(r"(?<=[;,]) ", text):
+        if lines[-1] and len(lines[-1]) + 1 + len(part) > SHORT_WIDTH:
+            lines.append(part)
+        else:
+            lines[-1] = f"{lines[-1]} {part}" if lines[-1] else part
+    return lines
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} bytes"
 
 
 def package_sections(man) -> dict:

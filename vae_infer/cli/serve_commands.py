@@ -87,10 +87,10 @@ def serve(model: Path, host: str, port: int, token: str | None, allowed_hosts: t
                          compute_threads=compute_threads, threads=threads, inline_rows=inline_rows,
                          web_assets=web_assets,
                          examples=None if examples.lower() == "none" else examples)
-    app = create_app(model, config)
+    app = create_app(model, config)  # a missing or damaged package is reported before the port is taken
     from ..serve.server import bind, run
 
-    sock = bind(config)
+    sock = bind(config)  # a busy port: one line naming host:port and --port
     bound = sock.getsockname()[1]
     state = app.state.vae
     name = host if not is_wildcard(host) else allowed_hosts[0]

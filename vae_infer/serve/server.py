@@ -13,9 +13,11 @@ connection is closed at once. A slow client is disconnected; it never holds the 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 
+from ..errors import VaeInferError
 from .config import ServeConfig
 
 log = logging.getLogger("vae_infer.serve")
@@ -60,11 +62,26 @@ def bind(config: ServeConfig) -> socket.socket:
     try:
         sock.bind((config.host, config.port))
         sock.listen(2048)  # listening from here on: clients that connect before uvicorn starts wait in the backlog
-    except OSError:
+    except OSError as e:
         sock.close()
-        raise
+        raise VaeInferError(_bind_problem(config.host, config.port, e)) from e
     sock.set_inheritable(True)
     return sock
+
+
+def _bind_problem(host: str, port: int, e: OSError) -> str:
+    """What went wrong binding host:port, in the words of the options that fix it."""
+    where = f"{f'[{host}]' if ':' in host else host}:{port}"
+    if e.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {where}: the address is already in use (another server on port {port}?); "
+                f"stop it, or choose another port with --port (--port 0 takes any free one)")
+    if e.errno == errno.EACCES:
+        return (f"cannot listen on {where}: permission denied (ports below 1024 need privileges); "
+                f"choose --port 1024 or above")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return (f"cannot listen on {where}: {host} is not an address of this machine; "
+                f"give --host one of its addresses (127.0.0.1 for this machine only)")
+    return f"cannot listen on {where}: {e.strerror or e}; check --host and --port"
 
 
 def deadline_protocol(config: ServeConfig, metrics):
