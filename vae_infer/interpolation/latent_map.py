@@ -127,7 +127,8 @@ def manifest_section(latent_map: LatentMap, file_name: str = MAP_FILE, seed: int
     return {"file": file_name, "format": MAP_FORMAT, "points": int(len(latent_map.codes)),
             "latent_size": int(latent_map.codes.shape[1]), "class_names": list(latent_map.class_names),
             "labelled": latent_map.labels is not None,
-            "projection": "pca" if latent_map.projection is not None else None, "source": latent_map.source, "seed": seed}
+            "projection": "pca" if latent_map.projection is not None else None, "source": latent_map.source,
+            "seed": seed}
 
 
 def save_latent_map(package_dir: str | Path, latent_map: LatentMap, seed: int | None = None,
@@ -235,7 +236,7 @@ def _projection_problems(p: Projection, codes: NDArray) -> list[str]:
     n, d = codes.shape
     want = {"pca_mean": (d,), "pca_components": (d, PLANE), "pca_points": (n, PLANE)}
     bad = [f"{key} is {arr.dtype} {arr.shape}, expected float32 {want[key]}"
-           for key, arr in zip(PCA_ARRAYS, p) if arr.dtype != np.float32 or arr.shape != want[key]]
+           for key, arr in zip(PCA_ARRAYS, p, strict=True) if arr.dtype != np.float32 or arr.shape != want[key]]
     if bad:
         return bad
     if not all(np.isfinite(arr).all() for arr in p):
