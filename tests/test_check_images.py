@@ -138,4 +138,4 @@ def test_no_check_images_stores_none_and_drops_earlier_ones(digits, package):
              "--no-check-images")
     assert "stored no check images" in r.stdout
     r = _run("-m", "vae_infer", "export-c", str(package), "--out", str(package.parent / "c"), "--check")
-    assert "50 random images (the package carries no check images" in r.stdout  # not Fashion-MNIST: 8x8
+    assert "50 random images (pass --check-data for real ones)" in r.stdout  # never Fashion-MNIST for 8x8

@@ -215,8 +215,7 @@ def check_images(n: int, image_shape: tuple[int, ...] | None = None, data: str |
         if carried is not None:
             return carried[:n], f"{min(n, len(carried))} images the package carries"
     if image_shape is not None and tuple(image_shape) != FASHION_SHAPE:
-        return None, (f"{n} random images (the package carries no check images: pass --check-data, or store "
-                      f"some with vae-infer calibrate)")
+        return None, f"{n} random images (pass --check-data for real ones)"
     try:
         images, _ = load_images("fashion-mnist", split="test")
         return images[:n], f"{min(n, len(images))} Fashion-MNIST test images"
