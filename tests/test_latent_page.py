@@ -208,3 +208,48 @@ def test_shipped_2d_page_keeps_its_plain_drawing(browser):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _map_bytes(codes, projection):
+    from vae_infer.interpolation.latent_map import manifest_section, to_bytes
+
+    m = LatentMap(codes, None, (), "synthetic", projection)
+    return to_bytes(m), manifest_section(m)
+
+
+def test_a_map_and_its_section_must_agree_on_the_projection():
+    from vae_infer.interpolation.latent_map import parse_latent_map
+
+    rng = np.random.default_rng(1)
+    codes = rng.normal(size=(300, 5)).astype(np.float32)
+    data, section = _map_bytes(codes, pca_projection(codes))
+    got = parse_latent_map(data, section, 5, "map", "rebuild")
+    np.testing.assert_array_equal(got.projection.points, pca_projection(codes).points)
+    with pytest.raises(ModelPackageError, match=r"projection=None for a 5-D latent, the file holds PCA arrays"):
+        parse_latent_map(data, {**section, "projection": None}, 5, "map", "rebuild")
+    data2, section2 = _map_bytes(codes, None)  # a map written without the PCA arrays, but said to have them
+    with pytest.raises(ModelPackageError, match=r"projection='pca' for a 5-D latent, the file has no PCA arrays"):
+        parse_latent_map(data2, {**section2, "projection": "pca"}, 5, "map", "rebuild")
+    flat = codes[:, :2].copy()
+    data3, section3 = _map_bytes(flat, pca_projection(flat))  # a 2-D latent is drawn as it is: no projection
+    with pytest.raises(ModelPackageError, match=r"projection='pca' for a 2-D latent"):
+        parse_latent_map(data3, section3, 2, "map", "rebuild")
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_an_older_map_without_pca_arrays_is_served_with_a_projection_made_on_read(latent8, tmp_path):
+    import shutil
+
+    from vae_infer.serve.resources import _read_latent_map
+
+    old = tmp_path / "old"
+    shutil.copytree(latent8, old)
+    m = read_latent_map(vae_infer.load(old, threads=1))
+    save_latent_map(old, m._replace(projection=None))
+    lmap = json.loads((old / "model.json").read_text())["latent_map"]
+    assert lmap["projection"] is None
+    served = _read_latent_map(vae_infer.load(old, threads=1))["projection"]
+    want = pca_projection(m.codes)
+    np.testing.assert_allclose(served["points"], want.points, atol=1e-6)
+    np.testing.assert_allclose(served["components"], m.projection.components, atol=1e-5)
