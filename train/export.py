@@ -56,8 +56,9 @@ def graph_specs(config: ModelConfig) -> tuple[GraphSpec, GraphSpec]:
 
 def what_would_be_dropped(out: str | Path, rebuilt_variants: tuple[str, ...] = ()) -> list[str]:
     """What writing a new export to `out` would lose: the optional sections of the package there (variants,
-    calibration, latent index: all made from the old weights, so wrong for new ones) and files in the folder
-    that model.json does not list. Variants in rebuilt_variants are made again from the new weights."""
+    calibration, latent index, check images: all made from or chosen for the old weights, so wrong for new ones)
+    and files in the folder that model.json does not list. Variants in rebuilt_variants are made again from the
+    new weights."""
     out = Path(out)
     if not out.exists():
         return []
@@ -72,8 +73,8 @@ def what_would_be_dropped(out: str | Path, rebuilt_variants: tuple[str, ...] = (
     variants = sorted(set(data.get("variants") or {}) - set(rebuilt_variants))
     if variants:
         dropped.append(f"variant{'s' if len(variants) > 1 else ''} {', '.join(variants)}")
-    dropped += [label for key, label in (("calibration", "calibration"), ("latent_index", "latent index"))
-                if data.get(key)]
+    dropped += [label for key, label in (("calibration", "calibration"), ("latent_index", "latent index"),
+                                         ("check_images", "check images")) if data.get(key)]
     listed = set(data.get("files") or {}) | ({MANIFEST_NAME} if data else set())
     stray = sorted(p.name for p in out.iterdir() if p.name not in listed)
     if stray:

@@ -10,6 +10,13 @@ import numpy as np
 from ..anomaly import scores as anomaly
 from ..data import arrays, model_sources, sources
 from ..data.model_sources import calibration_images
+from ..package.check_images import (
+    CHECK_IMAGES_FILE,
+    DEFAULT_CHECK_IMAGES,
+    choose_check_images,
+    drop_check_images,
+    save_check_images,
+)
 from ..work_limits import MAX_DENOISE_STEPS, MAX_SAMPLES, check_work
 from .base import (
     PNG_PAIRS,
@@ -57,15 +64,20 @@ FLAGGED_SHOWN = 20  # indices of flagged images printed by detect (all are in --
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="S")
 @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
               help="Use only the first N images.")
+@click.option("--check-images/--no-check-images", "keep_check_images", default=True, show_default=True,
+              help=f"Also store {DEFAULT_CHECK_IMAGES} of the images in the package (check_images.npy) for its "
+                   f"self-checks (export-c --check). Packages are shared: --no-check-images stores none and drops "
+                   f"those stored before.")
 @json_option
 def calibrate(model: Path, data: str, split: str | None, data_dir: Path | None, quantile: float, kinds: tuple,
-              default_kind: str, samples: int | None, iw_samples: int | None, seed: int, limit: int | None, device: str,
-              threads: int | None, as_json: bool) -> None:
+              default_kind: str, samples: int | None, iw_samples: int | None, seed: int, limit: int | None,
+              keep_check_images: bool, device: str, threads: int | None, as_json: bool) -> None:
     """Calibrate anomaly thresholds on held-out images and store them in the model package.
 
     Scores the images with every kind, keeps each kind's --quantile as its threshold in model.json (section
     calibration) and the scores and the density-of-states reference in calibration.npz. The package is
-    rewritten atomically; every file is verified first. detect then works without options."""
+    rewritten atomically; every file is verified first. detect then works without options. Unless
+    --no-check-images, a seeded sample of the images is stored too (check_images.npy) for export-c --check."""
     refuse_ignored(given("seed"), not set(kinds or anomaly.SCORE_KINDS) & set(anomaly.STOCHASTIC_KINDS),
                    "no calibrated kind draws z")
     m = open_model(model, device, threads)
@@ -77,15 +89,25 @@ def calibrate(model: Path, data: str, split: str | None, data_dir: Path | None, 
     status_note(f"calibrating on {len(images)} images...", quiet=as_json)
     section = anomaly.calibrate(m, images, quantile=quantile, kinds=kinds, default_kind=default_kind,
                                 samples=samples, iw_samples=iw_samples, seed=seed, source=about)
+    if keep_check_images:
+        rows = choose_check_images(m, images, DEFAULT_CHECK_IMAGES, seed=seed)
+        save_check_images(model, rows, about)
+        stored = f"stored {len(rows)} of the images as {CHECK_IMAGES_FILE} (for export-c --check)"
+    else:
+        had = bool(m.manifest.check_images)
+        drop_check_images(model)
+        stored = "dropped the package's check images" if had else "stored no check images"
     if as_json:
         echo_json({"model": str(model), **{k: section[k] for k in ("source", "examples", "quantile", "default_kind",
-                                                                   "samples", "thresholds", "reference_file")}})
+                                                                   "samples", "thresholds", "reference_file")},
+                   "check_images": len(rows) if keep_check_images else 0})
         return
     echo(f"calibrated {model} on {about}")
     echo(f"thresholds (quantile {quantile:g} of {section['examples']} images; detect's default: "
                f"{section['default_kind']}):")
     for k, t in section["thresholds"].items():
         echo(f"  {k:<7} {t:.6g}")
+    echo(stored)
 
 
 @main.command()

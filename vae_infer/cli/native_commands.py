@@ -36,11 +36,12 @@ TARGET_NAMES = ("x86_64", "aarch64-linux", "armv7-linux", "cortex-m4")  # vae_in
               help="Default rows per tile (VAE_ROWS).  [default: the target's; x86_64: 6 with AVX-512, else 1]")
 @click.option("--check/--no-check", default=False, show_default=True,
               help="Also build with -std=c99 -Wall -Wextra -Werror -pedantic, run the example program (under qemu "
-                   "for the Arm targets) on 50 images (--check-data) and compare with numpy (same weights) and "
-                   "onnxruntime; prints a verdict with its tolerances.")
+                   "for the Arm targets) on 50 images (those the package carries, or --check-data) and compare "
+                   "with numpy (same weights) and onnxruntime; prints a verdict with its tolerances.")
 @click.option("--check-data", default=None, metavar="SOURCE",
-              help="With --check: the images to check with (a source spec; its test split).  [default: Fashion-MNIST "
-                   "test images for a 28x28 model when installed, else random images of the model's size]")
+              help="With --check: the images to check with (a source spec; its test split).  [default: the "
+                   "images the package carries (stored by vae-infer calibrate), else Fashion-MNIST test images for "
+                   "a 28x28 model when installed, else random images of the model's size]")
 @json_option
 def export_c(model: Path, out_dir: Path, target: str, weights: str, flash: str | None, ram: str | None, prefix: str,
              block: int | None, rows: int | None, check: bool, check_data: str | None, as_json: bool) -> None:
@@ -61,7 +62,7 @@ def export_c(model: Path, out_dir: Path, target: str, weights: str, flash: str |
         from ..native.check import check_export, check_images, format_report
         from ..package.files import read_manifest
 
-        images, what = check_images(CHECK_IMAGES, read_manifest(model).image_shape, check_data)
+        images, what = check_images(CHECK_IMAGES, read_manifest(model).image_shape, check_data, package=model)
         report = check_export(model, out_dir, weights=weights, prefix=prefix, images=images, n=CHECK_IMAGES,
                               target=target)
     if as_json:

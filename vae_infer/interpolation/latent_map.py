@@ -6,9 +6,16 @@ drawing the latent space (the explorer page, the README's picture).
     m.codes                         # (n, latent_size) float32, finite
     m.labels                        # (n,) int64 in 0..len(class_names) - 1, or None when the data had no labels
     m.class_names                   # tuple of str (empty without labels)
+    m.projection                    # Projection(mean, components, points) when latent_size > 2, else None
 
-Stored as `latent_map.npz` (arrays `codes` and, when labelled, `labels`; no pickles) and the `latent_map` section
-of model.json: {"file", "format", "points", "latent_size", "class_names", "labelled", "source", "seed", "bytes"},
+A latent of more than 2 dimensions is drawn through a 2-D PCA projection of the codes, stored with the map:
+`mean` (latent_size,), `components` W (latent_size, 2) with orthonormal columns (the two principal directions,
+largest variance first), and `points` (n, 2) = (codes - mean) @ W. A point p on the drawing stands for the code
+mean + W @ p, the point of the PCA plane under it. 1-D and 2-D latents are drawn as they are (no projection).
+
+Stored as `latent_map.npz` (arrays `codes`, when labelled `labels`, and for latents over 2-D `pca_mean`,
+`pca_components` and `pca_points`; no pickles) and the `latent_map` section of model.json: {"file", "format",
+"points", "latent_size", "class_names", "labelled", "projection" ("pca" or null), "source", "seed", "bytes"},
 the file listed with its sha256. `vae-infer index build` writes it beside the latent index; reading verifies the
 sha256, the format, every array's shape and dtype, finiteness, the label range and the section's counts, and
 refuses anything else with a ModelPackageError that says how to rebuild it.
@@ -28,6 +35,33 @@ from ..errors import InputError, ModelPackageError
 MAP_FILE = "latent_map.npz"
 MAP_FORMAT = 1
 DEFAULT_POINTS = 10_000
+PLANE = 2  # the drawing's dimensions: latents larger than this are projected
+PCA_TOLERANCE = 1e-4  # |W^T W - I| and |points - (codes - mean) @ W| / max(1, |point|) a stored projection may show
+
+
+class Projection(NamedTuple):
+    mean: NDArray[np.float32]  # (latent_size,)
+    components: NDArray[np.float32]  # (latent_size, 2): W, orthonormal columns
+    points: NDArray[np.float32]  # (n, 2) = (codes - mean) @ W
+
+    def lift(self, p: NDArray) -> NDArray[np.float32]:
+        """The codes mean + W @ p of plane points p (..., 2): the PCA plane's points under them."""
+        return (self.mean + np.asarray(p, np.float64) @ self.components.T.astype(np.float64)).astype(np.float32)
+
+
+def pca_projection(codes: NDArray) -> Projection:
+    """The 2-D PCA projection of codes (n, d), d > 2: the mean, the two directions of largest variance (from the
+    eigenvectors of the d x d scatter matrix, so n never enters the cost beyond one pass), each signed so that its
+    largest entry is positive (the same codes always give the same drawing)."""
+    x = np.asarray(codes, np.float64)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    w = vectors[:, ::-1][:, :PLANE].copy()  # (d, 2), largest variance first
+    w *= np.where(w[np.abs(w).argmax(axis=0), range(PLANE)] < 0, -1.0, 1.0)
+    mean32, w32 = mean.astype(np.float32), w.astype(np.float32)
+    points = ((x - mean32.astype(np.float64)) @ w32.astype(np.float64)).astype(np.float32)
+    return Projection(mean32, w32, points)
 
 
 class LatentMap(NamedTuple):
@@ -35,6 +69,7 @@ class LatentMap(NamedTuple):
     labels: NDArray[np.int64] | None  # (n,) or None
     class_names: tuple[str, ...]  # names of labels 0..; () without labels
     source: str | None  # where the images came from
+    projection: Projection | None = None  # the 2-D PCA drawing of a latent over 2-D; None for 1-D and 2-D
 
 
 def build_latent_map(model, images: object, labels: object | None = None,
@@ -70,7 +105,8 @@ def build_latent_map(model, images: object, labels: object | None = None,
             str(i) for i in range(int(all_labels.max()) + 1))
         if lab.max() >= len(names):
             raise InputError(f"labels: found label {int(lab.max())} but only {len(names)} class names")
-    result = LatentMap(codes, lab, names, source)
+    projection = pca_projection(codes) if codes.shape[1] > PLANE else None
+    result = LatentMap(codes, lab, names, source, projection)
     _check(result, model.latent_size, "latent map", InputError)
     return result
 
@@ -80,6 +116,9 @@ def to_bytes(latent_map: LatentMap) -> bytes:
     arrays = {"format": np.int32(MAP_FORMAT), "codes": latent_map.codes}
     if latent_map.labels is not None:
         arrays["labels"] = latent_map.labels
+    if latent_map.projection is not None:
+        arrays.update(pca_mean=latent_map.projection.mean, pca_components=latent_map.projection.components,
+                      pca_points=latent_map.projection.points)
     np.savez(buf, **arrays)
     return buf.getvalue()
 
@@ -87,7 +126,9 @@ def to_bytes(latent_map: LatentMap) -> bytes:
 def manifest_section(latent_map: LatentMap, file_name: str = MAP_FILE, seed: int | None = None) -> dict[str, Any]:
     return {"file": file_name, "format": MAP_FORMAT, "points": int(len(latent_map.codes)),
             "latent_size": int(latent_map.codes.shape[1]), "class_names": list(latent_map.class_names),
-            "labelled": latent_map.labels is not None, "source": latent_map.source, "seed": seed}
+            "labelled": latent_map.labels is not None,
+            "projection": "pca" if latent_map.projection is not None else None, "source": latent_map.source,
+            "seed": seed}
 
 
 def save_latent_map(package_dir: str | Path, latent_map: LatentMap, seed: int | None = None,
@@ -142,9 +183,21 @@ def parse_latent_map(data: bytes, section: dict, latent_size: int, origin: str, 
     if nonfinite:
         raise ModelPackageError(f"{origin} is malformed: the array(s) {', '.join(nonfinite)} hold NaN or inf; "
                                 f"{rebuild}")
-    result = LatentMap(arrays["codes"], arrays.get("labels"), tuple(names), section.get("source"))
+    pca = [key for key in PCA_ARRAYS if key in arrays]
+    if pca and len(pca) != len(PCA_ARRAYS):
+        raise ModelPackageError(f"{origin}: expected all of {', '.join(PCA_ARRAYS)} or none, found only "
+                                f"{', '.join(pca)}; {rebuild}")
+    projection = Projection(*(arrays[key] for key in PCA_ARRAYS)) if pca else None
+    result = LatentMap(arrays["codes"], arrays.get("labels"), tuple(names), section.get("source"), projection)
     _check(result, latent_size, origin, ModelPackageError, rebuild)
     problems = []
+    # a map written before projections were stored has no "projection" key: drawn with a PCA made when read
+    said = section.get("projection")
+    if said not in (None, "pca") or (said == "pca") != (projection is not None) or (
+            said == "pca" and latent_size <= PLANE):
+        problems.append(f"model.json says projection={said!r} for a {latent_size}-D latent, the file "
+                        f"{'holds' if projection is not None else 'has no'} PCA arrays (expected \"pca\" with "
+                        f"them for a latent over {PLANE}-D, else null without them)")
     if section.get("points") != len(result.codes):
         problems.append(f"model.json says {section.get('points')!r} points, the file holds {len(result.codes)}")
     if bool(section.get("labelled")) != (result.labels is not None):
@@ -169,5 +222,31 @@ def _check(m: LatentMap, latent_size: int, origin: str, error: type, rebuild: st
         elif len(labels) and (labels.min() < 0 or labels.max() >= len(m.class_names)):
             problems.append(f"labels range over {int(labels.min())}..{int(labels.max())}, expected "
                             f"0..{len(m.class_names) - 1} ({len(m.class_names)} class names)")
+    if m.projection is not None and not problems:
+        problems += _projection_problems(m.projection, codes)
     if problems:
         raise error(f"{origin} is malformed: " + "; ".join(problems) + (f"; {rebuild}" if rebuild else ""))
+
+
+PCA_ARRAYS = ("pca_mean", "pca_components", "pca_points")
+
+
+def _projection_problems(p: Projection, codes: NDArray) -> list[str]:
+    """A stored projection must be the one its codes give: shapes and dtypes, W orthonormal, points on it."""
+    n, d = codes.shape
+    want = {"pca_mean": (d,), "pca_components": (d, PLANE), "pca_points": (n, PLANE)}
+    bad = [f"{key} is {arr.dtype} {arr.shape}, expected float32 {want[key]}"
+           for key, arr in zip(PCA_ARRAYS, p, strict=True) if arr.dtype != np.float32 or arr.shape != want[key]]
+    if bad:
+        return bad
+    if not all(np.isfinite(arr).all() for arr in p):
+        return ["the PCA arrays hold NaN or inf"]
+    w = p.components.astype(np.float64)
+    gram = float(np.abs(w.T @ w - np.eye(PLANE)).max())
+    if gram > PCA_TOLERANCE:
+        return [f"pca_components are not orthonormal (|W^T W - I| = {gram:.3g} > {PCA_TOLERANCE})"]
+    on_plane = (codes.astype(np.float64) - p.mean.astype(np.float64)) @ w
+    off = float((np.abs(on_plane - p.points) / np.maximum(1.0, np.abs(on_plane))).max())
+    if off > PCA_TOLERANCE:
+        return [f"pca_points differ from (codes - pca_mean) @ pca_components by {off:.3g} (> {PCA_TOLERANCE})"]
+    return []

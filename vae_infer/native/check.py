@@ -197,16 +197,23 @@ def check_export(package_dir: str | Path, out_dir: str | Path, weights: str = "f
             "vs_reference": vs_ref, "vs_onnxruntime": vs_ort, "memory": memory}
 
 
-def check_images(n: int, image_shape: tuple[int, ...] | None = None, data: str | None = None
-                 ) -> tuple[np.ndarray | None, str]:
+def check_images(n: int, image_shape: tuple[int, ...] | None = None, data: str | None = None,
+                 package: str | Path | None = None) -> tuple[np.ndarray | None, str]:
     """The images a check runs on, and how to say what they are: the first n of `data` (a source spec, its
-    test split) when given; else the first n Fashion-MNIST test images when they are installed and the model
-    takes 28x28 images; else None (the check draws n random images of the model's size)."""
+    test split) when given; else the first n of the images the package carries (its check_images section,
+    stored by `vae-infer calibrate`); else the first n Fashion-MNIST test images when they are installed and the
+    model takes 28x28 images; else None (the check draws n random images of the model's size)."""
     from ..data.sources import load_images
 
     if data is not None:
         images, where = load_images(data, split="test")
         return images[:n], f"{min(n, len(images))} images of {where}"
+    if package is not None:
+        from ..package.check_images import read_check_images
+
+        carried = read_check_images(package)
+        if carried is not None:
+            return carried[:n], f"{min(n, len(carried))} images the package carries"
     if image_shape is not None and tuple(image_shape) != FASHION_SHAPE:
         return None, f"{n} random images (pass --check-data for real ones)"
     try:
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from ..package.files import read_manifest
 
-        images, what = check_images(a.images, read_manifest(a.model).image_shape, a.data)
+        images, what = check_images(a.images, read_manifest(a.model).image_shape, a.data, package=a.model)
         report = check_export(a.model, a.out_dir, a.weights, a.prefix, images=images, n=a.images, target=a.target)
     except VaeInferError as e:
         print(f"Error: {e}", file=sys.stderr)

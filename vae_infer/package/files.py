@@ -172,14 +172,16 @@ def write_package(dest: str | Path, files: dict[str, bytes], manifest: Manifest)
     return dest
 
 
-def update_package(package_dir: str | Path, new_files: dict[str, bytes], **manifest_changes) -> Manifest:
+def update_package(package_dir: str | Path, new_files: dict[str, bytes], drop: tuple[str, ...] = (),
+                   **manifest_changes) -> Manifest:
     """Add or replace files and manifest sections of an existing package, atomically: every existing file
-    is verified first, and the whole package is rewritten with write_package. Returns the new manifest.
+    is verified first, and the whole package is rewritten with write_package. `drop`: files to leave out (a
+    section removed with them, e.g. check_images=None). Returns the new manifest.
 
     Example: update_package(path, {"latent_index.npz": data}, latent_index={"file": "latent_index.npz", ...})"""
     package_dir = Path(package_dir)
     manifest = read_manifest(package_dir)
-    files = {name: read_verified(package_dir, manifest, name) for name in manifest.files}
+    files = {name: read_verified(package_dir, manifest, name) for name in manifest.files if name not in drop}
     files.update(new_files)
     new = dataclasses.replace(
         manifest, files={name: sha256_bytes(data) for name, data in files.items()}, **manifest_changes

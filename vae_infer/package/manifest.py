@@ -60,6 +60,7 @@ class Manifest:
     latent_index: dict[str, Any] | None = None  # the latent graph for graph-based interpolation
     calibration: dict[str, Any] | None = None  # anomaly-score thresholds from validation data
     latent_map: dict[str, Any] | None = None  # codes and labels of a data sample, for the explorer page
+    check_images: dict[str, Any] | None = None  # a few validation images for self-checks (export-c --check)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. "int8": other encoder/decoder files
     format_version: int = FORMAT_VERSION
     # How image files become the model's pixels (vae_infer.data.preprocessing), where training read image files
@@ -104,7 +105,7 @@ class Manifest:
     def referenced_files(self) -> list[tuple[str, str]]:
         """(section, file name) for every file an optional section names under a key ending in "file"."""
         sections = [("latent_index", self.latent_index), ("calibration", self.calibration),
-                    ("latent_map", self.latent_map)]
+                    ("latent_map", self.latent_map), ("check_images", self.check_images)]
         sections += [(f"variants.{k}", v) for k, v in self.variants.items()]
         return [
             (section, value if isinstance(value, str) else repr(value))
@@ -142,6 +143,7 @@ class Manifest:
             **({"latent_index": self.latent_index} if self.latent_index else {}),
             **({"calibration": self.calibration} if self.calibration else {}),
             **({"latent_map": self.latent_map} if self.latent_map else {}),
+            **({"check_images": self.check_images} if self.check_images else {}),
             **({"variants": self.variants} if self.variants else {}),
             **({"preprocessing": self.preprocessing} if self.preprocessing else {}),
         }
@@ -187,7 +189,7 @@ class Manifest:
         graphs = _field(d, "graphs", dict)
         specs = {role: _graph_spec(graphs.get(role), role) for role in ("encoder", "decoder")}
         sections = {}
-        for key in ("latent_index", "calibration", "latent_map"):
+        for key in ("latent_index", "calibration", "latent_map", "check_images"):
             body = d.get(key)
             if body is not None and not isinstance(body, dict):
                 raise ModelPackageError(f"model.json: {key} must be an object or absent, found {type(body).__name__}")
@@ -218,6 +220,7 @@ class Manifest:
             latent_index=sections["latent_index"],
             calibration=sections["calibration"],
             latent_map=sections["latent_map"],
+            check_images=sections["check_images"],
             variants=dict(variants),
             format_version=version,
             preprocessing=d.get("preprocessing"),

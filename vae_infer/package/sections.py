@@ -1,5 +1,5 @@
-"""The optional sections of a model package (calibration, latent index, latent map), checked when the package
-loads: each section's file parsed by its own reader (bounded, no pickles) and every array checked for shape,
+"""The optional sections of a model package (calibration, latent index, latent map, check images), checked when
+the package loads: each section's file parsed by its own reader (bounded, no pickles) and every array checked for shape,
 range and finite values, so a damaged or edited section is refused at load with the section and the array
 named, not at first use. The readers live with their sections; this module only ties them to the loader."""
 
@@ -12,6 +12,7 @@ from ..errors import ModelPackageError
 from ..interpolation.index import parse_index
 from ..interpolation.latent_map import parse_latent_map
 from .calibration import check_calibration_file, validate_calibration
+from .check_images import parse_check_images
 from .manifest import MANIFEST_NAME, Manifest
 
 Check = Callable[[bytes], object]
@@ -32,6 +33,9 @@ def section_checks(package_dir: str | Path, manifest: Manifest) -> dict[str, lis
                          lambda data, origin: parse_index(data, manifest.latent_size, origin)),
         "latent_map": (manifest.latent_map, "file",
                        lambda data, origin: parse_latent_map(data, lmap, manifest.latent_size, origin, rebuild)),
+        "check_images": (manifest.check_images, "file",
+                         lambda data, origin: parse_check_images(data, manifest.check_images, manifest.features,
+                                                                 origin)),
     }
     checks: dict[str, list[Check]] = {}
     for section_name, (section, key, parse) in parsers.items():

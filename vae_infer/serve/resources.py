@@ -79,17 +79,29 @@ def _read_latent_map(model) -> dict[str, Any]:
         m = latent_map.read_latent_map(model)
         return {"z": np.asarray(m.codes, np.float32), "labels": None if m.labels is None else np.asarray(m.labels),
                 "class_names": list(m.class_names) if m.class_names else None,
-                "source": redact_paths(m.source or "the package's latent_map section")}
+                "source": redact_paths(m.source or "the package's latent_map section"),
+                "projection": _projection(m.codes, m.projection)}
     if man.latent_index:
         from ..interpolation.index import read_index
 
         index = read_index(model)
         return {"z": index.codes, "labels": None, "class_names": None,
-                "source": f"latent index nodes ({index.n_nodes} of {index.n_codes} codes; no class labels)"}
+                "source": f"latent index nodes ({index.n_nodes} of {index.n_codes} codes; no class labels)",
+                "projection": _projection(index.codes, None)}
     raise ModelPackageError(
         f"{model.path} has no latent_map (or latent_index) section, so there is no map to draw; add one with "
         f"`vae-infer index build {model.path} --data DATASET` or `vae-infer calibrate {model.path} --data DATASET`"
     )
+
+
+def _projection(codes, stored) -> dict[str, Any] | None:
+    """The 2-D PCA drawing of a latent over 2-D (the stored one, else made now from the codes); None for 2-D."""
+    from ..interpolation.latent_map import PLANE, pca_projection
+
+    if codes.shape[1] <= PLANE:
+        return None
+    p = stored if stored is not None else pca_projection(codes)
+    return {"kind": "pca", "mean": p.mean, "components": p.components, "points": p.points}
 
 
 def _read_examples(model, spec: str | None, count: int) -> dict[str, Any]:

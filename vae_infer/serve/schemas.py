@@ -131,11 +131,21 @@ class InterpolateResponse(BaseModel):
     metrics: dict[str, Any] = Field(description="vae_infer.interpolation.paths.path_metrics of the codes")
 
 
+class Projection(BaseModel):
+    kind: str = Field(description='"pca"')
+    mean: list[float] = Field(description="(latent_size,) the codes' mean")
+    components: Rows = Field(description="(latent_size, 2) W: the two principal directions, orthonormal columns")
+    points: Rows = Field(description="(n, 2) the codes drawn on the plane: (z - mean) @ W; a plane point p stands "
+                                     "for the code mean + W @ p")
+
+
 class LatentMapResponse(BaseModel):
     z: Rows = Field(description="(n, latent_size) codes of a sample of a data set")
     labels: list[int] | None = Field(description="their class labels, when known")
     class_names: list[str] | None
     source: str
+    projection: Projection | None = Field(None, description="for a latent over 2-D: the 2-D PCA projection the "
+                                                            "map is drawn in; null for 1-D and 2-D latents")
 
 
 class ExamplesResponse(BaseModel):

@@ -1,4 +1,5 @@
-// The latent map: a sample of encoded images as points coloured by class, with pan (drag), zoom (wheel),
+// The latent map: a sample of encoded images as points coloured by class (in the plane of projection.js: a
+// larger latent's codes arrive here already projected, and so do markers and paths), with pan (drag), zoom (wheel),
 // hover (the point under the mouse, decoded by the caller), clicks that pick points, paths and markers.
 // The canvas follows its box on the page (any width, any pixel ratio); everything is drawn in CSS pixels.
 
@@ -124,6 +125,22 @@ export class MapView {
       this.draw();
       this.onViewChange();
     }, { passive: false });
+  }
+
+  // The index of the map point nearest the drawing's point p, when it lies within px CSS pixels; else -1.
+  nearest(p, px) {
+    const [sx, sy] = this.toScreen(p);
+    let best = -1;
+    let bestD = px;
+    for (let i = 0; i < this.z.length; i++) {
+      const [x, y] = this.toScreen(this.z[i]);
+      const d = Math.hypot(x - sx, y - sy);
+      if (d <= bestD) {
+        best = i;
+        bestD = d;
+      }
+    }
+    return best;
   }
 
   setMarker(name, z, colour, label) {
