@@ -124,6 +124,7 @@ MUTATIONS: dict[str, Callable[[dict], None]] = {
     "tools a string": setter("tools", "torch"),
     "latent_map a list": setter("latent_map", [1, 2]),
     "calibration null": setter("calibration", None),
+    "check_images a list": setter("check_images", ["a.npy"]),
     "graphs.encoder not an object": setter("graphs.encoder", "encoder.onnx"),
     "graphs.encoder.inputs not a list": setter("graphs.encoder.inputs", {"name": "x"}),
     "a tensor shape of strings": setter("graphs.encoder.inputs.0.shape", ["batch", "784"]),
