@@ -115,7 +115,7 @@ def write_rows(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype | t
             block = np.ascontiguousarray(block, dtype)
             if block.shape[1:] != tuple(shape[1:]) or done + len(block) > shape[0]:
                 raise InputError(f"{path}: a block of rows shaped {block.shape} does not fit an array {shape}")
-            f.write(memoryview(block).cast("B"))
+            f.write(block.data.cast("B"))
             done += len(block)
         if done != shape[0]:
             raise InputError(f"{path}: {done} rows were made for an array of {shape[0]}")

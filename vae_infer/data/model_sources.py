@@ -14,7 +14,7 @@ from .arrays import MAX_READ_BYTES, read_images
 from .datasets import NAMED, training_rows, validation_split
 from .image_folder import IMAGE_SUFFIXES
 from .preprocessing import Preprocessing
-from .rows import Source
+from .rows import AnySource
 from .sources import ARRAY_SUFFIXES, open_source, parse_split, spec_splits, split_key
 
 CALIBRATION_SPLITS = ("validation", "train", "test")  # calibrate's --split: validation re-creates training's
@@ -27,14 +27,14 @@ def preprocessing_of(manifest) -> Preprocessing:
     return Preprocessing.from_dict(body) if body else Preprocessing()
 
 
-def open_for_model(spec: str | Path, manifest, split: str = "test", data_dir: str | Path | None = None) -> Source:
+def open_for_model(spec: str | Path, manifest, split: str = "test", data_dir: str | Path | None = None) -> AnySource:
     """open_source for a model: image files read at its size with its recorded preprocessing, as gray."""
     return open_source(spec, split=split, data_dir=data_dir, image_shape=tuple(manifest.image_shape),
                        preprocessing=preprocessing_of(manifest), channels="gray")
 
 
 def images_for_model(spec: str | Path, manifest, split: str = "test", data_dir: str | Path | None = None,
-                     probe: bool = False) -> tuple[np.ndarray, Source | None]:
+                     probe: bool = False) -> tuple[np.ndarray, AnySource | None]:
     """(images, their source) for a command that reads a whole input: every source kind, the default split
     `split` where the source has splits. A plain .npy or a one-array .npz goes through vae_infer.data.arrays (its
     checks and messages); the rest through open_source. The cost is bounded before any row is read.
