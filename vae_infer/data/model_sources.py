@@ -73,10 +73,10 @@ def validation_indices(n: int, training: dict) -> np.ndarray:
     rows = training_rows(n, training)  # a source without splits: what training's held-out test part left
     size, seed, limit = int(config["validation_size"]), int(config["seed"]), int(config.get("train_limit") or 0)
     used = min(len(rows), limit) if limit else len(rows)
-    expected = training.get("train_examples"), training.get("validation_examples")
-    if None not in expected and sum(expected) != used:
+    train_n, validation_n = training.get("train_examples"), training.get("validation_examples")
+    if train_n is not None and validation_n is not None and train_n + validation_n != used:
         raise DataError(f"the data holds {used} training images but the model was trained on "
-                        f"{sum(expected)} (train + validation); these are not the model's training data")
+                        f"{train_n + validation_n} (train + validation); these are not the model's training data")
     if size < 1:
         raise DataError("the model was trained on all its training images (validation_size 0); use --split test "
                         "or pass held-out images as a .npy/.npz file")
