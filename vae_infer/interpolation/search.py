@@ -187,7 +187,7 @@ class LatentGraph:
                 else:
                     path = nx.dijkstra_path(g, src, dst, weight=counted)
                 hops = list(zip(path[:-1], path[1:], strict=True))
-                total = sum(g[u][v]["weight"] if weight == "weight" else weight(u, v, g[u][v]) for u, v in hops)
+                total = sum(g[u][v]["weight"] if isinstance(weight, str) else weight(u, v, g[u][v]) for u, v in hops)
                 length = sum(g[u][v]["distance"] for u, v in hops)
             finally:
                 g.remove_node(src)
