@@ -122,7 +122,8 @@ class StreamRows(RowReader):
     """Rows of a compressed stream (opened by `opener`, positioned at the first row), decompressed forward
     only, STREAM_PIECE bytes at a time: memory is one range whatever the compression ratio."""
 
-    def __init__(self, name: str, where: str, opener: Callable[[], io.BufferedIOBase], rows: int, row_shape, dtype) -> None:
+    def __init__(self, name: str, where: str, opener: Callable[[], io.BufferedIOBase], rows: int, row_shape,
+                 dtype) -> None:
         super().__init__(name, where, rows, row_shape, dtype)
         self._opener = opener
         self._f: io.BufferedIOBase | None = None

@@ -18,10 +18,10 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from typing import Any
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

@@ -9,9 +9,9 @@ vae_infer.interpolation.build; how it is searched is vae_infer.interpolation.sea
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ class LatentIndex:
     realism_weight: float  # the default exponent q of the cost field in search weights
     alt_nodes: NDArray[np.int32]  # (L,) landmark nodes of the A* heuristic (ALT)
     alt_dist: NDArray[np.float64]  # (L, n) search distance from each landmark to every node (inf: unreachable)
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # build details for the manifest (not stored in the npz)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # build details for model.json (not in the npz)
 
     @property
     def n_nodes(self) -> int:
