@@ -48,7 +48,7 @@ def _factor(cost: NDArray, u, v, mid: NDArray, q: float):
 
 
 def _weighted_graph(n: int, edges: NDArray, weights: NDArray) -> nx.Graph:
-    g = nx.Graph()
+    g: nx.Graph[int] = nx.Graph()
     g.add_nodes_from(range(n))
     g.add_weighted_edges_from(zip(edges[:, 0].tolist(), edges[:, 1].tolist(), weights.tolist(), strict=True))
     return g
