@@ -18,7 +18,7 @@ SYSTEM_PACKAGES := dataset-fashion-mnist:$(FASHION_DIR)/train-images-idx3-ubyte.
 	qemu-system-arm:/usr/bin/qemu-system-arm
 WEB_DIR := vae_infer/serve/web
 
-.PHONY: venv data system-deps web demo test test-fast docs lint clean tiny-model
+.PHONY: venv data system-deps web demo test test-fast docs lint typecheck clean tiny-model
 
 venv: $(VENV)/.installed
 
@@ -67,6 +67,7 @@ demo: venv data web
 
 test: venv system-deps web docs
 	$(VENV)/bin/ruff check .
+	$(MAKE) --no-print-directory typecheck
 	$(PY) -m pytest -q
 
 # The quick loop: everything not marked slow (what trains, compiles, serves, runs Ray or a browser).
@@ -79,6 +80,10 @@ docs: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# mypy on vae_infer, configured in pyproject.toml ([tool.mypy]: its mode and the untyped third-party packages).
+typecheck: venv
+	$(VENV)/bin/mypy
 
 # Rebuild the small model package the runtime tests use (committed under tests/fixtures/).
 tiny-model: venv data

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "fashion-mnist"
 CONSTRAINTS = ROOT / "constraints.txt"
 # What the wheel must hold besides Python modules: the package-data patterns of pyproject.toml.
-DATA_PATTERNS = ("vae_infer/serve/web/*.html", "vae_infer/serve/web/*.css", "vae_infer/serve/web/js/*.js",
-                 "vae_infer/serve/web/package*.json")
+DATA_PATTERNS = ("vae_infer/py.typed", "vae_infer/serve/web/*.html", "vae_infer/serve/web/*.css",
+                 "vae_infer/serve/web/js/*.js", "vae_infer/serve/web/package*.json")
 TOLERANCE = 1e-6  # the same graphs and the same onnxruntime: only float rounding may differ
 C_TOLERANCE = 1e-5  # the generated C against onnxruntime (as in test_native)
 PIP_TIMEOUT = 300
@@ -127,6 +127,7 @@ def test_the_wheel_holds_every_module_and_data_file_of_the_checkout(wheel):
     missing = [p for p in wanted if p not in names]
     assert not missing, f"the wheel leaves out {missing}"
     assert {"vae_infer/cli/__init__.py", "vae_infer/native/__init__.py", "vae_infer/__main__.py"} <= names
+    assert "vae_infer/py.typed" in names  # PEP 561: type checkers of importing projects read our annotations
     # the runtime only: train/ and tests/ stay in the repository
     assert not [n for n in names if n.startswith(("train/", "tests/", "benchmarks/"))]
     assert not [n for n in names if "node_modules" in n]  # installed npm packages never go into the wheel

@@ -37,7 +37,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return write_atomically(path, lambda f: f.write(data))
 
 
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:  # its return is unused
     """Call write(file) on a temporary file beside `path`, then rename it over `path` (os.replace), so a
     crash never leaves a half-written file: `path` is the old file or the complete new one. Creates
     missing parent folders; a replaced file keeps its permissions. Stale leftovers of earlier killed writes

@@ -33,7 +33,7 @@ def time_calls(fn: Callable[[], object], min_calls: int = MIN_CALLS, min_seconds
     """Seconds taken by each of at least min_calls calls of fn() lasting min_seconds in all, after warm-up."""
     for _ in range(warmup):
         fn()
-    times = []
+    times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_calls or time.perf_counter() - start < min_seconds:
         t0 = time.perf_counter()

@@ -25,7 +25,7 @@ def available_cores() -> int:
 @functools.lru_cache(maxsize=1)
 def _cpuinfo() -> tuple[str, frozenset[str]]:
     """(model name, feature flags) from /proc/cpuinfo; ("", {}) where it cannot be read."""
-    name, flags = "", set()
+    name, flags = "", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")

@@ -23,7 +23,7 @@ from .inputs import (
 from .package.files import read_manifest, read_verified, verify_all
 from .package.manifest import BATCH_AXIS, GraphSpec, Manifest
 from .package.sections import section_checks
-from .sessions import create_backend
+from .sessions import GraphRunner, create_backend
 
 Array = NDArray[np.float32]
 DEFAULT_CHUNK = 4096  # rows per onnxruntime call: ~13 MB of decoder output, so memory stays bounded
@@ -101,7 +101,7 @@ class VAEModel:
         return self.manifest.image_shape
 
     @property
-    def runners(self) -> dict[str, object]:
+    def runners(self) -> dict[str, GraphRunner]:
         """What runs each graph, by role ("encoder", "decoder"): an onnxruntime InferenceSession, or the C
         backend's NativeRunner. Read-only use: options, providers, the compiled library."""
         return dict(self._sessions)

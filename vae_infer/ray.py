@@ -181,9 +181,11 @@ class ModelMapper:
     def _placeholder(self, start: int, latent: int) -> dict[str, np.ndarray]:
         """One row standing for a task that failed, with the same columns as a good one (error says why)."""
         cols: dict[str, np.ndarray] = {"row": np.array([start], np.int64)}
+        zeros: dict[str, np.ndarray] = {"mu": np.zeros((1, latent), np.float32),
+                                        "logvar": np.zeros((1, latent), np.float32), "score": np.zeros(1),
+                                        "flag": np.zeros(1, bool)}
         for name in self.options.outputs:
-            cols[name] = {"mu": np.zeros((1, latent), np.float32), "logvar": np.zeros((1, latent), np.float32),
-                          "score": np.zeros(1), "flag": np.zeros(1, bool)}[name]
+            cols[name] = zeros[name]
         return cols
 
 

@@ -5,7 +5,9 @@ check both create theirs through create_backend."""
 from __future__ import annotations
 
 import numbers
+from typing import Any, Protocol
 
+import numpy as np
 import onnxruntime as ort
 
 from .errors import DeviceError
@@ -15,6 +17,15 @@ DEVICES = ("cpu", "cuda", "auto")
 BACKENDS = ("onnxruntime", "c")  # "c": the graphs compiled to a native library (vae_infer.native)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+class GraphRunner(Protocol):
+    """What runs one graph (VAEModel.runners): an onnxruntime InferenceSession, or the C backend's NativeRunner."""
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, np.ndarray], run_options: Any = None
+            ) -> list: ...
+
+    def get_providers(self) -> list[str]: ...
 
 
 def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:

@@ -156,26 +156,32 @@ def _scores_chunk(model, x: NDArray[np.float32], kinds: tuple[str, ...], samples
     wanted = set(kinds)
     at_mu = wanted & {"recon", "mse", "excess", "dose"}
     logits = model.decode_logits(mu) if at_mu else None
-    recon = likelihood.bernoulli_nll(logits, x) if at_mu else None
+    recon = likelihood.bernoulli_nll(logits, x) if logits is not None else None  # logits: when at_mu
     kl = likelihood.kl_to_standard_normal(mu, logvar)
     out: dict[str, Scores] = {}
     needs_png = {"ic", "dose"} & wanted
     bits = png_bits(x, model.image_shape) if needs_png else None
-    excess = recon - pixel_entropy(x) if wanted & {"excess", "dose"} else None
+    excess = recon - pixel_entropy(x) if recon is not None and wanted & {"excess", "dose"} else None
+    # below, each kind finds what it needs computed above (the kinds in at_mu have logits and recon)
     if "recon" in kinds:
+        assert recon is not None, "recon is in at_mu"
         out["recon"] = recon
     if "mse" in kinds:
+        assert logits is not None, "mse is in at_mu"
         out["mse"] = np.sum((_sigmoid(logits) - x.astype(np.float64)) ** 2, axis=1)
     if "excess" in kinds:
+        assert excess is not None, "excess is in at_mu"
         out["excess"] = excess
     if "nelbo" in kinds or "ic" in kinds:
         nelbo = likelihood.expected_nll(model.decode_logits, x, mu, logvar, samples, rng) + kl
         out["nelbo"] = nelbo
         if "ic" in kinds:
+            assert bits is not None, "ic needs the PNG bits"
             out["ic"] = nelbo - math.log(2) * bits
     if "iwae" in kinds:
         out["iwae"] = likelihood.importance_weighted_nll(model.decode_logits, x, mu, logvar, iw_samples, rng)
     if "dose" in kinds:
+        assert recon is not None and bits is not None and excess is not None, "dose is in at_mu and needs the bits"
         feats = dose_statistics(recon, kl, bits, excess)
         if reference is not None:
             out["dose"] = kde_score(feats, reference)
@@ -319,7 +325,7 @@ def calibrate(model, images: object, quantile: float = DEFAULT_QUANTILE, kinds: 
         from ..package.files import update_package
 
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, allow_pickle=False, **arrays)  # float64 scores
         model.manifest = update_package(model.path, {CALIBRATION_FILE: buf.getvalue()}, calibration=section)
     return section
 

@@ -51,7 +51,7 @@ class ChunkComputer:
         the given row indices when `start` is an array of them (sampled scores key their noise by these).
         Raises InputError for rows the model does not accept (wrong shape or dtype, NaN, out of range)."""
         x = self.model.as_images(block)  # (n, features) float32
-        rows = (np.arange(start, start + len(x), dtype=np.int64) if np.ndim(start) == 0
+        rows = (np.arange(int(start), int(start) + len(x), dtype=np.int64) if np.ndim(start) == 0
                 else np.asarray(start, dtype=np.int64))
         mu, logvar = self.model.encode_rows(x)  # the narrow interface for validated rows
         out: Columns = {"row": rows}
@@ -68,6 +68,7 @@ class ChunkComputer:
             return cache[kind, samples]
 
         if "score" in wanted:
+            assert self.options.samples is not None, "BatchOptions fills samples when it is made"
             out["score"] = scores(self.options.kind, self.options.samples)
         if self.flag is not None:
             kind, limit, samples = self.flag

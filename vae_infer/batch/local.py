@@ -9,9 +9,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
+from ..data.rows import RowSource
 from ..errors import VaeInferError
 from ..machine import available_cores
 from .core import ChunkComputer, Columns
@@ -34,7 +35,7 @@ class TaskRunner:
 
         self.model = load(package, threads=threads)
         self.computer = ChunkComputer(self.model, options)
-        self.sources: dict[str, object] = {}
+        self.sources: dict[str, RowSource] = {}
 
     def run(self, spec: str, start: int, stop: int, origin: int, end: int, pins: tuple[str, ...]) -> Columns | str:
         """Rows [start, stop) of the part [origin, end) of `spec`, checked against its pins, computed."""
@@ -54,7 +55,7 @@ class TaskRunner:
 
 
 def run_local(package: str | Path, options: BatchOptions, tasks: Sequence[Task], specs: Sequence[str], pins: Pins,
-              workers: int = 1, threads: int | None = None) -> Iterator[Result]:
+              workers: int = 1, threads: int | None = None) -> Generator[Result, None, None]:
     """(task, columns or problem) for every task, in the order given."""
     if not tasks:  # everything was done by an earlier run: load nothing, start nothing
         return

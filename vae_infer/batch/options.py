@@ -44,6 +44,7 @@ class BatchOptions:
         if self.samples is None:
             object.__setattr__(self, "samples", default_samples(self.kind))
         as_count(self.samples, "samples")
+        assert self.samples is not None, "filled with the kind's default above"
         if self.samples > MAX_SAMPLES:
             raise InputError(f"samples must be at most {MAX_SAMPLES} (vae_infer.work_limits.MAX_SAMPLES), got "
                              f"{self.samples}")

@@ -74,7 +74,7 @@ def write_part(path: Path, fmt: str, meta: dict[str, Any], blocks: Iterable[Colu
         parts = list(blocks)
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         buf = io.BytesIO()
-        np.savez(buf, **cols, **{META_KEY: np.array(json.dumps(meta))})
+        np.savez(buf, allow_pickle=False, **cols, **{META_KEY: np.array(json.dumps(meta))})
         atomic_write_bytes(path, buf.getvalue())
         return len(cols["row"])
     pa, pq = pyarrow_modules()

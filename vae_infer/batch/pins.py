@@ -27,7 +27,7 @@ def digest(block: np.ndarray) -> str:
     """The digest of rows as stored (dtype and byte order included)."""
     data = np.ascontiguousarray(block)
     h = hashlib.sha256(data.dtype.str.encode() + str(data.shape[1:]).encode())
-    h.update(memoryview(data).cast("B") if data.size else b"")
+    h.update(data.data.cast("B") if data.size else b"")
     return h.hexdigest()[:DIGEST_HEX]
 
 

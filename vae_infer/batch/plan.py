@@ -12,10 +12,11 @@ import glob
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..data.rows import RowSource
 from ..data.sources import split_key
 from ..errors import DataError
 from .pins import content_digest, pin_part
-from .readers import RowReader, StreamRows, open_rows
+from .readers import StreamRows, open_rows
 
 GLOB_CHARS = "*?["
 
@@ -93,7 +94,7 @@ def stat_input(spec: str) -> tuple[int | None, int | None]:
         return None, None
 
 
-def open_input(spec: str, image_shape: tuple[int, int]) -> RowReader:
+def open_input(spec: str, image_shape: tuple[int, int]) -> RowSource:
     """The input's reader (vae_infer.batch.readers), checked: rows shaped like the model's images, uint8 or
     floats. DataError otherwise."""
     source = open_rows(spec, image_shape=image_shape)
@@ -122,6 +123,7 @@ def pin(inp: InputFile, image_shape: tuple[int, int], part_rows: int, digests: b
     measure what pinning costs): no digests, nothing read."""
     if inp.error is not None:
         return inp
+    assert inp.rows is not None, "describe() gives an input without an error its rows"
     if not digests:
         return dataclasses.replace(inp, pins=tuple(() for _ in range(0, inp.rows, part_rows)))
     try:
@@ -143,8 +145,9 @@ def plan(inputs: Sequence[InputFile], part_rows: int, chunk_rows: int) -> tuple[
     parts: list[Part] = []
     tasks: list[Task] = []
     for i, inp in enumerate(inputs):
-        for k, start in enumerate(range(0, inp.rows or 0, part_rows)):
-            stop = min(start + part_rows, inp.rows)
+        rows = inp.rows or 0
+        for k, start in enumerate(range(0, rows, part_rows)):
+            stop = min(start + part_rows, rows)
             first = len(tasks)
             for s in range(start, stop, chunk_rows):
                 tasks.append(Task(len(tasks), i, s, min(s + chunk_rows, stop), len(parts), start, stop))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from ..errors import VaeInferError
 from .core import Columns
 from .options import BatchOptions
 from .plan import Task
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MAX_BLOCKS = 2000  # blocks of the task list: about one group each, so actors share the work evenly
 GROUP_ROWS = 65536  # rows per Ray call: 8 tasks of 8192 rows
@@ -28,7 +32,8 @@ def run_ray(package: str | Path, options: BatchOptions, tasks: Sequence[Task], s
             pins: dict[int, tuple[str, ...]], *,
             address: str | None = None, concurrency: int = 2, num_cpus: float | None = None,
             threads: int | None = None, timeout_s: float | None = None,
-            local_cpus: int | None = None, log: str | Path | None = None) -> Iterator[tuple[Task, Columns | str]]:
+            local_cpus: int | None = None, log: str | Path | None = None
+            ) -> Generator[tuple[Task, Columns | str], None, None]:
     """(task, columns or problem) for every task, in order. timeout_s bounds the whole job (then VaeInferError).
     log: where Ray's own output goes (vae_infer.ray.connect; None shows it)."""
     from .. import ray as vray
@@ -89,7 +94,8 @@ def _split(tables: list, group: list[Task]) -> Iterator[tuple[Task, Columns | st
 
     table = pa.concat_tables(tables).combine_chunks()
     errors = table.column("error")
-    failed_at, problem = None, None
+    failed_at: int | None = None
+    problem = ""  # the error of the row at failed_at
     if errors.null_count < len(table):
         i = int(np.nonzero(~np.asarray(errors.is_null()))[0][0])
         failed_at, problem = int(table.column("row")[i].as_py()), errors[i].as_py()
@@ -108,7 +114,7 @@ def _split(tables: list, group: list[Task]) -> Iterator[tuple[Task, Columns | st
             yield t, {k: v[t.start - base : t.stop - base] for k, v in cols.items()}
 
 
-def _batches(ds, timeout_s: float | None) -> Iterator[dict]:
+def _batches(ds, timeout_s: float | None) -> Iterator[pa.Table]:
     """ds.iter_batches, with a deadline: Ray Data waits silently when its tasks cannot be scheduled."""
     q: queue.Queue = queue.Queue(maxsize=8)
 

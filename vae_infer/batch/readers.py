@@ -12,16 +12,18 @@ folders resolve to their image file; PNG folders are read one file per row (vae_
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, cast
 
 import numpy as np
 
 from ..data.datasets import IMAGE_FILES, NAMED, dataset_dirs, find_split_file, idx_header, missing_dataset_error
+from ..data.rows import RowSource
 from ..data.sources import split_key
 from ..errors import DataError
 
@@ -59,6 +61,10 @@ class RowReader:
     def labels(self) -> None:
         return None
 
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop), (stop - start, *row_shape); each subclass reads its storage."""
+        raise NotImplementedError
+
     def _check_range(self, start: int, stop: int) -> None:
         if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
                 and 0 <= start <= stop <= self._rows):
@@ -82,7 +88,7 @@ class FileRows(RowReader):
     def read(self, start: int, stop: int) -> np.ndarray:
         self._check_range(start, stop)
         out = self._empty(stop - start)
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         if self._fd is None:
             try:
                 self._fd = os.open(self.file, os.O_RDONLY)
@@ -116,10 +122,11 @@ class StreamRows(RowReader):
     """Rows of a compressed stream (opened by `opener`, positioned at the first row), decompressed forward
     only, STREAM_PIECE bytes at a time: memory is one range whatever the compression ratio."""
 
-    def __init__(self, name: str, where: str, opener: Callable[[], BinaryIO], rows: int, row_shape, dtype) -> None:
+    def __init__(self, name: str, where: str, opener: Callable[[], io.BufferedIOBase], rows: int, row_shape,
+                 dtype) -> None:
         super().__init__(name, where, rows, row_shape, dtype)
         self._opener = opener
-        self._f: BinaryIO | None = None
+        self._f: io.BufferedIOBase | None = None
         self._pos = 0
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -135,7 +142,7 @@ class StreamRows(RowReader):
                     raise self._short(start, stop)
                 skip -= len(piece)
             out = self._empty(stop - start)
-            view = memoryview(out).cast("B")
+            view = out.data.cast("B")
             done = 0
             while done < len(view):
                 got = self._f.readinto(view[done:])
@@ -157,6 +164,7 @@ class StreamRows(RowReader):
         zip member's CRC is checked as it ends."""
         if self._f is None or self._pos != len(self):
             self.read(len(self), len(self))
+        assert self._f is not None, "read() opened the stream"
         try:
             extra = self._f.read(1)
         except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
@@ -175,7 +183,7 @@ class StreamRows(RowReader):
             self._f = None
 
 
-def open_rows(spec: str, image_shape: tuple[int, int] | None = None) -> RowReader:
+def open_rows(spec: str, image_shape: tuple[int, int] | None = None) -> RowSource:
     """The reader for what a user typed (see vae_infer.data.sources.open_source for the forms accepted)."""
     text = str(spec)
     if text in NAMED:
@@ -212,7 +220,7 @@ def open_rows(spec: str, image_shape: tuple[int, int] | None = None) -> RowReade
     return _idx(text, file)
 
 
-def _npy_header(f: BinaryIO, where: str) -> tuple[tuple[int, ...], np.dtype]:
+def _npy_header(f: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) from an npy header read off `f`, refusing objects, Fortran order and unknown versions."""
     if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
         raise DataError(f"{where}: not a .npy array (it does not start with numpy's magic bytes); expected a numeric "
@@ -262,7 +270,7 @@ def _idx(text: str, path: Path) -> RowReader:
             dtype, shape, offset = idx_header(f.read(4 + 4 * 255), path)
         return _exact(FileRows(text, path, str(path), offset, shape[0], shape[1:], dtype))
 
-    def opener() -> BinaryIO:
+    def opener() -> io.BufferedIOBase:
         g = gzip.open(path, "rb")
         g.read(4)
         g.read(4 * ndim)
@@ -296,9 +304,9 @@ def _npz(text: str, file: Path, key: str | None) -> RowReader:
         raise DataError(f"{file}: no array named {key!r}; it holds {', '.join(members) or 'no arrays'}")
     info, where = members[key], f"{file}:{key}"
 
-    def opener() -> BinaryIO:
+    def opener() -> io.BufferedIOBase:
         zf = zipfile.ZipFile(file)
-        member = zf.open(info)
+        member = cast(io.BufferedIOBase, zf.open(info))  # read mode: a zipfile.ZipExtFile
         member.read(header)
         return member
 

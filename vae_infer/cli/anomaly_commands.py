@@ -137,8 +137,9 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
     m = open_model(model, device, threads)
     kind, limit, samples = anomaly.detect_rule(m, kind, quantile, threshold, samples)
     refuse_ignored(given("seed"), kind not in anomaly.STOCHASTIC_KINDS, f"kind {kind} draws no z")
+    calibration = m.manifest.calibration or {}  # detect_rule refused an uncalibrated package without --threshold
     where = "--threshold" if threshold is not None else (
-        f"the {quantile or m.manifest.calibration['quantile']:g} quantile of the calibration scores")
+        f"the {quantile or calibration['quantile']:g} quantile of the calibration scores")
     source = open_images(input, m)
     scorer = anomaly.ChunkScorer(m, kind, samples, seed, rows=len(source))  # images x samples, before any work
     if len(source) > m.chunk_size:

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -29,7 +29,14 @@ TRACEBACK_ENV = "VAE_INFER_TRACEBACK"  # set to 1 to see the Python traceback of
 MESSAGE_LIMIT = 600  # characters of an error message shown on the one line
 
 
-class _OneLineErrors:
+# The mixin's super() is a click.Command in every class that uses it: the type checker is told so.
+if TYPE_CHECKING:
+    _MixinBase = click.Command
+else:
+    _MixinBase = object
+
+
+class _OneLineErrors(_MixinBase):
     """Turns anything unexpected raised while a command or group runs into the one-line error of
     _as_click_error (click's own exceptions pass through)."""
 

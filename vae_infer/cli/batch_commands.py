@@ -62,10 +62,10 @@ def _outputs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.option("--verbose", is_flag=True,
               help="With --engine ray: show Ray's own log lines (else they go to DIR/_ray.log).")
 @json_option
-def batch(model: Path, inputs: tuple[str, ...], out: str, outputs: tuple[str, ...], kind: str, samples: int | None,
-          seed: int, engine: str, workers: int, threads: int | None, address: str | None, num_cpus: float | None,
-          skip_bad: bool, fmt: str, part_rows: int, chunk_rows: int, timeout_s: float | None, quiet: bool,
-          verbose: bool, as_json: bool) -> None:
+def batch(model: Path, inputs: tuple[str, ...], out: str | Path, outputs: tuple[str, ...], kind: str,
+          samples: int | None, seed: int, engine: str, workers: int, threads: int | None, address: str | None,
+          num_cpus: float | None, skip_bad: bool, fmt: str, part_rows: int, chunk_rows: int, timeout_s: float | None,
+          quiet: bool, verbose: bool, as_json: bool) -> None:
     """Run MODEL over INPUTS (files or quoted globs: .npy, FILE.npz[:KEY], IDX, FILE.parquet:COLUMN, PNG folders)
     and write one row per input row (source, row, and --outputs) into Parquet parts in --out.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -218,7 +219,8 @@ def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: f
     has_splits = bool(sources.spec_splits(data))  # a source without splits is read whole, whatever --split says
     section = index.manifest_section(INDEX_FILE, f"{origin} ({split if has_splits else 'all'})")
     section["bytes"] = len(data_bytes)
-    files, sections = {INDEX_FILE: data_bytes}, {"latent_index": section}
+    files = {INDEX_FILE: data_bytes}
+    sections: dict[str, Any] = {"latent_index": section}
     if not no_map:
         map_images, map_origin = images, origin
         if map_split != split and has_splits:
@@ -228,6 +230,7 @@ def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: f
         files[MAP_FILE] = to_bytes(lmap)
         sections["latent_map"] = {**manifest_section(lmap, MAP_FILE, seed), "bytes": len(files[MAP_FILE])}
     manifest = update_package(model, files, **sections)
+    assert manifest.latent_index is not None, "update_package wrote the index's section"
     section = manifest.latent_index
     if as_json:
         echo_json({**section, "sha256": manifest.files[section["file"]], "model": str(model),
@@ -240,6 +243,7 @@ def index_build(model: Path, data: str, split: str, k: int, metric: str, cell: f
     echo(f"  wrote {Path(model) / section['file']} (sha256 {manifest.files[section['file']][:16]}...)")
     if not no_map:
         lm = manifest.latent_map
+        assert lm is not None, "update_package wrote the map's section"
         echo(f"  latent map: {lm['points']} codes from {lm['source']}"
                    f"{', labelled' if lm['labelled'] else ', no labels'}; wrote {Path(model) / lm['file']}")
 
@@ -252,6 +256,7 @@ def index_info(model: Path, device: str, threads: int | None, as_json: bool) -> 
     m = open_model(model, device, threads)
     index = read_index(m)
     graph = load_graph(m)
+    assert m.manifest.latent_index is not None, "read_index refuses a package without one"
     section = dict(m.manifest.latent_index)
     components = int(graph.labels.max()) + 1
     if as_json:

@@ -84,16 +84,16 @@ def info(model: Path, device: str, threads: int | None, as_json: bool, full: boo
         return
     h, w = man.image_shape
     providers = "; ".join(f"{role}: {', '.join(p)}" for role, p in m.providers.items())
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("name", man.name), ("path", str(model)), ("image shape", f"{h} x {w} ({man.features} features)"),
         ("image files", model_sources.preprocessing_of(man).describe(man.image_shape)),
         ("latent size", man.latent_size), ("hidden size", man.hidden_size), ("likelihood", man.likelihood),
         ("opset", man.opset), ("device", f"{m.device} ({providers})"),
     ]
-    for k, v in rows:
-        echo(f"{k + ':':<13} {v}")
-    for k, text in section_lines(sections):
-        echo(f"{k + ':':<13} {text}")
+    for field, value in rows:
+        echo(f"{field + ':':<13} {value}")
+    for label, text in section_lines(sections):
+        echo(f"{label + ':':<13} {text}")
     echo("files (sha256, verified):")
     for name, digest in sorted(man.files.items()):
         echo(f"  {name}  {digest}")

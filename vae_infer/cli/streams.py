@@ -19,14 +19,14 @@ import numpy as np
 from ..atomic import write_atomically
 from ..data import arrays
 from ..data.model_sources import images_for_model, open_for_model
-from ..data.rows import Source
+from ..data.rows import AnySource, RowSource, Source
 from ..data.sources import open_source, parse_split, spec_splits, split_key
 from ..errors import DataError, InputError
 from ..inputs import check_images
 from . import base
 
 
-def open_images(path: str | Path, model) -> Source:
+def open_images(path: str | Path, model) -> AnySource:
     """The images of any source spec as rows read by range (vae_infer.data.sources): a .npy file, an .npz whose
     arrays are stored uncompressed (np.savez; FILE.npz:KEY picks an array), a folder of PNG/JPEG files (read as
     the model's package says training read them), IDX files, FILE.parquet:COLUMN or a data set name (its test
@@ -59,7 +59,7 @@ def _stored_only(file: Path) -> bool:
         return False  # read_images names the damage
 
 
-def _image_rows(source: Source, path: str | Path, image_shape: tuple[int, int]) -> Source:
+def _image_rows(source: AnySource, path: str | Path, image_shape: tuple[int, int]) -> AnySource:
     h, w = image_shape
     shape = (len(source), *source.row_shape)
     if shape in ((h, w), (h * w,)):  # one image
@@ -74,7 +74,7 @@ def _image_rows(source: Source, path: str | Path, image_shape: tuple[int, int]) 
     return source
 
 
-def chunks(model, source: Source, label: str, quiet: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+def chunks(model, source: RowSource, label: str, quiet: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """(start, rows) for each chunk of model.chunk_size images of `source`: the model's float32 input, each
     chunk validated as it is read (errors name the row in the whole input). The chunks are the ones the model's
     own methods use, so results equal theirs. A progress bar on stderr when a person is watching."""
@@ -115,7 +115,7 @@ def write_rows(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype | t
             block = np.ascontiguousarray(block, dtype)
             if block.shape[1:] != tuple(shape[1:]) or done + len(block) > shape[0]:
                 raise InputError(f"{path}: a block of rows shaped {block.shape} does not fit an array {shape}")
-            f.write(memoryview(block).cast("B"))
+            f.write(block.data.cast("B"))
             done += len(block)
         if done != shape[0]:
             raise InputError(f"{path}: {done} rows were made for an array of {shape[0]}")

@@ -177,20 +177,22 @@ def write_array(path: str | Path, data: np.ndarray | Mapping[str, np.ndarray]) -
     dict to .npy), atomically: the file at `path` is either the old one or the complete new one."""
     path = check_output(path)
     npz = path.suffix.lower() == ".npz"
+    arrays: np.ndarray | dict[str, np.ndarray]
     if isinstance(data, Mapping):
-        arrays = {str(k): np.asarray(v) for k, v in data.items()}
-        if not arrays:
+        named = {str(k): np.asarray(v) for k, v in data.items()}
+        if not named:
             raise InputError(f"{path}: nothing to write (an empty dict of arrays)")
+        arrays = named
         if not npz:
-            if len(arrays) != 1:
-                raise InputError(f"{path}: a .npy file holds one array, got {len(arrays)}: {', '.join(arrays)}; "
+            if len(named) != 1:
+                raise InputError(f"{path}: a .npy file holds one array, got {len(named)}: {', '.join(named)}; "
                                  f"write a .npz file instead")
-            arrays = next(iter(arrays.values()))
+            arrays = next(iter(named.values()))
     else:
         arrays = np.asarray(data)
         if npz:
             arrays = {"arr_0": arrays}
-    bad = [k for k, v in (arrays.items() if npz else [("array", arrays)]) if v.dtype == object]
+    bad = [k for k, v in (arrays.items() if isinstance(arrays, dict) else [("array", arrays)]) if v.dtype == object]
     if bad:
         raise InputError(f"{path}: expected numeric arrays, found object arrays: {', '.join(bad)}")
     write_atomically(path, lambda f: _dump(f, arrays))
@@ -199,6 +201,6 @@ def write_array(path: str | Path, data: np.ndarray | Mapping[str, np.ndarray]) -
 
 def _dump(f, arrays: np.ndarray | dict[str, np.ndarray]) -> None:
     if isinstance(arrays, dict):
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)  # object arrays are refused above
     else:
         np.save(f, arrays, allow_pickle=False)

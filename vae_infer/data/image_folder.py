@@ -13,6 +13,7 @@ the first image decides it, and each image is checked against it when it is read
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -211,7 +212,7 @@ def pin_files(files: list[Path], root: Path) -> dict:
         size = 0
         try:
             with open(file, "rb") as f:
-                for block in iter(lambda f=f: f.read(PIN_BLOCK), b""):
+                for block in iter(functools.partial(f.read, PIN_BLOCK), b""):
                     h.update(block)
                     size += len(block)
         except OSError as e:

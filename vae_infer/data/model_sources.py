@@ -14,7 +14,7 @@ from .arrays import MAX_READ_BYTES, read_images
 from .datasets import NAMED, training_rows, validation_split
 from .image_folder import IMAGE_SUFFIXES
 from .preprocessing import Preprocessing
-from .rows import Source
+from .rows import AnySource
 from .sources import ARRAY_SUFFIXES, open_source, parse_split, spec_splits, split_key
 
 CALIBRATION_SPLITS = ("validation", "train", "test")  # calibrate's --split: validation re-creates training's
@@ -27,14 +27,14 @@ def preprocessing_of(manifest) -> Preprocessing:
     return Preprocessing.from_dict(body) if body else Preprocessing()
 
 
-def open_for_model(spec: str | Path, manifest, split: str = "test", data_dir: str | Path | None = None) -> Source:
+def open_for_model(spec: str | Path, manifest, split: str = "test", data_dir: str | Path | None = None) -> AnySource:
     """open_source for a model: image files read at its size with its recorded preprocessing, as gray."""
     return open_source(spec, split=split, data_dir=data_dir, image_shape=tuple(manifest.image_shape),
                        preprocessing=preprocessing_of(manifest), channels="gray")
 
 
 def images_for_model(spec: str | Path, manifest, split: str = "test", data_dir: str | Path | None = None,
-                     probe: bool = False) -> tuple[np.ndarray, Source | None]:
+                     probe: bool = False) -> tuple[np.ndarray, AnySource | None]:
     """(images, their source) for a command that reads a whole input: every source kind, the default split
     `split` where the source has splits. A plain .npy or a one-array .npz goes through vae_infer.data.arrays (its
     checks and messages); the rest through open_source. The cost is bounded before any row is read.
@@ -73,10 +73,10 @@ def validation_indices(n: int, training: dict) -> np.ndarray:
     rows = training_rows(n, training)  # a source without splits: what training's held-out test part left
     size, seed, limit = int(config["validation_size"]), int(config["seed"]), int(config.get("train_limit") or 0)
     used = min(len(rows), limit) if limit else len(rows)
-    expected = training.get("train_examples"), training.get("validation_examples")
-    if None not in expected and sum(expected) != used:
+    train_n, validation_n = training.get("train_examples"), training.get("validation_examples")
+    if train_n is not None and validation_n is not None and train_n + validation_n != used:
         raise DataError(f"the data holds {used} training images but the model was trained on "
-                        f"{sum(expected)} (train + validation); these are not the model's training data")
+                        f"{train_n + validation_n} (train + validation); these are not the model's training data")
     if size < 1:
         raise DataError("the model was trained on all its training images (validation_size 0); use --split test "
                         "or pass held-out images as a .npy/.npz file")

@@ -18,8 +18,10 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,8 +58,8 @@ class ParquetSource:
         code = "import sys; from vae_infer.data.parquet import _reader_main; _reader_main(*sys.argv[1:])"
         self._limit = READER_MEMORY
         args = [str(theirs.fileno()), str(file), column or "", str(width or 0), str(self._limit)]
-        self._proc = subprocess.Popen([sys.executable, "-c", code, *args], pass_fds=[theirs.fileno()],
-                                      stdin=subprocess.DEVNULL)
+        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [sys.executable, "-c", code, *args], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
         self._conn = Connection(ours.detach())
         reply = self._receive(START_TIMEOUT_S)
@@ -71,6 +73,7 @@ class ParquetSource:
         try:
             kind, value = self._conn.recv()
         except (EOFError, OSError):
+            assert self._proc is not None, "the reader process runs until close()"
             code = self._proc.wait()
             self.close()
             raise DataError(f"{self.where}: the Parquet reader process ended (exit code {code}) while decoding the "
@@ -105,23 +108,24 @@ class ParquetSource:
         self._conn.send((int(start), int(stop)))
         self._receive()
         out = np.empty((stop - start, self._width), self._dtype)
-        self._conn.recv_bytes_into(memoryview(out).cast("B"))
+        self._conn.recv_bytes_into(out.data.cast("B"))
         return out
 
     def read_all(self) -> np.ndarray:
         return self.read(0, len(self))
 
     def close(self) -> None:
-        if getattr(self, "_proc", None) is not None:
+        proc = getattr(self, "_proc", None)  # None: closed, or __init__ failed before starting it
+        if proc is not None:
             try:
                 self._conn.send(None)
             except OSError:
                 pass
             try:
-                self._proc.wait(timeout=2)
+                proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+                proc.kill()
+                proc.wait()
             self._conn.close()
             self._proc = None
 
@@ -144,11 +148,10 @@ def _reader_main(fd: str, file: str, column: str, width: str, limit: str) -> Non
 
     resource.setrlimit(resource.RLIMIT_DATA, (int(limit), int(limit)))
     conn = Connection(int(fd))
-    column, width = column or None, int(width) or None
     global READER_MEMORY
     READER_MEMORY = int(limit)  # for the messages
     try:
-        reader = _Reader(file, column, width)
+        reader = _Reader(file, column or None, int(width) or None)
         conn.send(("ok", (reader.where, reader.rows, reader.width, reader.dtype.str)))
     except (DataError, MemoryError) as e:
         conn.send(("error", _words(e, file)))
@@ -172,7 +175,7 @@ def _reader_main(fd: str, file: str, column: str, width: str, limit: str) -> Non
             conn.send(("error", _words(e, reader.where)))
             continue
         conn.send(("rows", None))
-        conn.send_bytes(memoryview(np.ascontiguousarray(block)).cast("B"))
+        conn.send_bytes(np.ascontiguousarray(block).data.cast("B"))
 
 
 def _words(e: BaseException, where: str) -> str:
@@ -206,12 +209,15 @@ class _Reader:
         if any(c < 0 for c in counts) or sum(counts) != meta.num_rows:
             raise DataError(f"{self.where}: the footer's row counts do not add up (corrupt file)")
         self.rows = int(meta.num_rows)
-        self.width = fixed if fixed is not None else width
-        if self.width is None:  # a variable-length column and no model to say the width: the first row tells
-            self.width = len(self._first_row()) if self.rows else 0
+        width = fixed if fixed is not None else width
+        if width is None:  # a variable-length column and no model to say the width: the first row tells
+            width = len(self._first_row()) if self.rows else 0
+        self.width = width
         self._check_footer(meta)
         self.batch_rows = max(1, BATCH_BYTES // max(1, self.width * self.dtype.itemsize))
-        self._batches, self._pos, self._held = None, 0, None
+        self._batches: Iterator[Any] | None = None  # pyarrow RecordBatches, forward from row self._pos
+        self._pos = 0
+        self._held: np.ndarray | None = None
 
     def _first_row(self):
         for batch in self.pf.iter_batches(batch_size=1, columns=[self.column]):

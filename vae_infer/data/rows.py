@@ -7,11 +7,40 @@ from __future__ import annotations
 
 import mmap
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError
+
+
+class RowSource(Protocol):
+    """What every reader of rows offers, whatever its storage (Source and its subclasses, ParquetSource, the
+    batch job's readers): the type of a function that takes or returns any of them."""
+
+    name: str  # the spec as the user gave it
+    where: str  # the file actually read, for messages
+
+    def __len__(self) -> int: ...
+
+    @property
+    def row_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    def read(self, start: int, stop: int) -> np.ndarray: ...
+
+    def labels(self) -> NDArray[np.int64] | None: ...
+
+    def close(self) -> None: ...
+
+
+class AnySource(RowSource, Protocol):
+    """What vae_infer.data.sources.open_source returns (a Source, or a ParquetSource): rows, and all of them."""
+
+    def read_all(self) -> np.ndarray: ...
 
 
 class Source:

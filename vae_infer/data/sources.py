@@ -39,7 +39,7 @@ from .datasets import (
 )
 from .image_folder import ImageSource, folder_splits, is_image_file, open_folder
 from .preprocessing import Preprocessing
-from .rows import Source
+from .rows import AnySource, Source
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 SPLITS = tuple(IMAGE_FILES)
@@ -90,7 +90,7 @@ def spec_splits(spec: str | Path, data_dir: str | Path | None = None) -> tuple[s
 
 def open_source(spec: str | Path, split: str = "test", data_dir: str | Path | None = None,
                 image_shape: tuple[int, int] | None = None, preprocessing: Preprocessing | None = None,
-                channels: str | None = None) -> Source:
+                channels: str | None = None) -> AnySource:
     """A source of images from what a user typed (the spec: see the module's docstring).
 
     split: the command's default split ("train" or "test") for sources that have splits; `SOURCE:split` in the
@@ -289,7 +289,7 @@ def load_images(spec: str | Path, split: str = "test", data_dir: str | Path | No
 # -- labels -----------------------------------------------------------------------------------------------------
 
 
-def class_names(source: Source | None, spec: str | Path) -> tuple[str, ...] | None:
+def class_names(source: AnySource | None, spec: str | Path) -> tuple[str, ...] | None:
     """The class names of a source's labels: an image folder's class folders, a named set's classes."""
     from .datasets import CLASS_NAMES
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -241,7 +242,7 @@ def build_index(
         )
     nbr = knn(nodes, k)
     pairs = np.stack([np.repeat(np.arange(len(nodes)), nbr.shape[1]), nbr.reshape(-1)], 1)
-    edges = np.unique(np.sort(pairs, axis=1), axis=0)
+    edges: NDArray[Any] = np.unique(np.sort(pairs, axis=1), axis=0)  # int32 from the cost field on
     added = _bridges(nodes, edges) if bridge else []
     is_bridge = np.zeros(len(edges) + len(added), dtype=bool)
     if added:
@@ -314,7 +315,8 @@ def _alt_tables(n: int, edges: NDArray, weights: NDArray, count: int, rng) -> tu
 
     start = distances_from(int(rng.integers(n)))
     current = int(np.argmax(np.where(np.isfinite(start), start, -1.0)))
-    chosen, rows, nearest = [], [], np.full(n, np.inf)
+    chosen: list[int] = []
+    rows, nearest = [], np.full(n, np.inf)
     while len(chosen) < count:
         row = distances_from(current)
         chosen.append(current)

@@ -9,9 +9,10 @@ vae_infer.interpolation.build; how it is searched is vae_infer.interpolation.sea
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ class LatentIndex:
     realism_weight: float  # the default exponent q of the cost field in search weights
     alt_nodes: NDArray[np.int32]  # (L,) landmark nodes of the A* heuristic (ALT)
     alt_dist: NDArray[np.float64]  # (L, n) search distance from each landmark to every node (inf: unreachable)
-    info: dict[str, Any] = field(default_factory=dict)  # build details for the manifest (not stored in the npz)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # build details for model.json (not in the npz)
 
     @property
     def n_nodes(self) -> int:
@@ -126,10 +127,11 @@ class LatentIndex:
                                 ("bridge", self.bridge, m)):
             if arr.shape != (size,):
                 problems.append(f"{name} shaped {arr.shape}, expected ({size},)")
-        for name, arr in (("codes", self.codes), ("distance", self.distance), ("cost", self.cost),
-                          ("edge_cost", self.edge_cost), ("field", self.field), ("field_origin", self.field_origin),
-                          ("field_cell", self.field_cell), ("cell", self.cell), ("realism_ref", self.realism_ref)):
-            if np.size(arr) and not np.all(np.isfinite(arr)):
+        for name, values in (("codes", self.codes), ("distance", self.distance), ("cost", self.cost),
+                             ("edge_cost", self.edge_cost), ("field", self.field),
+                             ("field_origin", self.field_origin), ("field_cell", self.field_cell), ("cell", self.cell),
+                             ("realism_ref", self.realism_ref)):
+            if np.size(values) and not np.all(np.isfinite(values)):
                 problems.append(f"{name} holds NaN or inf")
         if m and self.distance.min() < 0:
             problems.append("negative edge distances")

@@ -48,7 +48,7 @@ def _factor(cost: NDArray, u, v, mid: NDArray, q: float):
 
 
 def _weighted_graph(n: int, edges: NDArray, weights: NDArray) -> nx.Graph:
-    g = nx.Graph()
+    g: nx.Graph[int] = nx.Graph()
     g.add_nodes_from(range(n))
     g.add_weighted_edges_from(zip(edges[:, 0].tolist(), edges[:, 1].tolist(), weights.tolist(), strict=True))
     return g
@@ -187,7 +187,7 @@ class LatentGraph:
                 else:
                     path = nx.dijkstra_path(g, src, dst, weight=counted)
                 hops = list(zip(path[:-1], path[1:], strict=True))
-                total = sum(g[u][v]["weight"] if weight == "weight" else weight(u, v, g[u][v]) for u, v in hops)
+                total = sum(g[u][v]["weight"] if isinstance(weight, str) else weight(u, v, g[u][v]) for u, v in hops)
                 length = sum(g[u][v]["distance"] for u, v in hops)
             finally:
                 g.remove_node(src)

@@ -166,6 +166,7 @@ def check_export(package_dir: str | Path, out_dir: str | Path, weights: str = "f
     with tempfile.TemporaryDirectory(prefix="vae-export-check-") as tmp:
         work = Path(tmp)
         if t.native:
+            assert compilers is not None, "found above for a native target"
             programs = [(Path(cc).name, build_example(out_dir, cc, work, prefix)) for cc in compilers]
         else:
             programs = [(t.cc, make_target(out_dir, t))]

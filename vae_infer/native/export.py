@@ -89,7 +89,7 @@ def export_c(package_dir: str | Path, out_dir: str | Path, weights: str = "fp32"
     block: outputs per weight block (default: the target's; 64 suits SIMD CPUs, 1 gives plain dot products
     for scalar microcontrollers); rows: a default VAE_ROWS (rows per tile) instead of the target's choice.
     flash, ram: bytes (or "1M", "64K") for bare-metal targets, defaulting to the board's; refused elsewhere."""
-    from ..atomic import write_atomically
+    from ..atomic import atomic_write_bytes
     from . import firmware, memory_report
     from .example import example_main
     from .makefile import makefile
@@ -126,6 +126,6 @@ def export_c(package_dir: str | Path, out_dir: str | Path, weights: str = "fp32"
     files = []
     for name, text in texts.items():
         data = text.encode()
-        files.append(write_atomically(out / name, lambda f, data=data: f.write(data)))
+        files.append(atomic_write_bytes(out / name, data))
     return Export(out, files, weights, sources.weight_bytes, sources.functions, digests, t.name, flash_bytes,
                   ram_bytes)

@@ -57,6 +57,7 @@ def create_runner(onnx_bytes: bytes, spec: GraphSpec | None = None, threads: int
         graph = read_graph(onnx_bytes, where)  # an unsupported graph is refused before anything else
         names = names or _graph_names(graph)
     if lib is None:
+        assert graph is not None, "read above when there is no library"
         if find_compiler(cc) is None:
             raise no_compiler_error(cc)
         try:

@@ -175,7 +175,9 @@ class _Reader:
             raise self.fail(f"expected one graph input (batch, features), found {len(inputs)}: "
                             f"{[i.name for i in inputs]}")
         in_name = inputs[0].name
-        self.widths[in_name] = self._batch_and_width(inputs[0], "input")
+        in_width = self._batch_and_width(inputs[0], "input")
+        assert in_width is not None, "only an output's width may be unknown"
+        self.widths[in_name] = in_width
         out_names = [o.name for o in self.g.output]
         uses: dict[str, int] = {}
         for node in self.g.node:

@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 FLASH_SECTIONS = (".text", ".rodata", ".ARM.exidx", ".ARM.extab", ".isr_vector", ".init", ".fini")
 RAM_SECTIONS = (".data", ".bss", ".stack", ".heap")
@@ -108,7 +109,7 @@ def report(size_tool: str, library: str, program: str | None, stack_files: list[
     for name, size in frames.items():
         per_function.setdefault(name, {"bytes": size, "kind": kinds.get(name, "static")})
     frames = {**{k: v["bytes"] for k, v in per_function.items()}, **frames}
-    worst = {}
+    worst: dict[str, dict[str, Any]] = {}
     for entry in entries:
         if entry in frames or entry in calls:
             depth, path = worst_case(entry, frames, calls)

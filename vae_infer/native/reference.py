@@ -3,6 +3,8 @@ int8-rounded) weights and the same int8 activation steps, to check the C code ti
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .graph import Dense, Graph
@@ -13,7 +15,7 @@ def evaluate(graph: Graph, x: np.ndarray, weights: str = "fp32") -> list[np.ndar
     """What the generated code computes for x, in float64 numpy with the same (quantized) weights: the
     outputs in the graph's order. Used to check generated code tightly, whatever the weight format."""
     values = {graph.input[0]: np.asarray(x, dtype=np.float64)}
-    acts = {
+    acts: dict[str | None, Callable[[np.ndarray], np.ndarray]] = {
         None: lambda v: v,
         "identity": lambda v: v,
         "relu": lambda v: np.maximum(v, 0.0),

@@ -162,7 +162,7 @@ class NativeRunner:
     @staticmethod
     def _address(a: np.ndarray) -> int:
         if a.flags.writeable:
-            return ctypes.addressof(ctypes.c_float.from_buffer(a))  # the fastest way ctypes offers
+            return ctypes.addressof(ctypes.c_float.from_buffer(a.data))  # the fastest way ctypes offers
         return a.ctypes.data  # read-only arrays: still no copy
 
     def _call(self, x: np.ndarray, outs: list[np.ndarray | None], n: int) -> None:

@@ -123,10 +123,10 @@ class _Writer:
             self._table("int16_t", f"{base}_w", [str(b) for b in bits.tolist()], 2,
                         f"{what}: weights, IEEE half bits, {order}")
         else:
-            q, scale, columns = quantize_int8(op.weight)
+            q, scales, columns = quantize_int8(op.weight)
             self._table("int8_t", f"{base}_w", [str(v) for v in pack(q, self.block).tolist()], 1,
                         f"{what}: weights, int8 (w = q * scale[out] * columns[in]), {order}")
-            self._table("float", f"{base}_s", float_values(scale), 4, f"{what}: int8 scale per output")
+            self._table("float", f"{base}_s", float_values(scales), 4, f"{what}: int8 scale per output")
             self._table("float", f"{base}_c", float_values(columns), 4, f"{what}: int8 scale per input")
         self._table("float", f"{base}_b", float_values(op.bias), 4, f"{what}: bias")
         if is_narrow(n, k):

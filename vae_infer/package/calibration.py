@@ -108,7 +108,7 @@ def _validate_dose(dose: object, bad) -> None:
 
 def _validate_calibration_arrays(section: dict, arrays: Mapping[str, np.ndarray], where: str, fix: str) -> None:
     n, d = section["examples"], len(DOSE_STATISTICS)
-    expected = {f"scores_{k}": (n,) for k in section["thresholds"]}
+    expected: dict[str, tuple[int, ...]] = {f"scores_{k}": (n,) for k in section["thresholds"]}
     if "dose" in section["thresholds"]:
         expected["dose_statistics"] = (n, d)
     unknown = sorted(set(arrays) - set(expected))
@@ -130,6 +130,7 @@ def check_calibration_file(section: object, data: bytes, package_dir: str) -> di
     """The calibration section and its (verified) arrays file, checked as validate_calibration does; the package
     loader calls it, so a bad calibration (a NaN score among them) is refused when the package loads."""
     validate_calibration(section, where=f"{package_dir}/model.json")
+    assert isinstance(section, dict), "validate_calibration refuses anything but an object"
     arrays = load_calibration_arrays(data, f"{package_dir}/{section['reference_file']}")
     validate_calibration(section, arrays, where=f"{package_dir}/model.json")
     return arrays

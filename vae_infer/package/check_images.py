@@ -67,7 +67,7 @@ def drop_check_images(package_dir: str | Path):
     section = read_manifest(package_dir).check_images
     if not section:
         return read_manifest(package_dir)
-    return update_package(package_dir, {}, drop=(section.get("file"),), check_images=None)
+    return update_package(package_dir, {}, drop=(str(section["file"]),), check_images=None)
 
 
 def read_check_images(package_dir: str | Path) -> NDArray | None:

@@ -307,6 +307,9 @@ def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+_KIND_WORDS: dict[type, str] = {str: "a string", dict: "an object", list: "a list"}
+
+
 def _field(d: dict, key: str, kind: type, where: str = "") -> Any:
     """d[key], which must be of exactly `kind` (ints: not bool; positive where they are sizes)."""
     if key not in d:
@@ -314,7 +317,7 @@ def _field(d: dict, key: str, kind: type, where: str = "") -> Any:
     v = d[key]
     ok = _is_int(v) and v >= 1 if kind is int else isinstance(v, kind)
     if not ok:
-        what = "a positive integer" if kind is int else {str: "a string", dict: "an object", list: "a list"}[kind]
+        what = "a positive integer" if kind is int else _KIND_WORDS[kind]
         raise ModelPackageError(f"model.json: {where}{key} must be {what}, found {v!r}")
     return v
 

@@ -34,7 +34,7 @@ def section_checks(package_dir: str | Path, manifest: Manifest) -> dict[str, lis
         "latent_map": (manifest.latent_map, "file",
                        lambda data, origin: parse_latent_map(data, lmap, manifest.latent_size, origin, rebuild)),
         "check_images": (manifest.check_images, "file",
-                         lambda data, origin: parse_check_images(data, manifest.check_images, manifest.features,
+                         lambda data, origin: parse_check_images(data, manifest.check_images or {}, manifest.features,
                                                                  origin)),
     }
     checks: dict[str, list[Check]] = {}

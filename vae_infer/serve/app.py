@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -44,6 +44,7 @@ from .resources import ORT_ENTRY, WEB_DIR, Resources, find_ort_dist
 
 NPY_PATHS = frozenset({"/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/score", "/v1/detect"})
 PAGE_FOLDERS = ("/web/", "/ort/")
+B = TypeVar("B", bound=BaseModel)
 
 
 class State:
@@ -58,8 +59,13 @@ class State:
         self.ort_dist = find_ort_dist(config.web_assets)
         self.draining = False  # set on shutdown: /readyz turns false while in-flight requests finish
 
+    def started(self) -> Limiter:
+        """The limiter, which every route may use: the lifespan makes it before the first request."""
+        assert self.limiter is not None, "the limiter is made on startup, before any request"
+        return self.limiter
+
     def slot(self) -> Slot:
-        return self.limiter.slot()
+        return self.started().slot()
 
     async def run_rows(self, slot: Slot, fn, rows):
         """fn(rows) for one of the cheap per-row operations (encode, decode, reconstruct): inline on the event
@@ -126,8 +132,8 @@ def create_app(model: VAEModel | str | Path, config: ServeConfig | None = None) 
 # -- request plumbing ---------------------------------------------------------------------------------------------
 
 
-async def _read(request: Request, state: State, body_model: type[BaseModel], options: type[BaseModel],
-                field: str, what: str) -> tuple[np.ndarray, BaseModel]:
+async def _read(request: Request, state: State, body_model: type[B], options: type[B],
+                field: str, what: str) -> tuple[np.ndarray, B]:
     """(array, parsed request) from a JSON body, or from an .npy body with the options in the query string."""
     raw = await request.body()
     if bodies.is_npy(request.headers.get("content-type")):
@@ -139,7 +145,7 @@ async def _read(request: Request, state: State, body_model: type[BaseModel], opt
     return arr, parsed
 
 
-async def _read_json(request: Request, body_model: type[BaseModel]) -> tuple[BaseModel, dict[str, np.ndarray]]:
+async def _read_json(request: Request, body_model: type[B]) -> tuple[B, dict[str, np.ndarray]]:
     return read_json(await request.body(), body_model)
 
 
@@ -148,7 +154,7 @@ async def _reply(request: Request, payload: dict[str, Any], state: State, endpoi
     if bodies.wants_npz(request.headers.get("content-type"), request.headers.get("accept")):
         # zipping (its CRC-32 and copies) of a large .npz runs on a compute thread, off the event loop
         loop = asyncio.get_running_loop()
-        return Response(await loop.run_in_executor(state.limiter.executor, bodies.encode_npz, payload),
+        return Response(await loop.run_in_executor(state.started().executor, bodies.encode_npz, payload),
                         media_type=bodies.NPZ)
     return Response(await bodies.encode_json_yielding(payload), media_type=JSON)
 
@@ -269,13 +275,13 @@ def _add_api_routes(app: FastAPI, state: State) -> None:
     async def latent_map(request: Request):
         """Codes (and class labels) of a sample of a data set, from the package's latent_map section (or the
         nodes of its latent index). 409 if the package has neither."""
-        found = await state.limiter.run(state.resources.latent_map)
+        found = await state.started().run(state.resources.latent_map)
         return await _reply(request, found, state, "latent-map", 0)
 
     @app.get("/v1/examples", response_model=s.ExamplesResponse, responses=schemas.ERROR_RESPONSES)
     async def examples(request: Request):
         """A fixed sample of test images the page offers (--examples; 409 if that data set is not here)."""
-        found = await state.limiter.run(state.resources.examples)
+        found = await state.started().run(state.resources.examples)
         return await _reply(request, found, state, "examples", 0)
 
     @app.get("/v1/files/{name}", responses={**schemas.ERROR_RESPONSES, 200: {"content": {
@@ -388,4 +394,4 @@ def _document_bodies(app: FastAPI, models: tuple[type[BaseModel], ...]) -> None:
             components[model.__name__] = js
         return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema

@@ -99,7 +99,7 @@ def _dumps(plain: Any) -> bytes:
 
 def encode_npz(payload: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in payload.items() if isinstance(v, np.ndarray)})
+    np.savez(buf, allow_pickle=False, **{k: np.asarray(v) for k, v in payload.items() if isinstance(v, np.ndarray)})
     return buf.getvalue()
 
 

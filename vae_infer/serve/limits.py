@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .bodies import JSON, NPY
@@ -80,7 +80,7 @@ class Slot:
 
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
-        self.job = None
+        self.job: Future[Any] | None = None
 
     async def __aenter__(self) -> Slot:
         self.limiter._admit()
@@ -178,12 +178,12 @@ class BodyLimit:
             if not started:
                 await _send_error(send, 413, "too_large", e.message)
 
-    def _message(self, size: int, media: str, limit: int) -> str:
+    def _message(self, size: int, media: str | None, limit: int) -> str:
         hint = (f" (--max-json-bytes); send large batches as {NPY} (up to {self.max_bytes} bytes)"
                 if media == JSON and limit < self.max_bytes else " (--max-body-bytes): send fewer rows per request")
         return f"the {media} body has at least {size} bytes; the limit is {limit} bytes{hint}"
 
-    async def _refuse(self, send, size: int, media: str, limit: int) -> None:
+    async def _refuse(self, send, size: int, media: str | None, limit: int) -> None:
         self.metrics.rejected["too_large"] += 1
         await _send_error(send, 413, "too_large", self._message(size, media, limit))
 

@@ -45,7 +45,8 @@ def run(app, config: ServeConfig, drain_s: float = 0.0, log_level: str = "warnin
     uv_config = uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, access_log=False, lifespan="on",
         timeout_graceful_shutdown=int(config.request_timeout_s) + 1, server_header=False,
-        timeout_keep_alive=config.keep_alive_s, http=deadline_protocol(config, app.state.vae.metrics),
+        timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # annotated int; used as a float delay
+        http=deadline_protocol(config, app.state.vae.metrics),
     )
     GracefulServer(uv_config).run(sockets=[sock] if sock is not None else None)
 
