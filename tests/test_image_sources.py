@@ -232,7 +232,7 @@ def test_mixed_sizes_need_image_size(tmp_path, digits):
     from train.cli import main as train_main
 
     result = CliRunner().invoke(train_main, ["fit", "--dataset", str(root), "--out", str(tmp_path / "p"),
-                                             "--quiet", "--no-pictures"])
+                                             "--run-dir", str(tmp_path / "run"), "--quiet", "--no-pictures"])
     assert result.exit_code == 1 and str(root / "a" / "1.png") in result.output, result.output
     assert not (tmp_path / "p").exists()
 
