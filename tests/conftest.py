@@ -164,6 +164,8 @@ SLOW_FIXTURES = {
     "trained": "trains a model",
     "wheel": "builds the wheel",
     "tiny_c": "compiles the C backend",
+    "with_variants": "quantizes a model (int8, fp16, ORT format)",
+    "digits": "writes scikit-learn's 1,797 digits as PNG files",
 }
 
 
