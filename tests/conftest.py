@@ -238,6 +238,7 @@ def pytest_sessionfinish(session, exitstatus):
     if changes:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
+            reporter.ensure_newline()
             reporter.write_sep("=", "the test run changed the checkout", red=True)
             reporter.write_line("a test wrote outside its tmp_path (or a file was edited while the tests ran):")
             for line in changes:
