@@ -70,7 +70,9 @@ test: venv system-deps web docs
 	$(MAKE) --no-print-directory typecheck
 	$(PY) -m pytest -q
 
-# The quick loop: everything not marked slow (what trains, compiles, serves, runs Ray or a browser).
+# The quick loop: everything not marked slow (what trains, compiles C, serves, runs Ray, a browser or an emulator,
+# loops over subprocesses or generated examples). tests/conftest.py marks by rule every test that uses a slow
+# fixture or runs a Debian program, and fails any run (this one too) that leaves a file in the checkout.
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 

@@ -12,6 +12,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TINY_PACKAGE = FIXTURES / "tiny-model"
 TINY_IMAGES = FIXTURES / "tiny-images.npz"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +60,10 @@ def needs(available: bool, what: str) -> pytest.MarkDecorator:
 
 
 def needs_binary(name: str, package: str) -> pytest.MarkDecorator:
-    return needs(shutil.which(name) is not None, f"{name} from Debian's {package} (make system-deps)")
+    """Skip unless the program `name` is on PATH. The mark names the program, so the fast loop's rule (below) can
+    tell that the test runs it."""
+    return pytest.mark.skipif(shutil.which(name) is None, reason=f"{MISSING_PREFIX}{name} from Debian's {package} "
+                              "(make system-deps)", program=name)
 
 
 def needs_module(module: str, extra: str) -> pytest.MarkDecorator:
@@ -142,3 +146,101 @@ def onnxruntime_offers(monkeypatch):
         monkeypatch.setattr(ort, "InferenceSession", Session)
 
     return offer
+
+
+# -- the fast loop: what is slow, by rule ------------------------------------------------------------------
+#
+# `make test-fast` runs `pytest -m "not slow"`; `make test` runs everything. A test is slow when it trains,
+# compiles C, starts a server, a Ray cluster, a browser or an emulator, builds a wheel, reads the real data set
+# or loops over many generated examples. Two rules mark most of them here, so that tests added later are
+# classified too: a test that uses one of SLOW_FIXTURES, and a test that needs a program from Debian
+# (needs_binary: a C compiler, make, an emulator, Chromium, wrk), which it needs because it runs it. The others
+# carry @pytest.mark.slow (or a module's pytestmark) where they are written.
+SLOW_FIXTURES = {
+    "browser": "Chromium under Playwright",
+    "cluster": "a Ray cluster",
+    "open_server": "vae-infer serve in a subprocess",
+    "token_server": "vae-infer serve in a subprocess",
+    "trained": "trains a model",
+    "wheel": "builds the wheel",
+    "tiny_c": "compiles the C backend",
+    "with_variants": "quantizes a model (int8, fp16, ORT format)",
+    "digits": "writes scikit-learn's 1,797 digits as PNG files",
+}
+
+
+def runs_a_program(item: pytest.Item) -> bool:
+    return any(mark.kwargs.get("program") for mark in item.iter_markers("skipif"))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())) or runs_a_program(item):
+            item.add_marker(pytest.mark.slow)
+
+
+# -- a test run leaves the checkout as it found it -----------------------------------------------------------
+#
+# A listing of the checkout at the start and the end of the session: every folder, and every file's size and
+# modification time. Any path that appears, changes or goes away fails the run (exit status 1) with the list:
+# tests write into tmp_path, never the checkout (an empty folder counts; git status would not show it). Not
+# listed: .git, virtual environments, node_modules, and the caches the test tools make by design (TOOL_CACHES,
+# anywhere). What is there before the run (site/ from `make docs`, a run folder of your own) is never reported,
+# only what the run changes; a file edited while the tests run is reported too (the message says so).
+TOOL_CACHES = frozenset({".pytest_cache", "__pycache__", ".hypothesis", ".ruff_cache", ".mypy_cache"})
+
+
+def _not_listed(folder: Path) -> bool:
+    return (folder.name in TOOL_CACHES or folder.name in {".git", "node_modules"}
+            or folder.name.endswith(".egg-info") or (folder / "pyvenv.cfg").is_file())
+
+
+def checkout_state(root: Path = CHECKOUT) -> dict[str, tuple]:
+    """Relative path -> (size, mtime) of every file and symbolic link under root, and "folder/" -> () for every
+    folder, less what _not_listed names."""
+    state: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if here != root:
+            state[f"{here.relative_to(root)}/"] = ()
+        dirnames[:] = [d for d in dirnames if not _not_listed(here / d)]
+        for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
+            try:
+                st = (here / name).lstat()
+            except OSError:  # gone between the listing and the look
+                continue
+            state[str((here / name).relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def checkout_changes(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
+    """What a run did to the checkout, one line a path: "new: path", "changed: path" or "gone: path"."""
+    lines = []
+    for rel in sorted(before.keys() | after.keys()):
+        was, now = before.get(rel), after.get(rel)
+        if was != now:
+            lines.append(f"{'new' if was is None else 'gone' if now is None else 'changed'}: {rel}")
+    return lines
+
+
+_CHECKOUT_KEY = pytest.StashKey[dict]()
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_CHECKOUT_KEY] = checkout_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(_CHECKOUT_KEY, None)
+    if before is None:
+        return
+    changes = checkout_changes(before, checkout_state())
+    if changes:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_sep("=", "the test run changed the checkout", red=True)
+            reporter.write_line("a test wrote outside its tmp_path (or a file was edited while the tests ran):")
+            for line in changes:
+                reporter.write_line("  " + line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

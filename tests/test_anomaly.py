@@ -361,6 +361,7 @@ def test_training_noise_corrupts_the_input_only():
 # -- command line -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_calibrate_detect_denoise(tiny_copy, tiny_images, tmp_path):
     images = tmp_path / "images.npy"
     np.save(images, tiny_images)

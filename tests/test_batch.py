@@ -70,6 +70,7 @@ def _exactly_once(results: dict, shards: dict) -> None:
         np.testing.assert_array_equal(rows, np.arange(len(x)))
 
 
+@pytest.mark.slow
 def test_local_engine_equals_the_model(tiny_package, shards, tmp_path):
     model = load(tiny_package, threads=1)
     opts = BatchOptions(outputs=("mu", "logvar", "score"), kind="recon", part_rows=600)
@@ -91,6 +92,7 @@ def test_local_engine_equals_the_model(tiny_package, shards, tmp_path):
     assert (tmp_path / "out" / "_failures.jsonl").read_text() == ""
 
 
+@pytest.mark.slow
 def test_sampled_scores_do_not_depend_on_the_split(tiny_package, shards, tmp_path):
     """nelbo and iwae with noise keyed by (seed, source, row): same numbers with other tasks, parts, workers;
     another seed gives other numbers with the same mean as score()."""
@@ -122,6 +124,7 @@ def test_row_noise_is_a_function_of_its_coordinates():
     assert abs(whole.mean()) < 0.1 and abs(whole.std() - 1) < 0.1
 
 
+@pytest.mark.slow
 def test_flag_is_detect_and_npz_output_equals_parquet(tiny_copy, shards, tmp_path):
     model = load(tiny_copy, threads=1)
     calib = np.concatenate(list(shards.values()))[:500]
@@ -140,6 +143,7 @@ def test_flag_is_detect_and_npz_output_equals_parquet(tiny_copy, shards, tmp_pat
         np.testing.assert_array_equal(outs["parquet"][k], outs["npz"][k])
 
 
+@pytest.mark.slow
 def test_parquet_schema(tiny_package, shards, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -163,6 +167,7 @@ run_batch(sys.argv[1], [sys.argv[2]], sys.argv[3], BatchOptions(outputs=("mu", "
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_reuses_finished_parts(tiny_package, images, tmp_path):
     data = tmp_path / "big.npy"
     np.save(data, np.concatenate([images] * 10))  # 30k rows, 30 parts: a few seconds of iwae
@@ -248,6 +253,7 @@ def test_bad_shards_stop_the_job_or_are_recorded(tiny_package, images, tmp_path)
     assert set(r["source"]) == {str(tmp_path / "good.npy"), str(tmp_path / "nan.npy")}
 
 
+@pytest.mark.slow
 def test_cli_batch(tiny_package, shards, images, tmp_path):
     from vae_infer.cli import main
 
@@ -310,6 +316,7 @@ print(peak[0], s.rows)
 """
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_from_small_to_large_inputs(tiny_package, tmp_path):
     """Peak RssAnon of a job over a 0.2 GB and a 2 GB input (sparse files of black images, memory-mapped)."""
     peaks = {}
@@ -328,6 +335,7 @@ def test_memory_stays_flat_from_small_to_large_inputs(tiny_package, tmp_path):
     assert peaks[2.0] <= 1.2 * peaks[0.2], peaks
 
 
+@pytest.mark.slow
 def test_parquet_source_reads_ranges_across_row_groups(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -102,6 +102,7 @@ def test_the_output_folder_reads_as_one_table_with_every_reader(tiny_package, im
         assert np.isfinite(df["score"].to_numpy(float)).all() and len(df["mu"].iloc[0]) == 2, reader
 
 
+@pytest.mark.slow
 def test_a_second_job_on_the_same_folder_fails_at_once_naming_the_first(tiny_package, images, tmp_path):
     np.save(tmp_path / "in1.npy", images[:3000])
     np.save(tmp_path / "in2.npy", images[3000:])
@@ -122,6 +123,7 @@ def test_a_second_job_on_the_same_folder_fails_at_once_naming_the_first(tiny_pac
     assert set(read_results(out)["source"].tolist()) == {str(tmp_path / "in1.npy")}
 
 
+@pytest.mark.slow
 def test_an_input_rewritten_mid_run_stops_the_job_and_nothing_mixes(tiny_package, images, tmp_path):
     data, out = tmp_path / "in.npy", tmp_path / "out"
     old = images[:3000]
@@ -137,6 +139,7 @@ def test_an_input_rewritten_mid_run_stops_the_job_and_nothing_mixes(tiny_package
                                                               part_rows=1024))
 
 
+@pytest.mark.slow
 def test_an_input_rewritten_between_a_kill_and_the_resume_is_refused(tiny_package, images, tmp_path):
     data, out = tmp_path / "in.npy", tmp_path / "out"
     old = images[:3000]
@@ -154,6 +157,7 @@ def test_an_input_rewritten_between_a_kill_and_the_resume_is_refused(tiny_packag
     assert _only_rows_of(out, old, tiny_package) >= 1024
 
 
+@pytest.mark.slow
 def test_a_file_truncated_mid_run_is_a_clear_error_not_sigbus(tiny_package, images, tmp_path):
     data, out = tmp_path / "in.npy", tmp_path / "out"
     np.save(data, images[:3000])
@@ -247,6 +251,7 @@ def test_a_npz_member_whose_declared_size_disagrees_with_its_shape_is_refused_be
 # -- hostile Parquet columns ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_parquet_nulls_wrong_types_and_widths_are_refused_naming_column_and_row(tiny_package, images, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -64,6 +64,7 @@ def test_matmul_flops_is_consistent():
     assert m["flop_per_second"] == pytest.approx(m["flop_per_call"] / m["seconds_median"])
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_json_markdown_and_plot(tiny_package, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "b.json"
@@ -93,6 +94,7 @@ def test_bench_cli_unknown_variant_is_one_line(tiny_package):
     assert r.exit_code == 1 and "has no variant 'int8'" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_side_by_side_script_on_the_tiny_model(tiny_package, tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "r.json"

@@ -80,6 +80,7 @@ def test_main_help_lists_every_command():
     assert ok(run("--version")).output.strip() == f"vae-infer, version {vae_infer.__version__}"
 
 
+@pytest.mark.slow
 def test_installed_console_script_runs():
     script = Path(sys.executable).parent / "vae-infer"
     if not script.exists():

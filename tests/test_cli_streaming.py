@@ -121,6 +121,7 @@ def test_a_bad_row_in_a_later_chunk_is_named_and_leaves_no_file(small, tiny_imag
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file
 
 
+@pytest.mark.slow
 def test_a_fifo_named_like_an_array_file_is_refused_without_blocking(tmp_path):
     for name in ("in.npz", "in.npy"):
         os.mkfifo(tmp_path / name)  # opening it to read would wait for a writer that never comes

@@ -544,6 +544,7 @@ def _loop(loop: str, tmp_path_factory) -> tuple[int, dict, str]:
 
 
 @pytest.mark.parametrize("loop", sorted(EXAMPLES))
+@pytest.mark.slow
 def test_fuzz_loop(loop, tmp_path_factory):
     """Every call of the loop returned finite, correctly shaped output or raised a VaeInferError, except
     the known findings (KNOWN)."""
@@ -650,6 +651,7 @@ except MemoryError as e:
     "m.sample(10**9)",
     "m.decode(np.broadcast_to(np.zeros((1, 2), np.float32), (10**7, 2)))",
 ])
+@pytest.mark.slow
 def test_oversized_requests_are_refused_before_allocating(call):
     """Run with a 4 GiB address-space limit (so a failure cannot take the machine): a named error, never a
     MemoryError."""
@@ -669,6 +671,7 @@ def test_a_29x29_image_is_not_29_images():
     assert "29 images" not in str(info.value) and "(29, 29)" in str(info.value)
 
 
+@pytest.mark.slow
 def test_the_hang_guard_fires(tmp_path):
     """The guard itself: a call that blocks (opening a FIFO nobody writes) becomes a TimeoutError."""
     fifo = tmp_path / "fifo"

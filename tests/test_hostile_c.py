@@ -280,6 +280,7 @@ def neutral(tmp_path_factory):
 
 
 @pytest.mark.parametrize("text", CORPUS)
+@pytest.mark.slow
 def test_the_generator_writes_the_same_c_for_hostile_graphs(text, neutral):
     """The generator on the hostile graphs themselves (no model.json, no loader rules): byte-identical C, or
     the graph reader's clear refusal (names that are not valid UTF-8)."""
@@ -306,6 +307,7 @@ def _normalized(folder: Path, replace: dict[str, str]) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("text", CORPUS)
+@pytest.mark.slow
 def test_export_c_of_a_hostile_package_is_byte_identical_or_refused(text, neutral, tmp_path):
     """Every file export-c writes is the neutral package's, once the two things that must differ are mapped
     back: each graph's sha256 (the hash of different bytes) and the package's folder (another path)."""

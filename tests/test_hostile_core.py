@@ -62,6 +62,7 @@ def test_sizes_are_bounded_before_allocating(tiny_model):
         tiny_model.decode(np.zeros((most + 1, 2), np.float32))
 
 
+@pytest.mark.slow
 def test_large_uint8_input_is_converted_chunk_by_chunk(tiny_package, tmp_path):
     """200,000 uint8 rows (150 MB): encode's peak anonymous memory stays far below the 627 MB that one
     float32 copy of the whole batch would take (measured in a fresh process, from /proc's RssAnon)."""

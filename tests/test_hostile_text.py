@@ -172,6 +172,7 @@ def _text_cases() -> list:
 
 
 @pytest.mark.parametrize(("label", "text"), _text_cases())
+@pytest.mark.slow
 def test_hostile_text_in_every_field_is_refused_naming_it_or_loaded_as_data(sectioned, tmp_path, label, text):
     pkg = tmp_path / "pkg"
     shutil.copytree(sectioned, pkg)
@@ -311,6 +312,7 @@ SUBPROCESS_CASES = ("terminal-osc", "bidi-override", "del-and-c0", "lone-surroga
 
 
 @pytest.mark.parametrize(("label", "text"), [p for p in _text_cases() if p.values[0] in SUBPROCESS_CASES])
+@pytest.mark.slow
 def test_vae_infer_info_in_a_real_terminal_process_prints_no_control_characters(sectioned, tmp_path, label, text):
     pkg = _hostile_package(sectioned, tmp_path, text)
     for flag in INFO_FLAGS:
@@ -324,6 +326,7 @@ def test_vae_infer_info_process_for_every_other_entry(sectioned, tmp_path, label
     test_vae_infer_info_in_a_real_terminal_process_prints_no_control_characters(sectioned, tmp_path, label, text)
 
 
+@pytest.mark.slow
 def test_a_lone_surrogate_path_and_click_errors_are_escaped(tmp_path):
     missing = tmp_path / "nope\udc80\x1b[2J"  # not UTF-8 (a surrogate escape) and an escape sequence
     run = _run_cli("info", str(missing))
@@ -384,6 +387,7 @@ def test_a_non_finite_encoder_weight_loads_but_nothing_returns_non_finite_values
     assert np.isfinite(m.sample(5, seed=0)).all() and np.isfinite(m.decode(np.zeros((2, 2), np.float32))).all()
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_nan_encoder_in_one_line(pkg_copy, tmp_path):
     _poison_encoder(pkg_copy, "mu", np.nan)
     run = _run_cli("encode", str(pkg_copy), str(TINY_IMAGES) + ":images", "--out", str(tmp_path / "z.npy"))

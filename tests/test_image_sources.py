@@ -109,6 +109,7 @@ def test_parse_split_suffixes(tmp_path):
     assert parse_split(str(odd)) == (str(odd), None)  # a path that exists is taken as typed
 
 
+@pytest.mark.slow
 def test_every_source_kind_and_its_default_split(tmp_path, digits):
     rng = np.random.default_rng(0)
     train, test = rng.integers(0, 256, (12, 8, 8), np.uint8), rng.integers(0, 256, (5, 8, 8), np.uint8)
@@ -175,6 +176,7 @@ def test_every_source_kind_and_its_default_split(tmp_path, digits):
 
 
 @needs_real_data
+@pytest.mark.slow
 def test_encode_reads_a_named_set_without_a_split_suffix(tmp_path):
     ok(run("encode", SHIPPED, "fashion-mnist", "--out", tmp_path / "z.npz", "--threads", 1))
     model = vae_infer.load(SHIPPED, threads=1)
@@ -232,7 +234,7 @@ def test_mixed_sizes_need_image_size(tmp_path, digits):
     from train.cli import main as train_main
 
     result = CliRunner().invoke(train_main, ["fit", "--dataset", str(root), "--out", str(tmp_path / "p"),
-                                             "--quiet", "--no-pictures"])
+                                             "--run-dir", str(tmp_path / "run"), "--quiet", "--no-pictures"])
     assert result.exit_code == 1 and str(root / "a" / "1.png") in result.output, result.output
     assert not (tmp_path / "p").exists()
 
@@ -269,6 +271,7 @@ def test_corrupt_png_empty_class_and_other_files(tmp_path, digits):
     assert str(root / "b" / "pipe.png") in str(info.value)
 
 
+@pytest.mark.slow
 def test_train_data_from_image_folders(tmp_path, digits):
     from train.data import load_dataset
 

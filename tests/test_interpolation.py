@@ -633,6 +633,7 @@ def test_relax_refuses_steps_the_constraint_rejects():
     assert np.abs(out[1:-1, 1]).min() >= 0.1 and stats["energy"] < stats["energy_start"]
 
 
+@pytest.mark.slow
 def test_the_cost_field_is_highest_off_the_data(tiny_model, tiny_images):
     index = lb.build_index(tiny_model, np.concatenate([tiny_images] * 4), k=4)
     assert index.has_field and index.realism_ref > 0 and index.n_codes == 128
@@ -649,6 +650,7 @@ FIXED_PAIRS = [(0, 1), (2, 3), (5, 8), (13, 21), (34, 55), (89, 144)]  # test im
 
 
 @needs_real_data
+@pytest.mark.slow
 def test_graph_paths_on_the_shipped_model_keep_their_brightness():
     from vae_infer.data.sources import open_source
 

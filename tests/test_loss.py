@@ -60,6 +60,7 @@ def test_torch_and_numpy_twins_agree():
     )
 
 
+@pytest.mark.slow
 def test_importance_weighted_bound_is_tighter_than_elbo_and_tightens_with_k(tiny_images):
     torch.manual_seed(0)
     model = VAE(ModelConfig(hidden_size=32)).eval()

@@ -790,6 +790,7 @@ def test_unknown_target_missing_compiler_and_too_big_model_are_one_line_errors(t
         check.check_export(tiny_package, tmp_path / "d", target="aarch64-linux")
 
 
+@pytest.mark.slow
 def test_cli_export_c_target_errors_are_one_line(tiny_package, tmp_path, monkeypatch):
     from click.testing import CliRunner
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.test_imports import module_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +81,7 @@ def test_using_vae_infer_imports_no_torch(tiny_package):
     assert "HEAVY []" in out, out
 
 
+@pytest.mark.slow
 def test_every_module_of_the_runtime_imports_alone_without_torch_or_train():
     modules = sorted(module_names(ROOT / "vae_infer"))
     # the subpackages are scanned too (the first version of this test globbed only the top folder)
@@ -88,6 +91,7 @@ def test_every_module_of_the_runtime_imports_alone_without_torch_or_train():
     assert {m: heavy for m, heavy in loaded.items() if heavy} == {}
 
 
+@pytest.mark.slow
 def test_the_check_sees_what_a_module_loads_and_a_module_that_fails():
     """The probe reports what a module really loads (tomllib here, asked for as if it were forbidden),
     and says so when a module cannot be imported alone."""

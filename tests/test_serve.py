@@ -424,6 +424,7 @@ def test_health_readiness_metrics_and_docs(tiny_model):
 # -- the command and the real server ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_serve_help_refusals_and_missing_extra(tmp_path):
     from click.testing import CliRunner
 
@@ -455,6 +456,7 @@ def start_server(*args: str, env: dict | None = None) -> tuple[subprocess.Popen,
     return proc, match.group(1)
 
 
+@pytest.mark.slow
 def test_real_server_graceful_shutdown():
     """SIGTERM: /readyz turns false at once, a request in flight still gets its answer, then the process ends (uvicorn
     re-raises the signal after its graceful shutdown, so the exit status says SIGTERM)."""
@@ -582,6 +584,7 @@ def fuzz_client(tiny_model):
 
 
 @pytest.mark.parametrize("path", FUZZED)
+@pytest.mark.slow
 def test_fuzz_from_openapi_schema(fuzz_client, path):
     """Bodies drawn from the request schema the app publishes (plus arbitrary JSON): never a 5xx (the only
     documented one, 503, needs load this test does not make), always the error format."""

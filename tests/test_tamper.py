@@ -365,12 +365,14 @@ def _params(cases: list[dict]) -> list:
 
 
 @pytest.mark.parametrize("case_id", _params([c for c in FILE_CASES if not c["sha"]]))
+@pytest.mark.slow
 def test_a_damaged_file_is_refused(case_id, tmp_path_factory):
     outcome = _result("files", case_id, tmp_path_factory)
     assert outcome.startswith("refused: "), outcome
 
 
 @pytest.mark.parametrize("case_id", _params([c for c in FILE_CASES if c["sha"]]))
+@pytest.mark.slow
 def test_a_file_rewritten_with_its_sha256_is_refused_or_still_works(case_id, tmp_path_factory):
     """The bytes and model.json's sha256 changed together: refused at load or first use, or (a flipped
     byte in a weight) another valid model whose every result is finite. Never a crash or NaN."""
@@ -384,6 +386,7 @@ def test_a_file_rewritten_with_its_sha256_is_refused_or_still_works(case_id, tmp
 
 
 @pytest.mark.parametrize("case_id", _params(FIELD_CASES))
+@pytest.mark.slow
 def test_a_changed_manifest_field_is_refused_or_harmless(case_id, tmp_path_factory):
     """A field deleted, null, of the wrong type, out of range or NaN: refused with a ModelPackageError, or
     (a training figure, a tool version) accepted with every result exactly as before."""
@@ -392,6 +395,7 @@ def test_a_changed_manifest_field_is_refused_or_harmless(case_id, tmp_path_facto
 
 
 @pytest.mark.parametrize("case_id", _params(ESCAPE_CASES))
+@pytest.mark.slow
 def test_a_file_outside_the_package_is_refused(case_id, tmp_path_factory):
     outcome = _result("escapes", case_id, tmp_path_factory)
     assert outcome.startswith("refused: "), outcome
@@ -514,6 +518,7 @@ def test_garbage_calibration_npz_with_its_sha256_is_refused(calibrated, tmp_path
             vae_infer.load(pkg, threads=1).detect(_images()[1])
 
 
+@pytest.mark.slow
 def test_a_calibration_npz_that_unpacks_huge_is_refused_before_reading(tmp_path):
     """A zip member whose header declares far more than it holds, or a member that unpacks past the bound."""
     import zipfile

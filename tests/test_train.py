@@ -162,10 +162,11 @@ def test_train_cli_fit_export_and_errors(tmp_path):
     assert again.files == first.files  # the same best weights export to the same bytes
     assert again.training["test_nelbo"] == first.training["test_nelbo"]
 
-    r = runner.invoke(train_cli, ["fit", "--dataset", str(tmp_path / "missing.npy"), "--out", str(out)])
+    r = runner.invoke(train_cli, ["fit", "--dataset", str(tmp_path / "missing.npy"), "--out", str(out),
+                                  "--run-dir", str(tmp_path / "missing-run")])
     assert r.exit_code == 1
     assert r.output.startswith("Error: unknown dataset") and "Traceback" not in r.output
-    r = runner.invoke(train_cli, ["fit", "--epochs", "0", "--out", str(out)])
+    r = runner.invoke(train_cli, ["fit", "--epochs", "0", "--out", str(out), "--run-dir", str(run)])
     assert r.exit_code == 1 and "epochs must be at least 1, got 0" in r.output
 
 

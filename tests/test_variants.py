@@ -73,6 +73,7 @@ def test_variant_over_tolerance_leaves_package_unchanged(tiny_copy, tiny_images,
     assert sorted(p.name for p in tiny_copy.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_train_export_cli_adds_variants_and_refuses_bad_use(tiny_copy, tmp_path):
     from click.testing import CliRunner
 
@@ -93,6 +94,7 @@ def test_train_export_cli_adds_variants_and_refuses_bad_use(tiny_copy, tmp_path)
 
 
 @pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.slow
 def test_quantizers_are_quiet_unless_asked(verbose):
     """onnxruntime's quantizers log advice on the root logger ("Please consider to run pre-processing"); a user
     who asked for int8 sees none of it, unless they turned logging up to DEBUG (what -v does)."""

@@ -248,6 +248,7 @@ def _assert_picture(path: Path, min_side: int = 100) -> None:
 
 
 @needs_mpl
+@pytest.mark.slow
 def test_plot_loss_curves(tmp_path):
     from train.plots import plot_loss_curves
 
@@ -260,6 +261,7 @@ def test_plot_loss_curves(tmp_path):
 
 
 @needs_mpl
+@pytest.mark.slow
 def test_plot_latent_scatter(tmp_path, fixture_images):
     from train.plots import plot_latent_scatter
 
@@ -307,6 +309,7 @@ def test_plot_manifold_needs_a_2d_latent_space(tmp_path):
 
 
 @needs_mpl
+@pytest.mark.slow
 def test_make_all_writes_the_five_pictures(tmp_path, fixture_images, tiny_model):
     from train.data import Dataset
     from train.plots import make_all
