@@ -73,8 +73,9 @@ test: venv system-deps web docs
 # The quick loop: everything not marked slow (what trains, compiles C, serves, runs Ray, a browser or an emulator,
 # loops over subprocesses or generated examples). tests/conftest.py marks by rule every test that uses a slow
 # fixture or runs a Debian program, and fails any run (this one too) that leaves a file in the checkout.
+# Bytecode caching on (PYTHONDONTWRITEBYTECODE emptied): re-parsing every test module costs seconds per run.
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow"
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -m "not slow"
 
 # The docs site, into site/: a broken link, reference or page fails the build (--strict).
 docs: venv
