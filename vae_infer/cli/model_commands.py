@@ -63,17 +63,19 @@ def info(model: Path, device: str, threads: int | None, as_json: bool) -> None:
     if as_json:
         echo_json({
             "name": man.name, "path": str(model), "format_version": man.format_version,
-            "image_shape": list(man.image_shape), "features": man.features, "latent_size": man.latent_size,
+            "image_shape": list(man.image_shape), "channels": man.channels, "features": man.features,
+            "latent_size": man.latent_size,
             "hidden_size": man.hidden_size, "likelihood": man.likelihood, "input_scale": man.input_scale,
             "opset": man.opset, "training": man.training, "tools": man.tools, "files": dict(sorted(man.files.items())),
             "device": m.device, "providers": m.providers, "preprocessing": man.preprocessing, **sections,
         })
         return
     h, w = man.image_shape
+    colour = " x 3 (RGB, channels last)" if man.channels == 3 else ""
     providers = "; ".join(f"{role}: {', '.join(p)}" for role, p in m.providers.items())
     rows = [
-        ("name", man.name), ("path", str(model)), ("image shape", f"{h} x {w} ({man.features} features)"),
-        ("image files", model_sources.preprocessing_of(man).describe(man.image_shape)),
+        ("name", man.name), ("path", str(model)), ("image shape", f"{h} x {w}{colour} ({man.features} features)"),
+        ("image files", model_sources.preprocessing_of(man).describe(man.pixel_shape)),
         ("latent size", man.latent_size), ("hidden size", man.hidden_size), ("likelihood", man.likelihood),
         ("opset", man.opset), ("device", f"{m.device} ({providers})"),
     ]

@@ -50,7 +50,7 @@ class ParquetSource:
                  ) -> None:
         _pyarrow()  # a missing extra is said here, not in the reader process
         self.name, self.where, self._labels = name, str(file), None
-        width = None if image_shape is None else int(image_shape[0]) * int(image_shape[1])
+        width = None if image_shape is None else int(np.prod(image_shape))  # h*w*c values, channels-last
         ours, theirs = socket.socketpair()
         # a fresh interpreter (not multiprocessing's spawn, which would import the caller's __main__ again)
         code = "import sys; from vae_infer.data.parquet import _reader_main; _reader_main(*sys.argv[1:])"
