@@ -152,7 +152,7 @@ def encode(model: Path, input: Path, out: Path, device: str, threads: int | None
 @model_options
 @click.argument("latents", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
-              help="Where to write the images, (n, height*width) float32 in [0, 1] (.npy, or .npz key images).")
+              help="Where to write the images, (n, h*w*channels) float32 in [0, 1] (.npy, or .npz key images).")
 @png_option
 def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str, threads: int | None) -> None:
     """Decode latent codes to images.
@@ -175,7 +175,7 @@ def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str,
 @model_options
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
-              help="Where to write the reconstructions, (n, height*width) float32 in [0, 1] (.npy, or .npz key "
+              help="Where to write the reconstructions, (n, h*w*channels) float32 in [0, 1] (.npy, or .npz key "
                    "images).")
 @click.option("--png", type=click.Path(path_type=Path), callback=check_png, metavar="GRID.png",
               help=f"Also save a picture: the first {PNG_PAIRS} originals above their reconstructions "
@@ -208,7 +208,7 @@ def reconstruct(model: Path, input: Path, out: Path, png: Path | None, device: s
 @click.option("--seed", type=click.IntRange(min=0), default=None, metavar="S",
               help="Random seed; the same seed gives the same images.  [default: fresh randomness]")
 @click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
-              help="Where to write the samples, (n, height*width) float32 in [0, 1] (.npy, or .npz key images).")
+              help="Where to write the samples, (n, h*w*channels) float32 in [0, 1] (.npy, or .npz key images).")
 @png_option
 def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, device: str,
            threads: int | None) -> None:
