@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,9 +252,13 @@ def test_export_c_checks_on_x86_64_and_the_board_refuses_fp32_but_takes_int8(mod
                 "which fits")
     assert not (tmp_path / "m4").exists()
     assert "6,29" in err  # 3072*256*2 weights * 4 bytes, and then some
+    board = shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")  # then run it on the board too
     result = json.loads(ok(run("export-c", model, "--out", tmp_path / "m4", "--target", "cortex-m4",
-                               "--weights", "int8", "--json")).output)
+                               "--weights", "int8", "--json", *(["--check", "--check-data", folder] if board else [])
+                               )).output)
     assert result["weights"] == "int8" and result["weight_bytes"] < result["flash_bytes"] == 4 * 2**20
+    if board:
+        assert result["check"]["rows"] == 50 and result["check"]["memory"]["flash_bytes"] < 4 * 2**20
 
 
 # -- slow: the page in Chromium draws colour -------------------------------------------------------------------
