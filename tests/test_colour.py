@@ -268,6 +268,8 @@ def test_export_c_checks_on_x86_64_and_the_board_refuses_fp32_but_takes_int8(mod
 @needs_module("playwright", "dev")
 @needs_module("fastapi", "serve")
 def test_the_page_shows_colour_thumbnails_and_a_colour_decoded_canvas(model, folder):
+    from PIL import Image
+
     from tests.test_browser import CHROMIUM, TIMEOUT_MS, canvas_pixels, launched_chromium, open_page
     from tests.test_serve import start_server
 
@@ -275,6 +277,14 @@ def test_the_page_shows_colour_thumbnails_and_a_colour_decoded_canvas(model, fol
         pytest.skip("needs chromium")
     proc, url = start_server(str(model), "--examples", str(folder))
     try:
+        import httpx
+
+        x = np.asarray(Image.open(sorted(folder.glob("*/*.png"))[0]))[None]  # (1, 32, 32, 3) as JSON, 4 deep
+        got = [httpx.post(url + "/v1/encode", json={"images": a.tolist(), "dtype": "uint8"}, timeout=30)
+               for a in (x, x.reshape(1, -1))]
+        assert got[0].status_code == got[1].status_code == 200 and got[0].json() == got[1].json()
+        mu = vae_infer.load(model, threads=1).encode(x)[0]
+        np.testing.assert_allclose(got[0].json()["mu"], mu, atol=1e-6)
         with launched_chromium() as browser:
             page = open_page(browser, url)
             page.wait_for_selector("#examples canvas", timeout=TIMEOUT_MS)
