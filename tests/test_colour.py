@@ -157,6 +157,21 @@ def test_training_on_colour_files_makes_an_rgb_model(model, pixels):
 
 
 @pytest.mark.slow
+def test_the_folder_reads_as_rgb_unless_to_gray(folder, pixels):
+    from train.data import load_image_folder
+    from vae_infer.data.preprocessing import Preprocessing
+
+    rgb = load_image_folder(folder)
+    assert rgb.image_shape == (32, 32, 3) and rgb.class_names == ("china", "flower")
+    gray = load_image_folder(folder, Preprocessing(to_gray=True))
+    assert gray.image_shape == (32, 32)
+    both = np.concatenate([rgb.train_images, rgb.test_images]).astype(np.uint32)
+    luma = (19595 * both[..., 0] + 38470 * both[..., 1] + 7471 * both[..., 2] + 32768) >> 16  # the recorded rule
+    np.testing.assert_array_equal(np.concatenate([gray.train_images, gray.test_images]), luma)
+    assert sorted(map(bytes, both.astype(np.uint8))) == sorted(map(bytes, pixels))  # every file, none twice
+
+
+@pytest.mark.slow
 def test_encode_decode_sample_pictures(model, folder, pixels, tmp_path):
     ok(run("encode", model, folder, "--out", tmp_path / "a.npz"))
     np.save(tmp_path / "x.npy", pixels)
