@@ -30,7 +30,8 @@ def read_images(path: str | Path, image_shape: tuple[int, ...]) -> np.ndarray:
     """Images from a .npy or .npz file (`file.npz:key` picks one of several arrays), or one .png image.
 
     Returns the stored array unchanged (the model checks dtype, shape and values), except that a single
-    image, shaped (height, width) or (height*width,), becomes a batch of one."""
+    image, shaped (height, width) (or (height, width, 3) for a colour model) or (height*width*channels,),
+    becomes a batch of one."""
     file, key = split_key(path)
     suffix = file.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -46,11 +47,12 @@ def read_images(path: str | Path, image_shape: tuple[int, ...]) -> np.ndarray:
     shape = tuple(image_shape)  # (h, w) gray or (h, w, c) colour
     h, w = shape[:2]
     features = int(np.prod(shape))
-    gray = len(shape) == 2 or shape[2] == 1
+    channels = shape[2] if len(shape) == 3 else 1
+    gray = channels == 1
     if arr.shape in (shape, (features,)) or (gray and arr.shape == (h, w)):  # one image
         arr = arr[None]
-    elif not ((arr.ndim == 2 and arr.shape[1] == features) or (arr.ndim == 4 and arr.shape[1:] == (h, w, len(shape) > 2
-              and shape[2] or 1)) or (gray and arr.ndim == 3 and arr.shape[1:] == (h, w))):
+    elif not ((arr.ndim == 2 and arr.shape[1] == features) or (arr.ndim == 4 and arr.shape[1:] == (h, w, channels))
+              or (gray and arr.ndim == 3 and arr.shape[1:] == (h, w))):
         # said here, naming the file, so that no caller counts the rows of something that is not images
         found = " (a 0-d array: a single number)" if arr.ndim == 0 else ""
         one = f"{h} x {w}" if gray else f"{h} x {w} x {shape[2]}"
