@@ -316,6 +316,10 @@ def test_the_page_shows_colour_thumbnails_and_a_colour_decoded_canvas(model, fol
             row = np.asarray(hover["row"]).reshape(32, 32, 3)
             # the canvas's top-left pixel is the decoded image's top-left pixel, red green blue in that order
             np.testing.assert_allclose(shown[0, :3], np.round(row[0, 0] * 255), atol=1)
+
+            page.set_input_files("#upload", str(sorted(folder.glob("*/*.png"))[0]))  # a colour PNG, sent as RGB
+            page.wait_for_selector("#upload-score", timeout=TIMEOUT_MS)
+            np.testing.assert_allclose(page.evaluate("window.explorer.lastResult.z"), mu[0], atol=1e-5)
     finally:
         proc.terminate()
         proc.wait(30)
