@@ -77,7 +77,8 @@ def main() -> None:
               help="Resize by stretching, or crop the centre to H:W first.")
 @click.option("--alpha", type=click.Choice(ALPHAS), default=DEFAULTS.alpha, show_default=True,
               help="Image files with transparent pixels: refuse them, or composite over black or white.")
-@click.option("--to-gray", is_flag=True, help="Convert colour images to gray (luma) instead of refusing them.")
+@click.option("--to-gray", is_flag=True,
+              help="Convert colour images to gray (luma); without it colour images make a colour (RGB) model.")
 @click.option("--exif-orientation/--no-exif-orientation", default=DEFAULTS.exif_orientation, show_default=True,
               help="Turn photos upright as their EXIF tag says.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding named datasets (else VAE_DATA_DIR).")

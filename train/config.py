@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -13,13 +14,17 @@ from vae_infer.package.manifest import size_problem
 class ModelConfig:
     """The architecture. Defaults are the course's VAE."""
 
-    image_shape: tuple[int, int] = (28, 28)  # MNIST-format images; the model sees them flattened
+    # MNIST-format images; (h, w) gray or (h, w, 3) RGB, which the model sees flattened channels-last
+    image_shape: tuple[int, ...] = (28, 28)
     hidden_size: int = 512  # the course's one hidden layer, in the encoder and in the decoder
     latent_size: int = 2  # 2-D so the latent space can be drawn and walked
 
     def __post_init__(self) -> None:
-        if len(self.image_shape) != 2 or min(self.image_shape) < 1:
-            raise ValueError(f"image_shape must be two positive sizes, got {self.image_shape}")
+        shape = tuple(self.image_shape)
+        if len(shape) not in (2, 3) or min(shape) < 1 or (len(shape) == 3 and shape[2] not in (1, 3)):
+            raise ValueError(f"image_shape must be (height, width) or (height, width, 1 or 3 channels), got {shape}")
+        if len(shape) == 3 and shape[2] == 1:  # one channel is gray: the manifest's version-1 form
+            object.__setattr__(self, "image_shape", shape[:2])
         if self.hidden_size < 1 or self.latent_size < 1:
             raise ValueError(
                 f"hidden_size and latent_size must be positive, got {self.hidden_size}, {self.latent_size}"
@@ -31,7 +36,11 @@ class ModelConfig:
 
     @property
     def input_size(self) -> int:
-        return self.image_shape[0] * self.image_shape[1]
+        return math.prod(self.image_shape)
+
+    @property
+    def channels(self) -> int:
+        return self.image_shape[2] if len(self.image_shape) == 3 else 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

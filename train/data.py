@@ -86,7 +86,8 @@ NAMED_DATASETS = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images as uint8 (n, height, width); labels as int64 (n,) or None when the source has none."""
+    """Images as uint8 (n, height, width) gray or (n, height, width, 3) RGB; labels as int64 (n,) or None when
+    the source has none."""
 
     name: str
     train_images: np.ndarray
@@ -99,17 +100,22 @@ class Dataset:
     holdout: dict | None = None  # how a source without a test split had one held out (datasets.holdout_split)
 
     @property
-    def image_shape(self) -> tuple[int, int]:
+    def image_shape(self) -> tuple[int, ...]:
+        """(h, w) for gray, (h, w, 3) for RGB."""
         return tuple(self.train_images.shape[1:])
 
 
 def as_uint8_images(images: np.ndarray, origin: str) -> np.ndarray:
-    """Images as uint8 (n, h, w): accepts uint8, or floats in [0, 1]; (n, h, w), or (n, 784) for square 28x28."""
+    """Images as uint8 (n, h, w) gray or (n, h, w, 3) RGB: accepts uint8, or floats in [0, 1]; (n, h, w),
+    (n, h, w, 1), (n, h, w, 3) channels-last, or (n, 784) for square 28x28."""
     images = np.asarray(images)
     if images.ndim == 2 and images.shape[1] == 28 * 28:
         images = images.reshape(-1, 28, 28)
-    if images.ndim != 3 or images.shape[0] == 0:
-        raise DataError(f"{origin}: expected images shaped (n, height, width) with n >= 1, got {images.shape}")
+    if images.ndim == 4 and images.shape[3] == 1:
+        images = images[..., 0]
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)) or images.shape[0] == 0:
+        raise DataError(f"{origin}: expected images shaped (n, height, width) or (n, height, width, 3) (RGB, "
+                        f"channels last) with n >= 1, got {images.shape}")
     if images.dtype == np.uint8:
         return images
     if np.issubdtype(images.dtype, np.floating):
@@ -192,13 +198,14 @@ def load_array_file(path: Path, test_fraction: float = 0.1) -> Dataset:
 
 def load_image_folder(root: Path, preprocessing: Preprocessing | None = None) -> Dataset:
     """A folder of PNG or JPEG images (vae_infer.data.image_folder): its train/ and test/ folders, or a seeded
-    TEST_FRACTION of its images held out for testing. Gray: colour images are refused unless
-    preprocessing.to_gray. The image size is checked against what a package holds before the rest is read."""
+    TEST_FRACTION of its images held out for testing. The first image decides gray or RGB (a colour model when
+    it has colour), unless preprocessing.to_gray makes every image gray (luma). The image size is checked
+    against what a package holds before the rest is read."""
     prep = preprocessing or Preprocessing()
     root = Path(root)
     if folder_splits(root):
         train = _open_checked(root, "train", prep, prep.image_size)
-        test = _open_checked(root, "test", prep, prep.image_size or train.row_shape[:2])
+        test = _open_checked(root, "test", prep, prep.image_size or train.row_shape[:2], train.channels)
         train_images, test_images = train.read_all(), test.read_all()
         train_labels, test_labels, holdout = train.labels(), test.labels(), None
         names = train.class_names or test.class_names
@@ -214,12 +221,15 @@ def load_image_folder(root: Path, preprocessing: Preprocessing | None = None) ->
                    prep.to_dict(), holdout)
 
 
-def _open_checked(root: Path, split: str | None, prep: Preprocessing, size) -> ImageSource:
-    source = open_folder(str(root), root, split, prep, tuple(size) if size else None, "gray")
-    h, w = source.row_shape[:2]
-    problem = size_problem(h * w, None, 1)
+def _open_checked(root: Path, split: str | None, prep: Preprocessing, size, channels: str | None = None
+                  ) -> ImageSource:
+    """The folder's images: gray with --to-gray, else as the first file is (or `channels`, the train split's)."""
+    channels = "gray" if prep.to_gray else channels
+    source = open_folder(str(root), root, split, prep, tuple(size) if size else None, channels)
+    shape = source.row_shape
+    problem = size_problem(int(np.prod(shape)), None, 1)
     if problem:
-        raise DataError(f"{source.where}: {h}x{w} images: {problem}")
+        raise DataError(f"{source.where}: {'x'.join(map(str, shape))} images: {problem}")
     return source
 
 

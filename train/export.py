@@ -199,7 +199,8 @@ def export_package(
     files = {ENCODER_FILE: encoder_bytes, DECODER_FILE: decoder_bytes}
     manifest = Manifest(
         name=name or out.name,
-        image_shape=config.image_shape,
+        image_shape=tuple(config.image_shape[:2]),
+        channels=config.channels,
         latent_size=config.latent_size,
         hidden_size=config.hidden_size,
         encoder=enc_spec,

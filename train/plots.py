@@ -177,13 +177,13 @@ def _image_axes(fig: Figure, size_px: tuple[int, int], left_px: float, bottom_px
 
 def plot_reconstructions(originals, reconstructions, image_shape, path: str | Path, n: int = 10) -> Path:
     """The course's figure: a row of `n` original images above the row of their VAE reconstructions."""
-    h, w = image_shape
+    shape = tuple(image_shape)  # (h, w) gray or (h, w, 3) RGB
     k = min(n, len(originals), len(reconstructions))
     if k < 1:
         raise ValueError("plot_reconstructions: need at least one original and one reconstruction")
     rows = [
-        ("Original image", image_grid(np.asarray(originals)[:k], (h, w), ncols=k, pad=2)),
-        ("VAE Re-construct", image_grid(np.asarray(reconstructions)[:k], (h, w), ncols=k, pad=2)),
+        ("Original image", image_grid(np.asarray(originals)[:k], shape, ncols=k, pad=2)),
+        ("VAE Re-construct", image_grid(np.asarray(reconstructions)[:k], shape, ncols=k, pad=2)),
     ]
     scale = _pixel_scale(rows[0][1].shape, 900)
     img_w, img_h = rows[0][1].shape[1] * scale, rows[0][1].shape[0] * scale
@@ -227,7 +227,9 @@ def plot_manifold(
         raise ValueError(f"plot_manifold: n must be an integer >= 2, got {n!r}")
     if not (math.isfinite(span) and span > 0):
         raise ValueError(f"plot_manifold: span must be a positive number, got {span!r}")
-    h, w = image_shape
+    shape = tuple(image_shape)  # (h, w) gray or (h, w, 3) RGB
+    h, w = shape[:2]
+    features = math.prod(shape)
     ticks = np.linspace(-span, span, n)
     zx, zy = np.meshgrid(ticks, ticks[::-1])  # top row: the largest z[1]
     z = np.stack([zx.ravel(), zy.ravel()], axis=1).astype(np.float32)
@@ -235,9 +237,9 @@ def plot_manifold(
         images = np.asarray(decode(z))
     except ValueError as e:  # InputError is a ValueError: e.g. a decoder whose latent size is not 2
         raise ValueError(f"plot_manifold: decode rejected 2-D latent codes ({e}); it needs latent size 2") from e
-    if images.shape[0] != n * n or images.size != n * n * h * w:
+    if images.shape[0] != n * n or images.size != n * n * features:
         raise ValueError(f"plot_manifold: decode returned shape {images.shape} for {n * n} codes of {h}x{w} images")
-    grid = image_grid(images.reshape(n * n, h * w), (h, w), ncols=n, pad=0)
+    grid = image_grid(images.reshape(n * n, features), shape, ncols=n, pad=0)
     scale = _pixel_scale(grid.shape, 640)
     img_w, img_h = grid.shape[1] * scale, grid.shape[0] * scale
     left, right, bottom, top = 64, 24, 52, 44

@@ -44,22 +44,45 @@ def _describe_rows(arr: np.ndarray) -> str:
     return "x".join(str(s) for s in arr.shape[1:]) + " per row"
 
 
-def check_images(images: object, image_shape: tuple[int, int], scale: float, first_row: int = 0) -> np.ndarray:
-    """Validated images as (n, h*w) rows in the caller's dtype (uint8, or floats checked to lie in [0, 1]
-    before any cast): no copy of a large input is made here. images_to_float32 converts a block of them.
-    first_row: where these rows start in a larger input read a block at a time, so errors name its rows."""
-    features = image_shape[0] * image_shape[1]
-    h, w = image_shape
+def image_dims(image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(h, w, c) of an image shape given as (h, w) (gray) or (h, w, c) with c in {1, 3}."""
+    if len(image_shape) == 2:
+        return int(image_shape[0]), int(image_shape[1]), 1
+    if len(image_shape) == 3 and image_shape[2] in (1, 3):
+        return int(image_shape[0]), int(image_shape[1]), int(image_shape[2])
+    raise InputError(f"an image shape is (height, width) or (height, width, channels) with 1 or 3 channels, "
+                     f"got {tuple(image_shape)!r}")
+
+
+def expected_shapes(image_shape: tuple[int, ...]) -> str:
+    """The array shapes check_images accepts for a model, in words: '(n, 3072) or (n, 32, 32, 3)'."""
+    h, w, c = image_dims(image_shape)
+    if c == 1:  # (n, h, w, 1) is accepted too
+        return f"(n, {h * w}) or (n, {h}, {w})"
+    return f"(n, {h * w * c}) or (n, {h}, {w}, {c})"
+
+
+def check_images(images: object, image_shape: tuple[int, ...], scale: float, first_row: int = 0) -> np.ndarray:
+    """Validated images as (n, h*w*c) rows, channels-last, in the caller's dtype (uint8, or floats checked to
+    lie in [0, 1] before any cast): no copy of a large input is made here. images_to_float32 converts a block.
+    image_shape: (h, w) for gray or (h, w, c); accepted arrays: (n, h*w*c), (n, h, w, c) and, for gray,
+    (n, h, w). first_row: where these rows start in a larger input read a block at a time, so errors name its rows."""
+    h, w, c = image_dims(image_shape)
+    features = h * w * c
     arr = as_array(images, "images")
-    if arr.ndim == 3 and arr.shape[1:] == (h, w):
+    if (arr.ndim == 4 and arr.shape[1:] == (h, w, c)) or (c == 1 and arr.ndim == 3 and arr.shape[1:] == (h, w)):
         arr = arr.reshape(arr.shape[0], features)
     elif not (arr.ndim == 2 and arr.shape[1] == features):
         hint = ""
-        if arr.shape in ((features,), (h, w)):
+        if arr.shape in ((features,), (h, w), (h, w, c)):
             hint = "; for a single image pass images[None]"
-        elif arr.ndim == 4 and arr.shape[1:3] == (h, w):
+        elif arr.ndim == 4 and arr.shape[1:3] == (h, w) and c == 1:
             hint = f"; pass grayscale {h}x{w} images (drop the channel axis, or convert colour to gray)"
-        raise InputError(f"expected images shaped (n, {features}) or (n, {h}, {w}), got {arr.shape} "
+        elif c == 3 and arr.ndim in (3, 4) and arr.shape[1:3] == (h, w):
+            hint = f"; this model takes RGB {h}x{w} images with 3 channels last (gray: repeat it on 3 channels)"
+        elif arr.ndim == 4 and arr.shape[1] == c and arr.shape[2:] == (h, w):
+            hint = "; channels go last: pass images.transpose(0, 2, 3, 1)"
+        raise InputError(f"expected images shaped {expected_shapes(image_shape)}, got {arr.shape} "
                          f"({_describe_rows(arr)}){hint}")
     if arr.shape[0] == 0:
         raise InputError("expected at least one image, got an empty batch")
@@ -85,8 +108,9 @@ def images_to_float32(rows: np.ndarray, scale: float) -> NDArray[np.float32]:
     return np.ascontiguousarray(rows, dtype=np.float32)
 
 
-def as_images(images: object, image_shape: tuple[int, int], scale: float) -> NDArray[np.float32]:
-    """(n, h*w) or (n, h, w) images, uint8 (divided by `scale`) or floats in [0, 1] -> float32 (n, h*w)."""
+def as_images(images: object, image_shape: tuple[int, ...], scale: float) -> NDArray[np.float32]:
+    """Images as check_images accepts them, uint8 (divided by `scale`) or floats in [0, 1] -> float32
+    (n, h*w*c) rows."""
     return images_to_float32(check_images(images, image_shape, scale), scale)
 
 

@@ -97,8 +97,13 @@ class VAEModel:
         return self.manifest.latent_size
 
     @property
-    def image_shape(self) -> tuple[int, int]:
-        return self.manifest.image_shape
+    def image_shape(self) -> tuple[int, ...]:
+        """One image as arrays hold it: (h, w) for a gray model, (h, w, c) for colour (rows flatten it)."""
+        return self.manifest.pixel_shape
+
+    @property
+    def channels(self) -> int:
+        return self.manifest.channels
 
     @property
     def runners(self) -> dict[str, GraphRunner]:
@@ -113,12 +118,12 @@ class VAEModel:
     # -- validation at the edge ------------------------------------------------------------------
     def as_images(self, images: object) -> Array:
         """Validated float32 rows (n, features) in [0, 1] from uint8 or float images; InputError otherwise."""
-        return as_images(images, self.manifest.image_shape, self.manifest.input_scale)
+        return as_images(images, self.manifest.pixel_shape, self.manifest.input_scale)
 
     def check_images(self, images: object) -> np.ndarray:
         """Validated rows (n, features) in the caller's dtype, not yet converted: large inputs (memory-mapped
         files) are converted to float32 a chunk at a time by to_float32, so memory stays bounded."""
-        return check_images(images, self.manifest.image_shape, self.manifest.input_scale)
+        return check_images(images, self.manifest.pixel_shape, self.manifest.input_scale)
 
     def to_float32(self, rows: np.ndarray) -> Array:
         """Rows from check_images as the float32 the graphs take."""

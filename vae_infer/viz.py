@@ -43,22 +43,26 @@ def _require_matplotlib(what: str):
 
 
 # -- grids (numpy only) ----------------------------------------------------------------------------------
-def image_grid(images, image_shape: tuple[int, int], ncols: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile n images into one 2-D float32 array in [0, 1].
+def image_grid(images, image_shape: tuple[int, ...], ncols: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile n images into one float32 array in [0, 1]: 2-D for gray, (height, width, 3) for RGB.
 
-    images: (n, h*w) or (n, h, w); uint8 (0..255) or floats in [0, 1]. Tiles run left to right, then top
+    image_shape: (h, w) for gray or (h, w, c) with c in {1, 3}. images: as the model takes them ((n, h*w*c),
+    (n, h, w, c), or (n, h, w) for gray); uint8 (0..255) or floats in [0, 1]. Tiles run left to right, then top
     to bottom, `ncols` to a row (default ceil(sqrt(n))), with `pad` pixels of PAD_VALUE (white) between
     tiles and in the unused cells of a last, partial row; there is no border around the outside. The
-    result has shape (rows*h + (rows-1)*pad, ncols*w + (ncols-1)*pad) with rows = ceil(n / ncols)."""
-    h, w = _as_shape(image_shape)
-    x = as_images(images, (h, w), 255.0).reshape(-1, h, w)
+    result has shape (rows*h + (rows-1)*pad, ncols*w + (ncols-1)*pad), plus a last axis of 3 for RGB, with
+    rows = ceil(n / ncols)."""
+    h, w, ch = _as_shape(image_shape)
+    tile = (h, w) if ch == 1 else (h, w, ch)
+    x = as_images(images, tile, 255.0).reshape(-1, *tile)
     n = len(x)
     ncols = math.ceil(math.sqrt(n)) if ncols is None else _positive_int(ncols, "ncols")
     if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or pad < 0:
         raise InputError(f"pad must be a non-negative integer, got {pad!r}")
     pad = int(pad)
     rows = math.ceil(n / ncols)
-    grid = np.full((rows * h + (rows - 1) * pad, ncols * w + (ncols - 1) * pad), PAD_VALUE, dtype=np.float32)
+    grid = np.full((rows * h + (rows - 1) * pad, ncols * w + (ncols - 1) * pad, *tile[2:]), PAD_VALUE,
+                   dtype=np.float32)
     for i in range(n):
         r, c = divmod(i, ncols)
         top, left = r * (h + pad), c * (w + pad)
@@ -77,7 +81,8 @@ def to_uint8(grid: np.ndarray) -> NDArray[np.uint8]:
 
 
 def save_image_grid(images, image_shape, path, ncols=None, title: str | None = None) -> Path:
-    """Write image_grid(images, image_shape, ncols) as an 8-bit grayscale PNG; returns the path.
+    """Write image_grid(images, image_shape, ncols) as an 8-bit PNG (grayscale, or RGB for colour images);
+    returns the path.
 
     The grid is enlarged by an integer factor (nearest neighbour: upscale_factor, e.g. x2 for a 10 x 10
     grid of 28x28 images, x1 from about 770 pixels up) so every model pixel is an exact square of equal
@@ -85,10 +90,12 @@ def save_image_grid(images, image_shape, path, ncols=None, title: str | None = N
     Needs the viz extra."""
     pil_image, figure, canvas = _require_matplotlib("save_image_grid")
     grid = to_uint8(image_grid(images, image_shape, ncols=ncols))
-    k = upscale_factor(grid.shape)
-    pixels = np.kron(grid, np.ones((k, k), dtype=np.uint8)) if k > 1 else grid
+    k = upscale_factor(grid.shape[:2])
+    pixels = grid.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else grid
     if title:
         strip = _render_title(str(title), figure, canvas)
+        if pixels.ndim == 3:  # an RGB grid: the black-on-white title on every channel
+            strip = np.repeat(strip[..., None], pixels.shape[2], axis=2)
         width = max(pixels.shape[1], strip.shape[1])
         pixels = np.concatenate([_center(strip, width), _center(pixels, width)])
     png = io.BytesIO()
@@ -115,19 +122,21 @@ def _center(pixels: NDArray[np.uint8], width: int) -> NDArray[np.uint8]:
     if extra <= 0:
         return pixels
     left = extra // 2
-    return np.pad(pixels, ((0, 0), (left, extra - left)), constant_values=255)
+    return np.pad(pixels, ((0, 0), (left, extra - left)) + ((0, 0),) * (pixels.ndim - 2), constant_values=255)
 
 
 # -- reading -------------------------------------------------------------------------------------------
 def read_png(path, image_shape) -> np.ndarray:
-    """One PNG image as uint8 (h, w), ready for VAEModel.encode(img[None]).
+    """One PNG image as uint8 (h, w) (or (h, w, 3) when image_shape is (h, w, 3)), ready for
+    VAEModel.encode(img[None]).
 
-    Accepted: grayscale PNGs (8- or 16-bit, with an alpha channel only if fully opaque), and RGB / RGBA /
-    palette PNGs whose red, green and blue are equal in every pixel. The size must be exactly image_shape:
+    For RGB: any opaque PNG (gray ones repeat their value on the three channels). For gray: grayscale PNGs
+    (8- or 16-bit, with an alpha channel only if fully opaque), and RGB / RGBA / palette PNGs whose red,
+    green and blue are equal in every pixel. The size must be exactly image_shape:
     nothing is resized or converted silently. Anything else raises InputError saying how to fix it.
     Needs the viz extra."""
     pil_image, _, _ = _require_matplotlib("read_png")
-    h, w = _as_shape(image_shape)
+    h, w, ch = _as_shape(image_shape)
     path = Path(path)
     try:
         with pil_image.open(path) as im:
@@ -142,7 +151,7 @@ def read_png(path, image_shape) -> np.ndarray:
                     f"resize or crop it to {h}x{w} first (read_png does not resize)"
                 )
             im.load()
-            return _gray_pixels(im, path)
+            return _gray_pixels(im, path) if ch == 1 else _rgb_pixels(im, path)
     except InputError:
         raise
     except (OSError, SyntaxError, ValueError, pil_image.DecompressionBombError) as e:
@@ -176,6 +185,14 @@ def _gray_pixels(im, path: Path) -> NDArray[np.uint8]:
     return np.ascontiguousarray(r, dtype=np.uint8)
 
 
+def _rgb_pixels(im, path: Path) -> NDArray[np.uint8]:
+    if im.mode.startswith("I"):  # 16-bit grayscale: as gray, then on three channels
+        return np.repeat(_gray_pixels(im, path)[..., None], 3, axis=2)
+    arr = np.asarray(im.convert("RGBA"))
+    _require_opaque(arr[..., 3], path)
+    return np.ascontiguousarray(arr[..., :3], dtype=np.uint8)
+
+
 def _require_opaque(alpha: np.ndarray, path: Path) -> None:
     if (alpha != 255).any():
         raise InputError(
@@ -192,12 +209,17 @@ def _positive_int(v: object, what: str) -> int:
     return int(v)
 
 
-def _as_shape(image_shape) -> tuple[int, int]:
+def _as_shape(image_shape) -> tuple[int, int, int]:
+    """(h, w, channels) from (h, w) or (h, w, c) with c in {1, 3}."""
     try:
-        h, w = image_shape
+        h, w, *rest = image_shape
+        (c,) = rest or (1,)
     except (TypeError, ValueError):
-        raise InputError(f"image_shape must be (height, width), got {image_shape!r}") from None
-    return _positive_int(h, "image height"), _positive_int(w, "image width")
+        raise InputError(f"image_shape must be (height, width) or (height, width, channels), got "
+                         f"{image_shape!r}") from None
+    if c not in (1, 3) or isinstance(c, bool):
+        raise InputError(f"image_shape: channels must be 1 (gray) or 3 (RGB), got {c!r}")
+    return _positive_int(h, "image height"), _positive_int(w, "image width"), int(c)
 
 
 __all__ = ["image_grid", "save_image_grid", "read_png", "upscale_factor", "to_uint8"]

@@ -97,20 +97,20 @@ def apply_noise(x: Array, spec: str | tuple[NoiseItem, ...], rng: np.random.Gene
     return out
 
 
-def occlude(x: Array, image_shape: tuple[int, int], rng: np.random.Generator, side: int | None = None,
+def occlude(x: Array, image_shape: tuple[int, ...], rng: np.random.Generator, side: int | None = None,
             fill: float | None = None) -> Array:
     """A square of `side` pixels (default: half the image's shorter side, a quarter of its area) at a random
     position inside the central region (a margin of a seventh of the image kept free), filled with one gray
-    level: `fill`, or uniform in [0, 1] per image."""
-    h, w = image_shape
+    level: `fill`, or uniform in [0, 1] per image (on every channel of a colour image: a gray square)."""
+    h, w = image_shape[:2]
     side = side or min(h, w) // 2
     margin_y, margin_x = h // 7, w // 7
-    out = np.asarray(x, dtype=np.float32).reshape(-1, h, w).copy()
+    out = np.asarray(x, dtype=np.float32).reshape(-1, *image_shape).copy()
     for img in out:
         top = rng.integers(margin_y, max(margin_y, h - margin_y - side) + 1)
         left = rng.integers(margin_x, max(margin_x, w - margin_x - side) + 1)
         img[top : top + side, left : left + side] = rng.random() if fill is None else fill
-    return out.reshape(len(out), h * w)
+    return out.reshape(len(out), -1)
 
 
 def invert(x: Array) -> Array:

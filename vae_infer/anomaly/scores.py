@@ -16,7 +16,9 @@ the decoder and BCE(x, p) = -sum_i [x_i log p_i + (1 - x_i) log(1 - p_i)]:
             which is where the plain likelihood confuses "simple" with "likely".
     ic      -ELBO - ln(2) * L(x): the input-complexity correction of Serra et al. (ICLR 2020), with L(x) the
             length in bits of the image's 8-bit pixels compressed as PNG image data (Paeth filter, zlib
-            level 9). Robust to simple inputs; it fails on noise here, because a Bernoulli decoder's -ELBO
+            level 9). For a colour model L(x) is the image compressed as an 8-bit RGB PNG (each byte Paeth-
+            predicted from the same channel of its neighbours), so the correction counts all h*w*3 values
+            the -ELBO sums over. Robust to simple inputs; it fails on noise here, because a Bernoulli decoder's -ELBO
             does not grow like a compressor's code length (benchmarks/anomaly.md).
     dose    -log p_hat(T(x)): the density-of-states score (Morningstar et al., AISTATS 2021). T(x) = (log(1 +
             recon(x) + KL), log(1 + L(x)), log(1 + excess(x))) are three statistics of the image under the

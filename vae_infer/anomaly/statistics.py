@@ -29,14 +29,18 @@ def pixel_entropy(x: NDArray) -> Scores:
     return np.nan_to_num(h, nan=0.0).sum(axis=1)
 
 
-def png_bits(x: NDArray, image_shape: tuple[int, int]) -> Scores:
+def png_bits(x: NDArray, image_shape: tuple[int, ...]) -> Scores:
     """L(x): bits of each image's PNG image data, the 8-bit pixels round(255 x), each row Paeth-filtered
     (PNG filter type 4) and the whole zlib-compressed at level 9. A PNG file adds a constant ~57 bytes of
-    headers, left out. Deterministic; a constant image gives ~100 bits, uniform noise ~8 bits a pixel."""
-    h, w = image_shape
-    u8 = np.rint(np.asarray(x, np.float64) * 255.0).astype(np.int16).reshape(-1, h, w)
+    headers, left out. Deterministic; a constant image gives ~100 bits, uniform noise ~8 bits a value.
+    image_shape (h, w) or (h, w, c): a colour image is compressed as an 8-bit RGB PNG, its rows holding
+    the pixels' red, green, blue bytes interleaved and Paeth predicting each byte from the same channel of
+    the pixels left, above and above-left (PNG's bytes-per-pixel rule), so L(x) counts all three channels."""
+    h, w = image_shape[:2]
+    ch = image_shape[2] if len(image_shape) == 3 else 1
+    u8 = np.rint(np.asarray(x, np.float64) * 255.0).astype(np.int16).reshape(-1, h, w, ch)
     a = np.zeros_like(u8)
-    a[:, :, 1:] = u8[:, :, :-1]  # left
+    a[:, :, 1:] = u8[:, :, :-1]  # left (the same channel of the previous pixel)
     b = np.zeros_like(u8)
     b[:, 1:, :] = u8[:, :-1, :]  # up
     c = np.zeros_like(u8)
@@ -44,7 +48,7 @@ def png_bits(x: NDArray, image_shape: tuple[int, int]) -> Scores:
     p = a + b - c
     pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
     pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-    filtered = ((u8 - pred) % 256).astype(np.uint8)
+    filtered = ((u8 - pred) % 256).astype(np.uint8).reshape(-1, h, w * ch)
     rows = np.concatenate([np.full((len(u8), h, 1), 4, np.uint8), filtered], axis=2)  # filter byte per row
     return np.array([8.0 * len(zlib.compress(r.tobytes(), 9)) for r in rows])
 

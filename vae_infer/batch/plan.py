@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,13 +95,14 @@ def stat_input(spec: str) -> tuple[int | None, int | None]:
         return None, None
 
 
-def open_input(spec: str, image_shape: tuple[int, int]) -> RowSource:
-    """The input's reader (vae_infer.batch.readers), checked: rows shaped like the model's images, uint8 or
-    floats. DataError otherwise."""
+def open_input(spec: str, image_shape: tuple[int, ...]) -> RowSource:
+    """The input's reader (vae_infer.batch.readers), checked: rows shaped like the model's images ((h, w) gray
+    or (h, w, c) colour, or flat), uint8 or floats. DataError otherwise."""
     source = open_rows(spec, image_shape=image_shape)
-    h, w = image_shape
-    if source.row_shape not in ((h, w), (h * w,)):
-        raise DataError(f"{spec}: expected images shaped ({h}, {w}) or ({h * w},) per row, found "
+    shape = tuple(image_shape)
+    features = math.prod(shape)
+    if source.row_shape not in (shape, (features,)):
+        raise DataError(f"{spec}: expected images shaped {shape} or ({features},) per row, found "
                         f"{source.row_shape or 'scalars'}")
     if not (source.dtype == "uint8" or source.dtype.kind == "f"):
         raise DataError(f"{spec}: expected uint8 pixels (0..255) or floats in [0, 1], found dtype {source.dtype}")

@@ -183,7 +183,7 @@ class StreamRows(RowReader):
             self._f = None
 
 
-def open_rows(spec: str, image_shape: tuple[int, int] | None = None) -> RowSource:
+def open_rows(spec: str, image_shape: tuple[int, ...] | None = None) -> RowSource:
     """The reader for what a user typed (see vae_infer.data.sources.open_source for the forms accepted)."""
     text = str(spec)
     if text in NAMED:
@@ -200,7 +200,9 @@ def open_rows(spec: str, image_shape: tuple[int, int] | None = None) -> RowSourc
             return _idx(text, path)
         from ..data.sources import open_source  # a folder of PNG images: one small file per row
 
-        return open_source(text, image_shape=image_shape)
+        shape = tuple(image_shape) if image_shape is not None else None  # (h, w) gray or (h, w, 3) colour
+        channels = None if shape is None else ("rgb" if len(shape) == 3 and shape[2] == 3 else "gray")
+        return open_source(text, image_shape=shape and shape[:2], channels=channels)
     if not file.exists():
         raise DataError(f"{file}: no such file or folder; expected a data set name ({', '.join(NAMED)}), a folder "
                         f"of IDX or .png files, an IDX file, a .npy, .npz or .parquet file")

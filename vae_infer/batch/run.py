@@ -107,7 +107,7 @@ def _reads_images(spec: str) -> bool:
 def _run_locked(package, manifest, specs, out: Path, options: BatchOptions, engine: str, workers: int,
                 threads: int | None, chunk_rows: int, skip_bad: bool, progress, ray_options, on_rows,
                 t0: float, pin_inputs: bool) -> BatchSummary:
-    described = [pin(describe(spec, manifest.image_shape), manifest.image_shape, options.part_rows, pin_inputs)
+    described = [pin(describe(spec, manifest.pixel_shape), manifest.pixel_shape, options.part_rows, pin_inputs)
                  for spec in specs]
     failures: list[dict] = []
     for inp in described:

@@ -168,7 +168,7 @@ def detect(model: Path, input: Path, kind: str | None, quantile: float | None, t
 @model_options
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
-              help="Where to write the denoised images, (n, height*width) float32 in [0, 1] (.npy, or .npz key "
+              help="Where to write the denoised images, (n, h*w*channels) float32 in [0, 1] (.npy, or .npz key "
                    "images).")
 @click.option("--steps", type=click.IntRange(min=1, max=MAX_DENOISE_STEPS), default=1, show_default=True, metavar="N",
               help=f"Times through the encoder mean and the decoder, at most {MAX_DENOISE_STEPS}.")

@@ -132,7 +132,8 @@ def main() -> None:
     """Run a variational autoencoder model package (model.json + ONNX graphs) without torch:
     show it, encode images to latent codes, decode codes, reconstruct, sample and score images.
 
-    Images are .npy/.npz arrays shaped (n, height, width) or (n, height*width), uint8 0..255 or
+    Images are .npy/.npz arrays shaped (n, height, width) or (n, height*width) for a gray model,
+    (n, height, width, 3) or (n, height*width*3) for an RGB one (channels last), uint8 0..255 or
     floats in [0, 1], or one .png image; FILE.npz:KEY picks one array of an .npz file."""
 
 

@@ -70,7 +70,8 @@ def info(model: Path, device: str, threads: int | None, as_json: bool, full: boo
     if as_json:
         echo_json({
             "name": man.name, "path": str(model), "format_version": man.format_version,
-            "image_shape": list(man.image_shape), "features": man.features, "latent_size": man.latent_size,
+            "image_shape": list(man.image_shape), "channels": man.channels, "features": man.features,
+            "latent_size": man.latent_size,
             "hidden_size": man.hidden_size, "likelihood": man.likelihood, "input_scale": man.input_scale,
             "opset": man.opset, "training": man.training, "tools": man.tools, "files": dict(sorted(man.files.items())),
             "device": m.device, "providers": m.providers, "preprocessing": man.preprocessing, **sections,
@@ -83,10 +84,11 @@ def info(model: Path, device: str, threads: int | None, as_json: bool, full: boo
         echo("(more with --full: training configuration, sha256 of every file, device)")
         return
     h, w = man.image_shape
+    colour = " x 3 (RGB, channels last)" if man.channels == 3 else ""
     providers = "; ".join(f"{role}: {', '.join(p)}" for role, p in m.providers.items())
     rows: list[tuple[str, object]] = [
-        ("name", man.name), ("path", str(model)), ("image shape", f"{h} x {w} ({man.features} features)"),
-        ("image files", model_sources.preprocessing_of(man).describe(man.image_shape)),
+        ("name", man.name), ("path", str(model)), ("image shape", f"{h} x {w}{colour} ({man.features} features)"),
+        ("image files", model_sources.preprocessing_of(man).describe(man.pixel_shape)),
         ("latent size", man.latent_size), ("hidden size", man.hidden_size), ("likelihood", man.likelihood),
         ("opset", man.opset), ("device", f"{m.device} ({providers})"),
     ]
@@ -221,7 +223,7 @@ def encode(model: Path, input: Path, out: Path, device: str, threads: int | None
 @model_options
 @click.argument("latents", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
-              help="Where to write the images, (n, height*width) float32 in [0, 1] (.npy, or .npz key images).")
+              help="Where to write the images, (n, h*w*channels) float32 in [0, 1] (.npy, or .npz key images).")
 @png_option
 def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str, threads: int | None) -> None:
     """Decode latent codes to images.
@@ -244,7 +246,7 @@ def decode(model: Path, latents: Path, out: Path, png: Path | None, device: str,
 @model_options
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
-              help="Where to write the reconstructions, (n, height*width) float32 in [0, 1] (.npy, or .npz key "
+              help="Where to write the reconstructions, (n, h*w*channels) float32 in [0, 1] (.npy, or .npz key "
                    "images).")
 @click.option("--png", type=click.Path(path_type=Path), callback=check_png, metavar="GRID.png",
               help=f"Also save a picture: the first {PNG_PAIRS} originals above their reconstructions "
@@ -277,7 +279,7 @@ def reconstruct(model: Path, input: Path, out: Path, png: Path | None, device: s
 @click.option("--seed", type=click.IntRange(min=0), default=None, metavar="S",
               help="Random seed; the same seed gives the same images.  [default: fresh randomness]")
 @click.option("--out", type=click.Path(path_type=Path), required=True, callback=check_out, metavar="OUT.npy",
-              help="Where to write the samples, (n, height*width) float32 in [0, 1] (.npy, or .npz key images).")
+              help="Where to write the samples, (n, h*w*channels) float32 in [0, 1] (.npy, or .npz key images).")
 @png_option
 def sample(model: Path, n: int, seed: int | None, out: Path, png: Path | None, device: str,
            threads: int | None) -> None:

@@ -22,7 +22,7 @@ from ..data.model_sources import images_for_model, open_for_model
 from ..data.rows import AnySource, RowSource, Source
 from ..data.sources import open_source, parse_split, spec_splits, split_key
 from ..errors import DataError, InputError
-from ..inputs import check_images
+from ..inputs import check_images, expected_shapes
 from . import base
 
 
@@ -59,16 +59,22 @@ def _stored_only(file: Path) -> bool:
         return False  # read_images names the damage
 
 
-def _image_rows(source: AnySource, path: str | Path, image_shape: tuple[int, int]) -> AnySource:
-    h, w = image_shape
-    shape = (len(source), *source.row_shape)
-    if shape in ((h, w), (h * w,)):  # one image
-        return Source(str(path), source.read_all().reshape(1, h * w), where=source.where)
-    if source.row_shape not in ((h, w), (h * w,)):
-        hint = f"; one image is {h} x {w} or {h * w} values"
-        if len(shape) == 4 and shape[1:3] == (h, w):
+def _image_rows(source: AnySource, path: str | Path, image_shape: tuple[int, ...]) -> AnySource:
+    shape = tuple(image_shape)  # (h, w) gray or (h, w, c) colour
+    h, w = shape[:2]
+    features = int(np.prod(shape))
+    one_forms = (shape, (features,)) + (((h, w, 1),) if len(shape) == 2 else ())
+    found = (len(source), *source.row_shape)
+    if found in one_forms:  # one image
+        return Source(str(path), source.read_all().reshape(1, features), where=source.where)
+    if source.row_shape not in one_forms:
+        one = " x ".join(map(str, shape))
+        hint = f"; one image is {one} or {features} values"
+        if len(shape) == 2 and len(found) == 4 and found[1:3] == (h, w):
             hint = f"; pass grayscale {h}x{w} images (drop the channel axis, or convert colour to gray)"
-        raise InputError(f"{path}: expected images shaped (n, {h * w}) or (n, {h}, {w}), got {shape}{hint}")
+        elif len(shape) == 3 and found[1:3] == (h, w):
+            hint = f"; the model takes RGB images ({h}, {w}, 3), channels last"
+        raise InputError(f"{path}: expected images shaped {expected_shapes(shape)}, got {found}{hint}")
     if len(source) == 0:
         raise InputError(f"{path}: expected at least one image, got an empty batch")
     return source

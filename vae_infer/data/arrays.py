@@ -14,6 +14,7 @@ import numpy as np
 
 from ..atomic import write_atomically
 from ..errors import InputError
+from ..inputs import expected_shapes
 from .sources import split_key
 
 IMAGE_SUFFIXES = (".npy", ".npz", ".png")
@@ -25,11 +26,12 @@ MAX_READ_BYTES = 4 << 30
 PICKLED = "it holds Python objects (pickled data), which vae-infer never loads; save numeric arrays instead"
 
 
-def read_images(path: str | Path, image_shape: tuple[int, int]) -> np.ndarray:
+def read_images(path: str | Path, image_shape: tuple[int, ...]) -> np.ndarray:
     """Images from a .npy or .npz file (`file.npz:key` picks one of several arrays), or one .png image.
 
     Returns the stored array unchanged (the model checks dtype, shape and values), except that a single
-    image, shaped (height, width) or (height*width,), becomes a batch of one."""
+    image, shaped (height, width) (or (height, width, 3) for a colour model) or (height*width*channels,),
+    becomes a batch of one."""
     file, key = split_key(path)
     suffix = file.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -42,16 +44,24 @@ def read_images(path: str | Path, image_shape: tuple[int, int]) -> np.ndarray:
 
         return read_png(file, image_shape)[None]
     arr = _read_array(file, key, "images")
-    h, w = image_shape
-    if arr.shape in ((h, w), (h * w,)):  # one image
+    shape = tuple(image_shape)  # (h, w) gray or (h, w, c) colour
+    h, w = shape[:2]
+    features = int(np.prod(shape))
+    channels = shape[2] if len(shape) == 3 else 1
+    gray = channels == 1
+    if arr.shape in (shape, (features,)) or (gray and arr.shape == (h, w)):  # one image
         arr = arr[None]
-    elif not (arr.ndim == 2 and arr.shape[1] == h * w) and not (arr.ndim == 3 and arr.shape[1:] == (h, w)):
+    elif not ((arr.ndim == 2 and arr.shape[1] == features) or (arr.ndim == 4 and arr.shape[1:] == (h, w, channels))
+              or (gray and arr.ndim == 3 and arr.shape[1:] == (h, w))):
         # said here, naming the file, so that no caller counts the rows of something that is not images
         found = " (a 0-d array: a single number)" if arr.ndim == 0 else ""
-        hint = f"; one image is {h} x {w} or {h * w} values"
-        if arr.ndim == 4 and arr.shape[1:3] == (h, w):
+        one = f"{h} x {w}" if gray else f"{h} x {w} x {shape[2]}"
+        hint = f"; one image is {one} or {features} values"
+        if gray and arr.ndim == 4 and arr.shape[1:3] == (h, w):
             hint = f"; pass grayscale {h}x{w} images (drop the channel axis, or convert colour to gray)"
-        raise InputError(f"{path}: expected images shaped (n, {h * w}) or (n, {h}, {w}), got {arr.shape}{found}{hint}")
+        elif not gray and arr.ndim == 3 and arr.shape[1:] == (h, w):
+            hint = f"; the model takes RGB images (n, {h}, {w}, 3), channels last"
+        raise InputError(f"{path}: expected images shaped {expected_shapes(shape)}, got {arr.shape}{found}{hint}")
     return arr
 
 

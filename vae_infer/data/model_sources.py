@@ -1,6 +1,7 @@
 """Images for a model from any source spec: what the runtime commands (encode, score, detect, ...) read, and the
 held-out images calibration re-creates from what model.json records. Image files are read at the model's size
-with the preprocessing its package records (vae_infer.data.preprocessing), as gray; the cost of a whole read is
+with the preprocessing its package records (vae_infer.data.preprocessing), as gray or RGB as the model's channels
+say; the cost of a whole read is
 bounded before any row is read."""
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ def preprocessing_of(manifest) -> Preprocessing:
 
 
 def open_for_model(spec: str | Path, manifest, split: str = "test", data_dir: str | Path | None = None) -> AnySource:
-    """open_source for a model: image files read at its size with its recorded preprocessing, as gray."""
+    """open_source for a model: image files read at its size with its recorded preprocessing, as gray or RGB
+    (the model's channels)."""
     return open_source(spec, split=split, data_dir=data_dir, image_shape=tuple(manifest.image_shape),
-                       preprocessing=preprocessing_of(manifest), channels="gray")
+                       preprocessing=preprocessing_of(manifest), channels=channels_of(manifest))
+
+
+def channels_of(manifest) -> str:
+    """"rgb" for a colour model, "gray" otherwise: how image files are read for it."""
+    return "rgb" if getattr(manifest, "channels", 1) == 3 else "gray"
 
 
 def images_for_model(spec: str | Path, manifest, split: str = "test", data_dir: str | Path | None = None,
@@ -49,7 +56,7 @@ def images_for_model(spec: str | Path, manifest, split: str = "test", data_dir: 
     if probe:
         return np.empty((0,)), None
     if suffix == ".npy" or (suffix == ".npz" and not spec_splits(text) and not explicit):
-        return read_images(text, tuple(manifest.image_shape)), None
+        return read_images(text, tuple(manifest.pixel_shape)), None
     source = open_for_model(spec, manifest, split, data_dir)
     need = len(source) * int(np.prod(source.row_shape, dtype=np.int64)) * source.dtype.itemsize
     if need > MAX_READ_BYTES:

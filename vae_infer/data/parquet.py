@@ -48,11 +48,11 @@ def _pyarrow():
 class ParquetSource:
     """One column of a Parquet file: len(), row_shape, dtype, read(start, stop), read by a reader process."""
 
-    def __init__(self, name: str, file: Path, column: str | None, image_shape: tuple[int, int] | None = None
+    def __init__(self, name: str, file: Path, column: str | None, image_shape: tuple[int, ...] | None = None
                  ) -> None:
         _pyarrow()  # a missing extra is said here, not in the reader process
         self.name, self.where, self._labels = name, str(file), None
-        width = None if image_shape is None else int(image_shape[0]) * int(image_shape[1])
+        width = None if image_shape is None else int(np.prod(image_shape))  # h*w*c values, channels-last
         ours, theirs = socket.socketpair()
         # a fresh interpreter (not multiprocessing's spawn, which would import the caller's __main__ again)
         code = "import sys; from vae_infer.data.parquet import _reader_main; _reader_main(*sys.argv[1:])"
@@ -133,7 +133,7 @@ class ParquetSource:
         self.close()
 
 
-def open_parquet(text: str, file: Path, column: str | None, image_shape: tuple[int, int] | None = None
+def open_parquet(text: str, file: Path, column: str | None, image_shape: tuple[int, ...] | None = None
                  ) -> ParquetSource:
     """The source for `FILE.parquet[:COLUMN]` (vae_infer.data.sources.open_source dispatches here)."""
     return ParquetSource(text, Path(file), column, image_shape)

@@ -70,12 +70,15 @@ class Preprocessing:
             if not isinstance(getattr(self, name), bool):
                 raise DataError(f"preprocessing {name} must be true or false, got {getattr(self, name)!r}")
 
-    def describe(self, image_shape: tuple[int, int]) -> str:
-        """One line for `vae-infer info`: how PNG and JPEG files become this model's pixels."""
-        h, w = image_shape
+    def describe(self, image_shape: tuple[int, ...]) -> str:
+        """One line for `vae-infer info`: how PNG and JPEG files become this model's pixels. image_shape:
+        (h, w) for a gray model, (h, w, 3) for an RGB one (gray files then repeat on three channels)."""
+        h, w = image_shape[:2]
         size = (f"resized to {h}x{w} ({self.resize_filter}, {self.fit})" if self.image_size
                 else f"must be {h}x{w}")
         colour = "colour made gray (luma)" if self.to_gray else "colour refused"
+        if len(image_shape) == 3 and image_shape[2] == 3:
+            colour = "read as RGB (gray files on all three channels)"
         alpha = "transparency refused" if self.alpha == "refuse" else f"transparency over {self.alpha}"
         exif = "EXIF orientation applied" if self.exif_orientation else "EXIF orientation ignored"
         return f"{size}; {colour}; {alpha}; {exif}"

@@ -102,13 +102,13 @@ class Source:
 class PngFolderSource(Source):
     """A folder of .png images, one row per file in sorted name order; files are read when asked for."""
 
-    def __init__(self, name: str, files: list[Path], image_shape: tuple[int, int] | None) -> None:
+    def __init__(self, name: str, files: list[Path], image_shape: tuple[int, ...] | None) -> None:
         self.name, self.where = name, str(Path(files[0]).parent)
         self._files, self._labels = files, None
         first = self._read_one(files[0], image_shape)
         self._shape, self._image_shape = first.shape, image_shape or first.shape
 
-    def _read_one(self, file: Path, image_shape: tuple[int, int] | None) -> np.ndarray:
+    def _read_one(self, file: Path, image_shape: tuple[int, ...] | None) -> np.ndarray:
         from ..viz import read_png
 
         return read_png(file, image_shape)

@@ -89,7 +89,7 @@ def spec_splits(spec: str | Path, data_dir: str | Path | None = None) -> tuple[s
 
 
 def open_source(spec: str | Path, split: str = "test", data_dir: str | Path | None = None,
-                image_shape: tuple[int, int] | None = None, preprocessing: Preprocessing | None = None,
+                image_shape: tuple[int, ...] | None = None, preprocessing: Preprocessing | None = None,
                 channels: str | None = None) -> AnySource:
     """A source of images from what a user typed (the spec: see the module's docstring).
 
@@ -115,7 +115,7 @@ def open_source(spec: str | Path, split: str = "test", data_dir: str | Path | No
             return source
         if any(find_split_file(file, stem) for stem in IMAGE_FILES.values()):
             raise DataError(f"{file}: holds IDX files but no {IMAGE_FILES[split]}[.gz] for the {split} split")
-        size = preprocessing.image_size if preprocessing and preprocessing.image_size else image_shape
+        size = preprocessing.image_size if preprocessing and preprocessing.image_size else _hw(image_shape)
         return open_folder(text, file, explicit if explicit else _default_split(file, split), preprocessing, size,
                            channels)
     if not file.exists():
@@ -138,7 +138,7 @@ def open_source(spec: str | Path, split: str = "test", data_dir: str | Path | No
     if suffix == ".npy":
         return Source(text, _memmap_npy(file), where=str(file))
     if is_image_file(file):
-        size = preprocessing.image_size if preprocessing and preprocessing.image_size else image_shape
+        size = preprocessing.image_size if preprocessing and preprocessing.image_size else _hw(image_shape)
         return ImageSource(text, [file], None, None, preprocessing, size, channels)
     return Source(text, _memmap_idx(file), where=str(file))  # an IDX file, whatever its name
 
@@ -302,3 +302,8 @@ SPEC_HELP = ("fashion-mnist or mnist (IDX files found in $VAE_DATA_DIR, ~/.cache
              "subfolders are labels, train/ and test/ are splits), an IDX, .npy, PNG or JPEG file, FILE.npz (one "
              "array, FILE.npz:KEY, or x_train/x_test) or FILE.parquet:COLUMN; SOURCE:train or SOURCE:test picks "
              "a split")
+
+
+def _hw(image_shape: tuple[int, ...] | None) -> tuple[int, int] | None:
+    """(height, width) of an image shape, (h, w) or (h, w, c): the size image files are read at."""
+    return None if image_shape is None else (int(image_shape[0]), int(image_shape[1]))

@@ -74,21 +74,22 @@ def _one_image(model, image: object, name: str) -> NDArray[np.float32]:
         arr = as_array(image, "images")
     except InputError as e:
         raise InputError(f"{name}: {e}") from e
-    h, w = model.image_shape
-    features = h * w
-    if arr.shape in ((h, w), (features,)):
+    shape = tuple(model.image_shape)  # (h, w) gray or (h, w, c) colour
+    features = int(np.prod(shape))
+    one = f"{shape}".replace(",)", ")")
+    if arr.shape in (shape, (features,)):
         arr = arr[None]
-    elif arr.ndim == 3 and arr.shape[:2] == (h, w) and arr.shape[2] in (3, 4):
-        raise InputError(f"{name}: expected one grayscale image shaped ({h}, {w}) or ({features},), got {arr.shape} "
+    elif len(shape) == 2 and arr.ndim == 3 and arr.shape[:2] == shape and arr.shape[2] in (3, 4):
+        raise InputError(f"{name}: expected one grayscale image shaped {one} or ({features},), got {arr.shape} "
                          f"(colour channels?); convert it to gray first")
-    rows_fit = (arr.ndim == 2 and arr.shape[1] == features) or (arr.ndim == 3 and arr.shape[1:] == (h, w))
-    if not rows_fit and arr.ndim in (2, 3) and len(arr) == 1:
+    rows_fit = (arr.ndim == 2 and arr.shape[1] == features) or (arr.ndim == len(shape) + 1 and arr.shape[1:] == shape)
+    if not rows_fit and arr.ndim in (2, len(shape) + 1) and len(arr) == 1:
         return model.as_images(arr)  # a batch of one of the wrong size: the model's own shape message
     if not rows_fit:  # one image of another size (29 x 29), or something else: not a count of images
-        raise InputError(f"{name}: expected one image shaped ({h}, {w}) or ({features},) or a batch of one, "
+        raise InputError(f"{name}: expected one image shaped {one} or ({features},) or a batch of one, "
                          f"got an array shaped {arr.shape}")
     if arr.shape[0] != 1:
-        raise InputError(f"{name}: expected one image shaped ({h}, {w}) or ({features},) or a batch of one, "
+        raise InputError(f"{name}: expected one image shaped {one} or ({features},) or a batch of one, "
                          f"got {arr.shape[0]} images {arr.shape}")
     return model.as_images(arr)
 

@@ -9,6 +9,10 @@
 - brightness of a frame: its mean pixel value; a frame's brightness ratio: its brightness divided by the linear
   blend of the first and last frames' brightness at its position i / (n - 1). Below 1 a frame fades (a ghost),
   above 1 it passes through a brighter garment.
+
+Every measure works on whole rows, so a colour model's frames (h*w*3 values, channels-last) are compared value
+by value with real colour images: a frame of the right shapes in the wrong colours is far from them, and its
+brightness is the mean over all three channels.
 """
 
 from __future__ import annotations

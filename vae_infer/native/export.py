@@ -70,13 +70,61 @@ def generate_package(package_dir: str | Path, weights: str = "fp32", prefix: str
     return sources, digests
 
 
-def check_flash(sources: Sources, target: Target, flash: int | None) -> None:
-    """Refuse a bare-metal export whose constant tables alone do not fit the flash."""
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def table_estimate(manifest, weights: str) -> tuple[int, int] | None:
+    """(at least, about) the bytes of a model's constant tables in `weights`, from model.json's sizes alone
+    (None when it records no hidden size): the weight matrices at their storage size, then, for "about",
+    biases, and int8's per-row and per-input scales, as fp32."""
+    if not manifest.hidden_size:
+        return None
+    f, hid, lat = manifest.features, manifest.hidden_size, manifest.latent_size
+    layers = [(f, hid), (hid, lat), (hid, lat), (lat, hid), (hid, f)]  # (inputs, outputs) of each dense layer
+    matrices = sum(i * o for i, o in layers) * BYTES_PER_WEIGHT[weights]
+    small = sum(o + (o + i if weights == "int8" else 0) for i, o in layers) * 4
+    return matrices, matrices + small
+
+
+def _fit_hint(manifest, weights: str, flash: int) -> str:
+    """What a smaller storage would take, and whether it fits the flash."""
+    if weights == "int8" or manifest is None:
+        return "use a larger --flash, or a smaller model (--hidden-size, --image-size)"
+    est = table_estimate(manifest, "int8")
+    if est is None:
+        return "use smaller weights (--weights int8 stores a quarter of fp32) or a larger --flash"
+    verdict = "fits" if est[1] <= flash else "does not fit either"
+    return (f"--weights int8 would take about {est[1]:,} bytes, which {verdict}"
+            + ("" if est[1] <= flash else "; use a larger --flash, or a smaller model (--hidden-size, --image-size)"))
+
+
+def _shape_words(manifest) -> str:
+    if manifest is None:
+        return ""
+    h, w = manifest.image_shape
+    return f" ({h}x{w}x{manifest.channels} images, {manifest.hidden_size} hidden units, latent {manifest.latent_size})"
+
+
+def check_flash(sources: Sources, target: Target, flash: int | None, manifest=None) -> None:
+    """Refuse a bare-metal export whose constant tables alone do not fit the flash, with the numbers and
+    whether int8 weights would fit."""
     if target.bare_metal and flash is not None and sources.weight_bytes > flash:
         raise InputError(
-            f"the model is too big for {target.name}: its {sources.weights} weight tables take "
-            f"{sources.weight_bytes:,} bytes but the flash holds {flash:,} (--flash); use smaller weights "
-            f"(--weights int8 stores a quarter of fp32) or a larger --flash"
+            f"the model{_shape_words(manifest)} is too big for {target.name}: its {sources.weights} weight tables "
+            f"take {sources.weight_bytes:,} bytes but the flash holds {flash:,} (--flash); "
+            f"{_fit_hint(manifest, sources.weights, flash)}"
+        )
+
+
+def check_flash_early(manifest, weights: str, target: Target, flash: int | None) -> None:
+    """check_flash before any C is generated, from model.json's sizes: refuses when the weight matrices alone
+    exceed the flash (the generated tables take at least that)."""
+    est = table_estimate(manifest, weights) if target.bare_metal and flash is not None else None
+    if est is not None and flash is not None and est[0] > flash:
+        raise InputError(
+            f"the model{_shape_words(manifest)} is too big for {target.name}: its {weights} weight tables take "
+            f"{est[0]:,} bytes but the flash holds {flash:,} (--flash), counting the weight matrices alone; "
+            f"{_fit_hint(manifest, weights, flash)}"
         )
 
 
@@ -105,9 +153,14 @@ def export_c(package_dir: str | Path, out_dir: str | Path, weights: str = "fp32"
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; expected a folder for the C sources")
+    from ..package.files import read_manifest
+
+    manifest = read_manifest(package_dir)
+    check_weights(weights)
+    check_flash_early(manifest, weights, t, flash_bytes)  # before seconds of generating C for nothing
     sources, digests = generate_package(package_dir, weights, prefix, block or t.block,
                                         rows if rows is not None else t.rows)
-    check_flash(sources, t, flash_bytes)
+    check_flash(sources, t, flash_bytes, manifest)
     model = str(Path(package_dir).resolve())
     try:
         main_c = firmware.firmware_main(sources, prefix) if t.bare_metal else example_main(sources, prefix)

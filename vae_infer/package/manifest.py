@@ -12,7 +12,9 @@ from ..text import check_name, check_text
 
 MANIFEST_NAME = "model.json"
 FORMAT_NAME = "vae-infer-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added input.channels (colour images); version 1 packages are gray and still load
+READ_VERSIONS = (1, 2)  # every version this vae_infer reads
+CHANNELS = (1, 3)  # gray, or RGB flattened channels-last: (h, w, c) row-major
 LIKELIHOODS = ("bernoulli",)
 BATCH_AXIS = "batch"  # the symbolic name of the dynamic first axis of every graph input and output
 
@@ -45,7 +47,7 @@ class Manifest:
     """What a loaded model promises. Validated when made, so a loaded manifest can be trusted."""
 
     name: str
-    image_shape: tuple[int, int]  # (height, width); rows are flattened row-major to height * width features
+    image_shape: tuple[int, int]  # (height, width); rows are (h, w, channels) flattened row-major (channels-last)
     latent_size: int
     encoder: GraphSpec  # x -> (mu, logvar)
     decoder: GraphSpec  # z -> (x_hat, logits)
@@ -65,14 +67,16 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     # How image files become the model's pixels (vae_infer.data.preprocessing), where training read image files
     preprocessing: dict[str, Any] | None = None
+    channels: int = 1  # 1: gray; 3: RGB, each pixel's red, green, blue adjacent (channels-last)
 
     def __post_init__(self) -> None:
         check_manifest_text(self.to_dict())
-        if self.format_version != FORMAT_VERSION:
-            raise ModelPackageError(
-                f"model.json has format_version {self.format_version}; this vae_infer reads version "
-                f"{FORMAT_VERSION}. Re-export the model or install a matching vae_infer"
-            )
+        _check_version(self.format_version)
+        if self.channels not in CHANNELS or isinstance(self.channels, bool):
+            raise ModelPackageError(f"model.json: input.channels must be one of {CHANNELS}, found {self.channels!r}")
+        if self.format_version == 1 and self.channels != 1:
+            raise ModelPackageError("model.json: format_version 1 holds gray images only; colour needs "
+                                    "format_version 2 (input.channels)")
         if self.likelihood not in LIKELIHOODS:
             raise ModelPackageError(f"model.json: unknown likelihood {self.likelihood!r}; expected {LIKELIHOODS}")
         if len(self.image_shape) != 2 or min(self.image_shape) < 1 or self.latent_size < 1:
@@ -117,7 +121,13 @@ class Manifest:
 
     @property
     def features(self) -> int:
-        return self.image_shape[0] * self.image_shape[1]
+        return self.image_shape[0] * self.image_shape[1] * self.channels
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """The shape of one image as arrays hold it: (h, w) for gray, (h, w, channels) for colour."""
+        h, w = self.image_shape
+        return (h, w) if self.channels == 1 else (h, w, self.channels)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +136,7 @@ class Manifest:
             "name": self.name,
             "input": {
                 "image_shape": list(self.image_shape),
+                **({"channels": self.channels} if self.format_version >= 2 else {}),
                 "features": self.features,
                 "dtype": "float32",
                 "range": [0.0, 1.0],
@@ -159,16 +170,21 @@ class Manifest:
             found = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ModelPackageError(f"model.json: expected format {FORMAT_NAME!r}, found {found!r}")
         version = _field(d, "format_version", int)
-        if version != FORMAT_VERSION:
-            raise ModelPackageError(
-                f"model.json has format_version {version}; this vae_infer reads version "
-                f"{FORMAT_VERSION}. Re-export the model or install a matching vae_infer"
-            )
+        _check_version(version)
         inp = _field(d, "input", dict)
         shape = _field(inp, "image_shape", list, "input.")
         if len(shape) != 2 or not all(_is_int(s) and 1 <= s <= MAX_SIDE for s in shape):
             raise ModelPackageError(f"model.json: input.image_shape must be [height, width], two integers in "
                                     f"1..{MAX_SIDE}, found {shape!r}")
+        if version == 1:  # gray only; a channels field there is a version-2 package mislabelled
+            if "channels" in inp:
+                raise ModelPackageError("model.json: input.channels needs format_version 2, found format_version 1")
+            channels = 1
+        else:
+            channels = _field(inp, "channels", int, "input.")
+            if channels not in CHANNELS:
+                raise ModelPackageError(f"model.json: input.channels must be one of {CHANNELS} (gray or RGB), "
+                                        f"found {channels!r}")
         scale = inp.get("uint8_scale", 255.0)
         if not _is_number(scale) or not math.isfinite(scale) or scale <= 0:
             raise ModelPackageError(f"model.json: input.uint8_scale must be a finite number > 0 (uint8 pixels are "
@@ -224,6 +240,7 @@ class Manifest:
             variants=dict(variants),
             format_version=version,
             preprocessing=d.get("preprocessing"),
+            channels=channels,
         )
 
 
@@ -232,6 +249,14 @@ MAX_SIDE = 4096  # largest image side a manifest may declare
 MAX_FEATURES = 256 * 256 * 3  # values per image: a 256x256 colour image (196,608)
 MAX_LATENT = 1024  # latent dimensions
 MAX_WEIGHTS = 1 << 28  # encoder and decoder weights together (fp32: 1 GiB, far below protobuf's 2 GiB per graph)
+
+
+def _check_version(version: object) -> None:
+    if version not in READ_VERSIONS or isinstance(version, bool):
+        raise ModelPackageError(
+            f"model.json has format_version {version}; this vae_infer reads version "
+            f"{' or '.join(map(str, READ_VERSIONS))}. Re-export the model or install a matching vae_infer"
+        )
 
 
 def dense_weights(features: int, hidden: int, latent: int) -> int:

@@ -330,7 +330,8 @@ def _info(state: State) -> dict[str, Any]:
     cal = man.calibration or {}
     return {
         "name": man.name, "format_version": man.format_version, "image_shape": list(man.image_shape),
-        "features": man.features, "latent_size": man.latent_size, "hidden_size": man.hidden_size,
+        "channels": man.channels, "features": man.features, "latent_size": man.latent_size,
+        "hidden_size": man.hidden_size,
         "likelihood": man.likelihood, "input_scale": man.input_scale, "training": redact(man.training),
         "manifest_sha256": state.resources.manifest_sha256,
         "files": dict(sorted(man.files.items())), "decoder_file": man.decoder.file,

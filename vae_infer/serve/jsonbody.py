@@ -26,9 +26,10 @@ M = TypeVar("M", bound=BaseModel)
 
 # The fields that hold arrays of numbers, with the numbers of dimensions each may have, and a placeholder of each
 # depth that passes the schema's type check while the real values travel apart as numpy arrays.
-ARRAY_FIELDS: dict[str, tuple[int, ...]] = {"images": (2, 3), "z": (2,), "image_a": (1, 2), "image_b": (1, 2),
-                                            "z_a": (1,), "z_b": (1,)}
-PLACEHOLDER = {1: [0.0], 2: [[0.0]], 3: [[[0.0]]]}
+# Images of a colour model may come as (n, h, w, 3) (one image: (h, w, 3)): channels last.
+ARRAY_FIELDS: dict[str, tuple[int, ...]] = {"images": (2, 3, 4), "z": (2,), "image_a": (1, 2, 3),
+                                            "image_b": (1, 2, 3), "z_a": (1,), "z_b": (1,)}
+PLACEHOLDER = {1: [0.0], 2: [[0.0]], 3: [[[0.0]]], 4: [[[[0.0]]]]}
 STRUCTURE = b"[],"
 _DROP = bytes(b for b in range(256) if b not in STRUCTURE)  # every byte but brackets and commas
 LOCATE_LIMIT = 4096  # values scanned to name the first bad one; past that the error names its row only

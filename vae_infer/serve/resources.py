@@ -108,9 +108,9 @@ def _read_examples(model, spec: str | None, count: int) -> dict[str, Any]:
     if spec is None:
         raise DataError("this server offers no example images (started with --examples none)")
     from ..data.datasets import CLASS_NAMES
-    from ..data.sources import open_source
+    from ..data.model_sources import open_for_model
 
-    source = open_source(spec, split="test")
+    source = open_for_model(spec, model.manifest, split="test")  # image files read as the model's channels
     n = len(source)
     pick = np.sort(np.random.default_rng(EXAMPLES_SEED).choice(n, size=min(count, n), replace=False))
     images = np.stack([source.read(int(i), int(i) + 1)[0] for i in pick])  # a few rows: read one by one
@@ -118,6 +118,6 @@ def _read_examples(model, spec: str | None, count: int) -> dict[str, Any]:
     labels = None if labels is None else np.asarray(labels)[pick]
     x = model.as_images(images)  # validated like any input; sent back as uint8 so the page shows them exactly
     pixels = np.clip(np.round(x * model.manifest.input_scale), 0, 255).astype(np.uint8)
-    names = CLASS_NAMES.get(str(spec))
+    names = CLASS_NAMES.get(str(spec)) or getattr(source, "class_names", None)
     return {"images": pixels, "labels": labels, "class_names": list(names) if names and labels is not None else None,
             "source": redact_paths(f"{source.name} (test split, {len(pixels)} images)")}

@@ -17,7 +17,7 @@ from ..interpolation.paths import METHODS, SPACINGS
 from ..work_limits import MAX_SAMPLES, MAX_STEPS
 
 Rows = list[list[float]]
-ImageRows = list[list[float]] | list[list[list[float]]]
+ImageRows = list[list[float]] | list[list[list[float]]] | list[list[list[list[float]]]]  # (n, h, w, 3): colour
 Dtype = Literal["float32", "uint8"]
 ScoreKind = Literal[SCORE_KINDS]  # type: ignore[valid-type]
 
@@ -53,7 +53,8 @@ class DetectOptions(ImageOptions):
 
 
 class EncodeRequest(ImageOptions):
-    images: ImageRows = Field(description="(n, height*width) or (n, height, width) images")
+    images: ImageRows = Field(description="(n, height*width*channels) or (n, height, width, channels) images; "
+                                          "gray also (n, height, width)")
 
 
 class ReconstructRequest(EncodeRequest):
@@ -78,8 +79,9 @@ class DetectRequest(DetectOptions):
 
 
 class InterpolateRequest(Strict):
-    image_a: list[float] | list[list[float]] | None = Field(None, description="one image (features,) or (h, w)")
-    image_b: list[float] | list[list[float]] | None = None
+    image_a: list[float] | list[list[float]] | list[list[list[float]]] | None = Field(
+        None, description="one image (features,), (h, w) or (h, w, channels)")
+    image_b: list[float] | list[list[float]] | list[list[list[float]]] | None = None
     z_a: list[float] | None = Field(None, description="or one latent code (latent_size,) at each end")
     z_b: list[float] | None = None
     dtype: Dtype = "float32"

@@ -5,7 +5,7 @@
 import { getJSON, loginFromFragment } from "./api.js";
 import { createDecoder } from "./decoder.js";
 import { drawGrid } from "./grid.js";
-import { drawImage, fileToPixels } from "./images.js";
+import { drawImage, fileToPixels, pageShape } from "./images.js";
 import { MapView, PALETTE } from "./map.js";
 import { drawPaths, pathsNote } from "./paths.js";
 import { Plane } from "./projection.js";
@@ -39,7 +39,7 @@ async function start() {
   await loginFromFragment();
   const info = await getJSON("/v1/info");
   explorer.info = info;
-  const shape = info.image_shape;
+  const shape = pageShape(info);  // [h, w] gray or [h, w, 3] RGB: rows are channels-last
   $("model-name").textContent = `· ${info.name} (${info.latent_size}-D latent)`;
   const decoder = await createDecoder(info);
   explorer.decoder = decoder;
