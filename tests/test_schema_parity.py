@@ -83,6 +83,14 @@ def renamer_of_first_file(new: str) -> Callable[[dict], None]:
     return apply
 
 
+def colour_graphs(d: dict) -> None:
+    """The graphs' declared widths for RGB images (the loader holds them to image_shape x channels)."""
+    h, w = d["input"]["image_shape"]
+    for role, key in (("encoder", "inputs"), ("decoder", "outputs")):
+        for tensor in d["graphs"][role][key]:
+            tensor["shape"] = ["batch", h * w * 3]
+
+
 LONG_NAME, LONG_TEXT = "n" * 257, "t" * 4097
 MUTATIONS: dict[str, Callable[[dict], None]] = {
     "unchanged": lambda d: None,
@@ -90,7 +98,15 @@ MUTATIONS: dict[str, Callable[[dict], None]] = {
        ("format", "format_version", "name", "input", "latent_size", "opset", "likelihood", "graphs", "files")},
     "without input.image_shape": deleter("input.image_shape"),
     "format other": setter("format", "onnx-model"),
-    "format_version 2": setter("format_version", 2),
+    "format_version 2 without channels": setter("format_version", 2),
+    "format_version 3": setter("format_version", 3),
+    "version 2 with channels 3": lambda d: (d.update(format_version=2), d["input"].update(channels=3),
+                                            colour_graphs(d)),
+    "version 2 with channels 1": lambda d: (d.update(format_version=2), d["input"].update(channels=1)),
+    "version 2 with channels 2": lambda d: (d.update(format_version=2), d["input"].update(channels=2)),
+    "version 2 with channels true": lambda d: (d.update(format_version=2), d["input"].update(channels=True)),
+    "version 2 with channels 3.0": lambda d: (d.update(format_version=2), d["input"].update(channels=3.0)),
+    "version 1 with channels 1": lambda d: (d.update(format_version=1), d["input"].update(channels=1)),
     "format_version as a string": setter("format_version", "1"),
     "format_version 1.0": setter("format_version", 1.0),
     "format_version true": setter("format_version", True),
