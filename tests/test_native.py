@@ -820,6 +820,7 @@ def test_cli_export_c_check_works_with_a_relative_out(tiny_package, tmp_path, mo
     assert "checked x86_64" in result.output and (tmp_path / "build" / "vae_c" / "vae.c").is_file()
     assert "PASSED: the C equals numpy with the same weights within 0.0001 and onnxruntime within 1e-05" in \
         result.output, result.output
+    assert "\\x0a" not in result.output and result.output.count("\n") >= 5  # the report's lines, not escapes
 
 
 REPORT = {"target": "x86_64", "compilers": ["gcc"], "rows": 50, "emulator": None, "memory": None,

@@ -76,5 +76,5 @@ def export_c(model: Path, out_dir: Path, target: str, weights: str, flash: str |
     for signature in result.functions.values():
         echo(f"  {signature};")
     if report is not None:
-        echo(format_report(report, what))
+        echo(format_report(report, what), lines=True)
     echo(f"build: make -C {out_dir}")
