@@ -52,11 +52,15 @@ system-deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "missing system packages (no apt-get here; tests that need them are skipped):$$missing"; fi
 
-# onnxruntime-web for the explorer page, from npm with the committed lock file (never from a CDN).
+# onnxruntime-web for the explorer page, from npm with the committed lock file (never from a CDN), and the page
+# tests' own tools (axe-core) in tests/web, apart from what the server serves.
+WEB_TEST_DIR := tests/web
 web:
-	@if [ -f $(WEB_DIR)/package-lock.json ] && command -v npm >/dev/null 2>&1; then \
-	  cd $(WEB_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
-	else echo "npm or $(WEB_DIR)/package-lock.json missing: the page decodes through the API"; fi
+	@if command -v npm >/dev/null 2>&1; then \
+	  for dir in $(WEB_DIR) $(WEB_TEST_DIR); do \
+	    (cd $$dir && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
+	  done; \
+	else echo "npm missing: the page decodes through the API, and its browser tests cannot run"; fi
 
 demo: venv data web
 	$(PY) -m train fit --dataset fashion-mnist --epochs 5 --run-dir $(RUN_DIR) --out $(RUN_DIR)/model

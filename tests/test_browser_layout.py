@@ -27,8 +27,8 @@ from tests.test_browser import (
 
 WIDTHS = (360, 1024, 1920)
 MIN_TICK_PX = 40
-AXE = ROOT / "vae_infer" / "serve" / "web" / "node_modules" / "axe-core" / "axe.min.js"
-needs_axe = needs(AXE.is_file(), "axe-core from npm: make web (npm ci in vae_infer/serve/web)")
+AXE = ROOT / "tests" / "web" / "node_modules" / "axe-core" / "axe.min.js"  # a test tool, never served
+needs_axe = needs(AXE.is_file(), "axe-core from npm: make web (npm ci in tests/web)")
 
 
 @pytest.fixture(scope="module")
