@@ -244,3 +244,12 @@ def pytest_sessionfinish(session, exitstatus):
             for line in changes:
                 reporter.write_line("  " + line)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium under Playwright, one per test module (tests.test_browser.launched_chromium)."""
+    from tests.test_browser import launched_chromium
+
+    with launched_chromium() as b:
+        yield b

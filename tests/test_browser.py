@@ -43,12 +43,6 @@ def launched_chromium():
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with launched_chromium() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
 def server():
     examples = "fashion-mnist" if real_data_available() else "none"
     proc, url = start_server(str(SHIPPED), "--examples", examples)

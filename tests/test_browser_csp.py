@@ -13,7 +13,6 @@ from tests.test_browser import (
     ROOT,
     SHIPPED,
     TIMEOUT_MS,
-    launched_chromium,
     needs_ort,
     open_page,
     png_bytes,
@@ -31,12 +30,6 @@ document.addEventListener('securitypolicyviolation', (e) => window.__cspViolatio
   directive: e.violatedDirective, blocked: e.blockedURI, sample: e.sample, where: `${e.sourceFile}:${e.lineNumber}`,
 }));
 """
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with launched_chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from tests.test_browser import (
     ROOT,
     SHIPPED,
     TIMEOUT_MS,
-    launched_chromium,
     open_page,
     png_bytes,
     pytestmark,  # noqa: F401  (slow, and the parts these tests need)
@@ -35,12 +34,6 @@ PARSED_MARKUP = """() => [...document.querySelectorAll('body img, body script, b
     .concat([...document.querySelectorAll('*')].flatMap((e) => [...e.attributes]
       .filter((a) => a.name.startsWith('on') || a.value.startsWith('javascript:'))
       .map((a) => `${e.tagName} ${a.name}`)))"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with launched_chromium() as b:
-        yield b
 
 
 def hostile_package(dest, name: str):

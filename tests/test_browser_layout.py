@@ -17,7 +17,6 @@ from tests.test_browser import (
     SHIPPED,
     TIMEOUT_MS,
     canvas_pixels,
-    launched_chromium,
     needs_ort,
     open_page,
     png_bytes,
@@ -29,12 +28,6 @@ WIDTHS = (360, 1024, 1920)
 MIN_TICK_PX = 40
 AXE = ROOT / "tests" / "web" / "node_modules" / "axe-core" / "axe.min.js"  # a test tool, never served
 needs_axe = needs(AXE.is_file(), "axe-core from npm: make web (npm ci in tests/web)")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with launched_chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

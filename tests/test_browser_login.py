@@ -12,19 +12,12 @@ import pytest
 from tests.test_browser import (
     SHIPPED,
     TIMEOUT_MS,
-    launched_chromium,
     open_page,
     pytestmark,  # noqa: F401  (slow, and the parts these tests need)
     start_server,
 )
 
 TOKEN = "s3cret-token-for-the-browser-test"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with launched_chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 import vae_infer
 from tests.conftest import needs, real_data_available
-from tests.test_browser import TIMEOUT_MS, canvas_pixels, launched_chromium, needs_ort, open_page, server_decode
+from tests.test_browser import TIMEOUT_MS, canvas_pixels, needs_ort, open_page, server_decode
 from tests.test_serve import ROOT, SHIPPED, start_server
 from vae_infer.errors import ModelPackageError
 from vae_infer.interpolation.latent_map import (
@@ -113,12 +113,6 @@ def test_latent_map_endpoint_serves_the_projection(latent8, server8):
     np.testing.assert_allclose(proj["points"], m.projection.points, atol=1e-6)
     shipped = json.loads((SHIPPED / "model.json").read_text())
     assert shipped["latent_size"] == 2  # the shipped model's map has no projection: see the page test below
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with launched_chromium() as b:
-        yield b
 
 
 def _map_is_drawn(page) -> None:
