@@ -116,9 +116,11 @@ def _rows(x: object, features: int, image_shape: tuple[int, int]) -> int | None:
         a = np.asarray(x)
     except (ValueError, TypeError):
         return None
-    if a.ndim not in (2, 3):
+    if a.ndim not in (2, 3, 4):
         return None
-    if (a.ndim == 2 and a.shape[1] == features) or (a.ndim == 3 and a.shape[1:] == image_shape):
+    # (n, h*w), (n, h, w), and for a gray model (n, h, w, 1): a batch of gray images with its channel axis
+    if ((a.ndim == 2 and a.shape[1] == features) or (a.ndim == 3 and a.shape[1:] == image_shape)
+            or (a.ndim == 4 and a.shape[1:] == (*image_shape, 1))):
         return a.shape[0]
     return None
 

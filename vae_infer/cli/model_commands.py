@@ -83,11 +83,9 @@ def info(model: Path, device: str, threads: int | None, as_json: bool, full: boo
                 echo(f"{k + ':' if i == 0 else '':<13} {line}")
         echo("(more with --full: training configuration, sha256 of every file, device)")
         return
-    h, w = man.image_shape
-    colour = " x 3 (RGB, channels last)" if man.channels == 3 else ""
     providers = "; ".join(f"{role}: {', '.join(p)}" for role, p in m.providers.items())
     rows: list[tuple[str, object]] = [
-        ("name", man.name), ("path", str(model)), ("image shape", f"{h} x {w}{colour} ({man.features} features)"),
+        ("name", man.name), ("path", str(model)), ("image shape", image_shape_text(man)),
         ("image files", model_sources.preprocessing_of(man).describe(man.pixel_shape)),
         ("latent size", man.latent_size), ("hidden size", man.hidden_size), ("likelihood", man.likelihood),
         ("opset", man.opset), ("device", f"{m.device} ({providers})"),
@@ -105,16 +103,23 @@ def info(model: Path, device: str, threads: int | None, as_json: bool, full: boo
             echo(f"  {k}: {fmt(v)}")
 
 
+def image_shape_text(man) -> str:
+    h, w = man.image_shape
+    colour = " x 3 (RGB, channels last)" if man.channels == 3 else ""
+    return f"{h} x {w}{colour} ({man.features} features)"
+
+
 def short_info(m, sections: dict) -> list[tuple[str, str]]:
     """The few lines a person reads first: what the package is, what it holds, how good it is."""
     man = m.manifest
-    h, w = man.image_shape
     sizes = {name: (m.path / name).stat().st_size for name in sorted(man.files)}
     listed = ", ".join(f"{name} {_mb(n)}" for name, n in sizes.items())
     rows = [
         ("name", man.name),
         ("format", f"model package v{man.format_version}: ONNX encoder and decoder, {man.likelihood} likelihood"),
-        ("image shape", f"{h} x {w} ({man.features} features)"),
+        ("image shape", image_shape_text(man)),
+        *([("image files", model_sources.preprocessing_of(man).describe(man.pixel_shape))] if man.preprocessing
+          else []),  # a package trained on image files says how files become its pixels
         ("latent size", str(man.latent_size)),
         ("files", f"{len(sizes)}, {_mb(sum(sizes.values()))} in all, sha256 verified: {listed}"),
     ]
